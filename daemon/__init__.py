@@ -1,0 +1,11 @@
+"""docwatch: index a legacy LLM pipeline's versioned files into short-id documents.
+
+The reader API lives here: ``DocumentsIndex`` and ``DocumentNotFound``.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import DocumentNotFound  # noqa: E402
+from .reader import DocumentsIndex  # noqa: E402
+
+__all__ = ["DocumentNotFound", "DocumentsIndex", "__version__"]

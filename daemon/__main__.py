@@ -1,0 +1,5 @@
+"""``python -m daemon`` runs the docwatch CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""Advisory locks beside the index: one writer per batch, one daemon per index.
+
+flock(2) locks vanish with their process, so a killed writer never leaves the index stuck.
+They live next to the database, never in the watched folders.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from .errors import IndexBusy
+
+
+class FileLock:
+    """An exclusive flock on ``path``; the holder's pid is written into the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock, waiting up to ``timeout`` seconds (None = forever); False on timeout."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def writer_lock(db_path: Path) -> FileLock:
+    """Serialises batches of every docwatch process writing this index."""
+    return FileLock(db_path.with_name(db_path.name + ".writer.lock"))
+
+
+def claim_daemon(db_path: Path) -> FileLock:
+    """Held for the daemon's lifetime; a second ``watch`` on the same index is refused."""
+    lock = FileLock(db_path.with_name(db_path.name + ".daemon.lock"))
+    if not lock.acquire(timeout=0):
+        raise IndexBusy(
+            f"{db_path}: another `docwatch watch` (pid {lock.holder()}) already indexes this "
+            f"index; stop it first (systemctl stop docwatch) or point --db elsewhere"
+        )
+    return lock

@@ -1,0 +1,130 @@
+"""``docwatch scan``: one-shot catch-up over the legacy folders, in task-ordered batches."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import index as ix
+from .config import Config
+from .indexer import Indexer
+from .ingest import BatchReport
+from .layout import KINDS, STAGES, folder_roles, parse_name
+from .sources import Candidate, list_folder, probe
+
+log = logging.getLogger("docwatch.scan")
+SCAN_BATCH_FILES = 2000
+COUNT_KEYS = ("new", "indexed", "ignored", "deferred", "error", "docs_created", "docs_updated")
+
+
+@dataclass
+class ScanResult:
+    """Counts per stage, problems with their paths, and timing."""
+
+    counts: dict[str, Counter] = field(default_factory=lambda: {s: Counter() for s in STAGES})
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    dry_run: bool = False
+    run_id: str | None = None
+
+    def add(self, report: BatchReport) -> None:
+        for (stage, key), n in report.counts.items():
+            self.counts[stage][key] += n
+        self.problems += report.problems
+
+    def as_dict(self) -> dict:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "seconds": round(self.seconds, 3),
+            "stages": {s: {k: self.counts[s][k] for k in COUNT_KEYS} for s in STAGES},
+            "problems": [{"path": p, "reason": r} for p, r in self.problems],
+        }
+
+
+def list_candidates(cfg: Config, stages: Iterable[str]) -> list[Candidate]:
+    """Every entry of the selected stages' folders, ordered so a task's files share a batch."""
+    wanted = set(stages)
+    roles = [r for r in folder_roles(cfg.folders) if r.stage in wanted]
+    found = [c for role in roles for c in list_folder(cfg.data_root, role)]
+    kind_order = {k: i for i, k in enumerate(KINDS)}
+    stage_order = {s: i for i, s in enumerate(STAGES)}
+
+    def key(c: Candidate) -> tuple:
+        parsed = parse_name(c.path.name)
+        task = parsed.task_id if not isinstance(parsed, str) else c.path.name
+        return (stage_order[c.role.stage], task, kind_order[c.role.kind], c.relpath)
+
+    return sorted(found, key=key)
+
+
+def task_batches(cands: list[Candidate], size: int) -> Iterable[list[Candidate]]:
+    """Cut the ordered listing into batches of about ``size`` files, never splitting a task."""
+    batch: list[Candidate] = []
+    last_task = None
+    for c in cands:
+        parsed = parse_name(c.path.name)
+        task = (c.role.stage, parsed.task_id if not isinstance(parsed, str) else None)
+        if len(batch) >= size and task != last_task:
+            yield batch
+            batch = []
+        batch.append(c)
+        last_task = task
+    if batch:
+        yield batch
+
+
+def scan(cfg: Config, *, stages: Iterable[str] = STAGES, run_id: str, dry_run: bool = False,
+         progress: Callable[[int], None] | None = None) -> ScanResult:  # fmt: skip
+    """Index everything settled under the data root; safe to run any number of times."""
+    started = time.monotonic()
+    stages = [s for s in STAGES if s in set(stages)]
+    result = ScanResult(dry_run=dry_run, run_id=run_id)
+    cands = list_candidates(cfg, stages)
+    if dry_run:
+        _dry_run(cfg, cands, result, progress)
+    else:
+        indexer = Indexer(cfg, run_id)
+        try:
+            _scan_into(indexer, cands, result, progress)
+        finally:
+            indexer.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _scan_into(indexer: Indexer, cands: list[Candidate], result: ScanResult,
+               progress: Callable[[int], None] | None) -> None:  # fmt: skip
+    indexer.recover()
+    stats = ix.ledger_stats(indexer.con)
+    indexer.ingestor.known = lambda r, s, m: (s, m) in stats.get(r, ())
+    for batch in task_batches(cands, SCAN_BATCH_FILES):
+        result.add(indexer.ingest(batch))
+        if progress:
+            progress(len(batch))
+    result.add(indexer.expire_pending())
+
+
+def _dry_run(cfg: Config, cands: list[Candidate], result: ScanResult,
+             progress: Callable[[int], None] | None) -> None:  # fmt: skip
+    """Probe without writing anything (the index is only read, if it exists)."""
+    stats: dict = {}
+    if Path(cfg.db).exists():
+        con = ix.connect(cfg.db, readonly=True)
+        stats = ix.ledger_stats(con)
+        con.close()
+    now = time.time_ns()
+    for c in cands:
+        o = probe(
+            c, known=lambda r, s, m: (s, m) in stats.get(r, ()), now_ns=now,
+            settle_ns=int(cfg.settle_seconds * 1e9), max_bytes=cfg.max_file_bytes,
+        )  # fmt: skip
+        result.counts[c.role.stage][o.status] += 1
+        if o.status == "error":
+            result.problems.append((o.relpath, o.reason or "error"))
+        if progress:
+            progress(1)

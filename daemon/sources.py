@@ -1,0 +1,180 @@
+"""Reading the legacy folders: list candidates, and probe one file into a ``Source``.
+
+Read-only on the sources: files are opened O_RDONLY|O_NOFOLLOW (and O_NOATIME where allowed),
+never locked, renamed or written.  Every refusal carries the path and the reason.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .layout import FolderRole, ParsedName, parse_name
+from .model import Source
+
+IN_MEMORY_MAX = 1 << 20  # smaller sources are kept in memory between hashing and copying
+CHUNK = 1 << 20
+NEW, INDEXED, IGNORED, DEFERRED, ERROR = "new", "indexed", "ignored", "deferred", "error"
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A directory entry in a watched folder, with its role and path below the data root."""
+
+    path: Path
+    role: FolderRole
+    relpath: str
+    lstat: os.stat_result | None = None
+
+
+@dataclass
+class Outcome:
+    """What probing one candidate found: a new Source, or why it was not read (now)."""
+
+    candidate: Candidate
+    status: str
+    reason: str | None = None
+    source: Source | None = None
+    content: bytes | None = None
+
+    @property
+    def relpath(self) -> str:
+        return self.candidate.relpath
+
+
+def list_folder(data_root: Path, role: FolderRole) -> Iterator[Candidate]:
+    """Entries of one watched folder (non-recursive); a missing folder yields nothing."""
+    folder = data_root / role.folder
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        yield Candidate(Path(entry.path), role, f"{role.folder}/{entry.name}", st)
+
+
+def candidate_for(data_root: Path, path: Path, role: FolderRole) -> Candidate:
+    return Candidate(path, role, f"{role.folder}/{path.name}")
+
+
+def probe(
+    cand: Candidate,
+    *,
+    known: Callable[[str, int, int], bool],
+    now_ns: int,
+    settle_ns: int,
+    max_bytes: int,
+    ready: bool = False,
+) -> Outcome:
+    """Classify and (when new and settled) read one candidate, hashing its bytes."""
+    name = cand.path.name
+    try:
+        cand.relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        return Outcome(cand, ERROR, "file name is not valid UTF-8; rename is up to the pipeline")
+    parsed = parse_name(name)
+    if isinstance(parsed, str):
+        return Outcome(cand, IGNORED, parsed)
+    try:
+        st = cand.lstat or os.lstat(cand.path)
+    except FileNotFoundError:
+        return Outcome(cand, IGNORED, "vanished before it could be read")
+    except OSError as exc:
+        return Outcome(cand, ERROR, f"cannot stat: {exc.strerror}")
+    kind_problem = _kind_problem(st)
+    if kind_problem:
+        status = IGNORED if stat.S_ISDIR(st.st_mode) else ERROR
+        return Outcome(cand, status, kind_problem)
+    if st.st_size > max_bytes:
+        return Outcome(cand, ERROR, f"{st.st_size} bytes exceeds max_file_bytes ({max_bytes})")
+    if known(cand.relpath, st.st_size, st.st_mtime_ns):
+        return Outcome(cand, INDEXED)
+    if not ready and now_ns - st.st_mtime_ns < settle_ns:
+        return Outcome(cand, DEFERRED, "younger than settle_seconds; left for later")
+    return _read(cand, parsed, st)
+
+
+def _kind_problem(st: os.stat_result) -> str | None:
+    if stat.S_ISLNK(st.st_mode):
+        return "symbolic link: not followed (copy the file itself into the folder)"
+    if stat.S_ISDIR(st.st_mode):
+        return "subfolder: watched folders are not recursive"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
+def _open_source(path: Path) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        return os.open(path, flags | _NOATIME)
+    except PermissionError:
+        if not _NOATIME:
+            raise
+        return os.open(path, flags)  # O_NOATIME needs ownership; fall back
+
+
+def _read(cand: Candidate, name: ParsedName, st: os.stat_result) -> Outcome:
+    try:
+        fd = _open_source(cand.path)
+    except FileNotFoundError:
+        return Outcome(cand, IGNORED, "vanished before it could be read")
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Outcome(cand, ERROR, "symbolic link: not followed")
+        return Outcome(cand, ERROR, f"cannot open: {exc.strerror}")
+    try:
+        before = os.fstat(fd)
+        if (before.st_ino, before.st_dev) != (st.st_ino, st.st_dev):
+            return Outcome(cand, DEFERRED, "replaced while being read; will retry")
+        digest, content, size = _hash(fd, before.st_size)
+        after = os.fstat(fd)
+    except OSError as exc:
+        return Outcome(cand, ERROR, f"read failed: {exc.strerror}")
+    finally:
+        os.close(fd)
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
+        size != after.st_size
+    ):
+        return Outcome(cand, DEFERRED, "changed while being read; will retry")
+    source = Source(
+        stage=cand.role.stage,
+        kind=cand.role.kind,
+        relpath=cand.relpath,
+        task_id=name.task_id,
+        version=name.version,
+        mtime_ns=after.st_mtime_ns,
+        size=size,
+        sha256=digest,
+    )
+    return Outcome(cand, NEW, source=source, content=content)
+
+
+def _hash(fd: int, size_hint: int) -> tuple[str, bytes | None, int]:
+    """SHA-256 of the file; the bytes too when small (so they are read once)."""
+    digest = hashlib.sha256()
+    if size_hint <= IN_MEMORY_MAX:
+        parts = []
+        while chunk := os.read(fd, CHUNK):
+            parts.append(chunk)
+        content = b"".join(parts)
+        if len(content) <= IN_MEMORY_MAX:
+            digest.update(content)
+            return digest.hexdigest(), content, len(content)
+        digest.update(content)
+        return digest.hexdigest(), None, len(content)
+    size = 0
+    while chunk := os.read(fd, CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), None, size

@@ -1,0 +1,313 @@
+"""The legacy task and template tables: a tolerant reader (I/O) and ``task_info`` (pure).
+
+The pipeline rewrites ``2_tasks/*.csv`` in place with pandas (not atomically), so a read can
+see a half-written file; such reads are retried and otherwise replaced by the last good copy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+from .layout import TASKS_DIR, TEMPLATES_DIR, split_task_id
+from .model import TaskInfo
+
+Row = dict[str, str]
+Table = dict[str, Row]
+
+#: Model id used when neither the tables nor the task id name one.
+UNKNOWN = "unknown"
+
+#: TaskTables field → (folder under the data root, file name, key column).
+TABLE_FILES: dict[str, tuple[str, str, str]] = {
+    "draft_tasks": (TASKS_DIR, "draft_generation_tasks.csv", "draft_task_id"),
+    "essay_tasks": (TASKS_DIR, "essay_generation_tasks.csv", "essay_task_id"),
+    "evaluation_tasks": (TASKS_DIR, "evaluation_tasks.csv", "evaluation_task_id"),
+    "draft_templates": (TEMPLATES_DIR, "draft_templates.csv", "template_id"),
+    "essay_templates": (TEMPLATES_DIR, "essay_templates.csv", "template_id"),
+    "evaluation_templates": (TEMPLATES_DIR, "evaluation_templates.csv", "template_id"),
+    "models": (TEMPLATES_DIR, "llm_models.csv", "id"),
+}
+
+
+@dataclass(frozen=True)
+class TaskTables:
+    """Every table as plain dicts (key → row of stripped strings); treat as read-only."""
+
+    draft_tasks: Table = field(default_factory=dict)
+    essay_tasks: Table = field(default_factory=dict)
+    evaluation_tasks: Table = field(default_factory=dict)
+    draft_templates: Table = field(default_factory=dict)
+    essay_templates: Table = field(default_factory=dict)
+    evaluation_templates: Table = field(default_factory=dict)
+    models: Table = field(default_factory=dict)
+
+    EMPTY: ClassVar[TaskTables]
+
+    @classmethod
+    def empty(cls) -> TaskTables:
+        return cls()
+
+
+TaskTables.EMPTY = TaskTables()
+
+
+def parse_bool(value: str | None) -> bool | None:
+    """``True``/``true``/``1``/``yes`` → True, the opposites → False, anything else → None."""
+    text = (value or "").strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    return None
+
+
+def _cell(row: Row | None, column: str) -> str:
+    return ((row or {}).get(column) or "").strip()
+
+
+def _document_stage(tables: TaskTables, document_id: str, stage_cell: str = "") -> str | None:
+    """Stage of an evaluated document: the ``stage`` column, else the tables, else its template.
+
+    The template test only decides when the document's template is in exactly one of the
+    draft and essay template tables (some template ids, e.g. copy-mode ones, are in both).
+    """
+    stage = stage_cell.lower()
+    if stage in ("essay2p", "essay"):
+        return "essay"
+    if stage in ("essay1p", "draft"):
+        return "draft"
+    if document_id in tables.essay_tasks:
+        return "essay"
+    if document_id in tables.draft_tasks:
+        return "draft"
+    _, template, _ = split_task_id(document_id)
+    if template is not None:
+        in_essay, in_draft = template in tables.essay_templates, template in tables.draft_templates
+        if in_essay != in_draft:
+            return "essay" if in_essay else "draft"
+    return None
+
+
+def task_info(tables: TaskTables, stage: str, task_id: str) -> TaskInfo:
+    """What the tables say about one task; every field the tables lack comes from the id.
+
+    A table cell that is empty falls back to the id's part; an id that does not split into
+    ``<head>__<template>__<model>`` uses the task id as template and ``"unknown"`` as model.
+    """
+    head, id_template, id_model = split_task_id(task_id)
+    parent_stage: str | None = None
+    parent_task_id: str | None = None
+    parser: str | None = None
+    generator: str | None = None
+    if stage == "draft":
+        row = tables.draft_tasks.get(task_id)
+        template = _cell(row, "draft_template") or id_template or task_id or UNKNOWN
+        model = _cell(row, "generation_model") or id_model or UNKNOWN
+        parser = _cell(tables.draft_templates.get(template), "parser") or None
+    elif stage == "essay":
+        row = tables.essay_tasks.get(task_id)
+        template = _cell(row, "essay_template") or id_template or task_id or UNKNOWN
+        model = _cell(row, "generation_model") or id_model or UNKNOWN
+        parent_stage = "draft"
+        # Without a row the parent is unknown: an essay id does not carry its draft template.
+        parent_task_id = _cell(row, "draft_task_id") or None
+        generator = _cell(tables.essay_templates.get(template), "generator").lower() or None
+    elif stage == "evaluation":
+        row = tables.evaluation_tasks.get(task_id)
+        template = _cell(row, "evaluation_template") or id_template or task_id or UNKNOWN
+        model = _cell(row, "evaluation_model") or id_model or UNKNOWN
+        stage_cell = _cell(row, "stage")
+        by_stage = {"essay2p": "essay_task_id", "essay1p": "draft_task_id"}.get(stage_cell.lower())
+        parent_task_id = (
+            _cell(row, "document_id")
+            or (_cell(row, by_stage) if by_stage else "")
+            or (head if id_template is not None else "")
+            or None
+        )
+        if parent_task_id is not None:
+            parent_stage = _document_stage(tables, parent_task_id, stage_cell)
+        template_row = tables.evaluation_templates.get(template)
+        parser = (
+            _cell(row, "parser")
+            or _cell(template_row, "parser")
+            or _cell(template_row, "parsing_strategy")
+            or None
+        )
+    else:
+        raise ValueError(f"unknown stage {stage!r} (expected draft, essay or evaluation)")
+    return TaskInfo(
+        stage=stage,
+        task_id=task_id,
+        template_id=template,
+        model_id=model,
+        parser=parser,
+        generator=generator,
+        parent_stage=parent_stage,
+        parent_task_id=parent_task_id,
+        provider=_cell(tables.models.get(model), "provider") or None,
+        from_tables=row is not None,
+    )
+
+
+def parse_table(text: str, key: str, *, needs_final_newline: bool = False) -> Table | str:
+    """Rows of a CSV text keyed by ``key``, or why the text is not a complete table (pure).
+
+    ``needs_final_newline`` is for pandas-written files, which always end with a newline, so
+    a missing one means the last field was cut.
+    """
+    try:
+        records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            return "truncated inside a quoted field"
+        try:  # hand-edited quirks (a quote inside a field): read leniently, as pandas does
+            records = list(csv.reader(io.StringIO(text, newline="")))
+        except csv.Error as exc2:
+            return f"malformed CSV ({exc2})"
+    records = [r for r in records if any(cell.strip() for cell in r)]
+    if not records:
+        return "empty file (no header)"
+    header = [name.strip().lstrip("\ufeff").strip() for name in records[0]]
+    if key not in header:
+        return f"no {key!r} column in the header"
+    if len(records) > 1 and len(records[-1]) < len(header):
+        return f"truncated (last row has {len(records[-1])} of {len(header)} fields)"
+    if needs_final_newline and not text.endswith(("\n", "\r")):
+        return "truncated (no final newline)"
+    rows: Table = {}
+    for record in records[1:]:
+        row = {
+            name: (record[i].strip() if i < len(record) else "")
+            for i, name in enumerate(header)
+            if name
+        }
+        if row[key]:
+            rows[row[key]] = row
+    return rows
+
+
+Signature = tuple[int, int, int]  # size, mtime_ns, inode
+
+
+class _Read(NamedTuple):
+    rows: Table | None  # None: bad read
+    reason: str | None
+    sig: Signature | None  # the stat before reading; None when missing
+    retry: bool = False  # worth reading again soon (the file may be mid-write)
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+
+
+class TaskTableReader:
+    """Loads the tables from a data root, keeping the last good copy of each file.
+
+    Read-only: files are opened for reading only, never written or locked.
+    """
+
+    def __init__(
+        self,
+        data_root: Path,
+        log: logging.Logger | None = None,
+        retries: int = 3,
+        retry_delay: float = 0.2,
+    ) -> None:
+        self.data_root = Path(data_root)
+        self.log = log or logging.getLogger(__name__)
+        self.retries = max(0, retries)
+        self.retry_delay = retry_delay
+        self.problems: list[str] = []
+        self._good: dict[str, Table] = {}
+        self._sigs: dict[str, Signature | None] | None = None  # None: never loaded
+
+    def paths(self) -> dict[str, Path]:
+        """Each table's file path, by TaskTables field name."""
+        return {
+            name: self.data_root / folder / filename
+            for name, (folder, filename, _) in TABLE_FILES.items()
+        }
+
+    def changed(self) -> bool:
+        """Whether any table file differs (size, mtime, inode, presence) from the last load."""
+        if self._sigs is None:
+            return True
+        return any(_signature(p) != self._sigs.get(n) for n, p in self.paths().items())
+
+    def load(self) -> TaskTables:
+        """Read every table; a bad read keeps the previous good table and is in ``problems``."""
+        problems: list[str] = []
+        sigs: dict[str, Signature | None] = {}
+        tables: dict[str, Table] = {}
+        for name, path in self.paths().items():
+            folder, _, key = TABLE_FILES[name]
+            result = self._read_with_retries(path, key, needs_final_newline=folder == TASKS_DIR)
+            sigs[name] = result.sig
+            if result.rows is not None:
+                if result.sig is None:
+                    self.log.debug("%s: missing; using an empty table", path)
+                    self._good.pop(name, None)
+                else:
+                    self._good[name] = result.rows
+                tables[name] = result.rows
+            else:
+                kept = self._good.get(name, {})
+                message = (
+                    f"{path}: {result.reason}; keeping the last good copy ({len(kept)} rows) "
+                    "and retrying on the next change"
+                )
+                problems.append(message)
+                self.log.warning("%s", message)
+                tables[name] = kept
+        self.problems = problems
+        self._sigs = sigs
+        return TaskTables(**tables)
+
+    def _read_with_retries(self, path: Path, key: str, *, needs_final_newline: bool) -> _Read:
+        result = self._read_once(path, key, needs_final_newline)
+        for _ in range(self.retries):
+            if not result.retry:
+                break
+            time.sleep(self.retry_delay)
+            result = self._read_once(path, key, needs_final_newline)
+        return result
+
+    @staticmethod
+    def _read_once(path: Path, key: str, needs_final_newline: bool) -> _Read:
+        try:
+            before = path.stat()
+        except FileNotFoundError:
+            return _Read({}, None, None)
+        except OSError as exc:
+            return _Read(None, f"cannot stat ({_describe(exc)})", None)
+        sig = (before.st_size, before.st_mtime_ns, before.st_ino)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return _Read({}, None, None)
+        except OSError as exc:
+            return _Read(None, f"unreadable ({_describe(exc)})", sig)
+        if _signature(path) != sig or len(data) != before.st_size:
+            return _Read(None, "changed while being read", sig, retry=True)
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            return _Read(None, f"not UTF-8 ({exc.reason} at byte {exc.start})", sig, retry=True)
+        parsed = parse_table(text, key, needs_final_newline=needs_final_newline)
+        if isinstance(parsed, str):
+            return _Read(None, parsed, sig, retry=True)
+        return _Read(parsed, None, sig)
