@@ -1,0 +1,275 @@
+"""The ``docwatch`` command line: parse, call, and turn errors into messages (once, here).
+
+Exit codes: 0 success; 1 nothing found (latest/show) or problems found (verify);
+2 bad usage or configuration; 3 unusable index (corrupt, wrong version); 4 index held by
+another daemon; 70 unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__, logs
+from .config import ConfigError, load_config
+from .errors import DocwatchError
+from .layout import STAGES
+
+log = logging.getLogger("docwatch")
+EXIT_INTERNAL = 70
+
+
+def config_options(func):
+    """--config and the path flags every command shares; flags left unset don't override."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(path_type=Path),
+                     help="TOML config file (see config.example.toml)."),
+        click.option("--data-root", type=click.Path(path_type=Path),
+                     help="Legacy data root (default: data)."),
+        click.option("--db", type=click.Path(path_type=Path),
+                     help="Index file (default: <data-root>/db/documents.sqlite)."),
+        click.option("--docs-root", type=click.Path(path_type=Path),
+                     help="Document directories (default: <data-root>/docs)."),
+        click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
+                     case_sensitive=False), help="Log verbosity (default: INFO)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def handle_errors(func):
+    """Run a command; print a DocwatchError/ConfigError once and exit with its code."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"docwatch: {exc}", err=True)
+            sys.exit(2)
+        except DocwatchError as exc:
+            click.echo(f"docwatch: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # the one place that catches everything
+            log.exception("internal error")
+            click.echo(f"docwatch: internal error: {exc!r}; please report it", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+    return wrapper
+
+
+def make_config(config_file, **flags):
+    cfg = load_config(config_file, None, flags)
+    logs.setup(cfg.log_level, cfg.log_format)
+    return cfg
+
+
+def emit(data, as_json: bool, render) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else render(data))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="docwatch")
+def main() -> None:
+    """Index a legacy LLM pipeline's files into short-id documents and a SQLite index.
+
+    \b
+    Example:
+      docwatch scan --data-root data && docwatch latest draft <task_id>
+    """
+
+
+@main.command()
+@config_options
+@click.option("--stage", type=click.Choice(STAGES), multiple=True,
+              help="Only this stage (repeatable; default: all).")  # fmt: skip
+@click.option("--run-id", help="Label stored in run_id (default: backfill-YYYYMMDD).")
+@click.option("--link/--copy", "link", default=None, help="Hard-link sources instead of copying.")
+@click.option("--dry-run", is_flag=True, help="Report counts, write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@handle_errors
+def scan(config_file, stage, dry_run, as_json, **flags) -> None:
+    """One-shot catch-up: index every settled legacy file not indexed yet.
+
+    \b
+    Example:
+      docwatch scan --data-root /srv/daydreaming/data --stage draft --json
+    """
+    from .indexer import default_run_id
+    from .scan import scan as run_scan
+
+    cfg = make_config(config_file, **flags)
+    run_id = cfg.run_id or default_run_id()
+    progress = None
+    if sys.stderr.isatty() and not as_json:
+        from .scan import list_candidates
+
+        total = len(list_candidates(cfg, stage or STAGES))
+        bar = click.progressbar(length=total, label="scanning", file=sys.stderr)
+        progress = bar.update
+        with bar:
+            result = run_scan(cfg, stages=stage or STAGES, run_id=run_id, dry_run=dry_run,
+                              progress=progress)  # fmt: skip
+    else:
+        result = run_scan(cfg, stages=stage or STAGES, run_id=run_id, dry_run=dry_run)
+    emit(result.as_dict(), as_json, _render_scan)
+
+
+def _render_scan(d: dict) -> str:
+    head = "dry run (nothing written)" if d["dry_run"] else f"run_id {d['run_id']}"
+    lines = [f"scan: {head}, {d['seconds']:.2f}s"]
+    lines.append(f"  {'stage':<11}{'new':>7}{'indexed':>9}{'ignored':>9}{'deferred':>10}"
+                 f"{'errors':>8}{'docs+':>8}{'docs~':>8}")  # fmt: skip
+    for stage, c in d["stages"].items():
+        lines.append(
+            f"  {stage:<11}{c['new']:>7}{c['indexed']:>9}{c['ignored']:>9}{c['deferred']:>10}"
+            f"{c['error']:>8}{c['docs_created']:>8}{c['docs_updated']:>8}"
+        )
+    for p in d["problems"]:
+        lines.append(f"  problem: {p['path']}: {p['reason']}")
+    return "\n".join(lines)
+
+
+@main.command()
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@handle_errors
+def status(config_file, as_json, **flags) -> None:
+    """Counts by stage and status, pending and unlinked documents, newest document, lag.
+
+    \b
+    Example:
+      docwatch status --data-root data --json
+    """
+    from .status import render
+    from .status import status as get_status
+
+    cfg = make_config(config_file, **flags)
+    emit(get_status(cfg.db), as_json, render)
+
+
+@main.command()
+@config_options
+@click.argument("stage", type=click.Choice(STAGES))
+@click.argument("task_id")
+@click.option("--field", type=click.Choice(["doc_dir", "raw", "parsed", "prompt"]),
+              help="Print only the directory path, or the text of raw/parsed/prompt.")
+@click.option("--status", "statuses", multiple=True, default=("ok",), show_default=True,
+              help="Accepted statuses (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the row as JSON.")
+@handle_errors  # fmt: skip
+def latest(config_file, stage, task_id, field, statuses, as_json, **flags) -> None:
+    """The latest document of a task (ok by default); exit 1 when there is none.
+
+    \b
+    Example:
+      docwatch latest draft combo_v1_1f3a9c2b7d4e__creative-synthesis-v2__sonnet-4 --field parsed
+    """
+    from .reader import DocumentsIndex
+
+    cfg = make_config(config_file, **flags)
+    with DocumentsIndex(cfg.db, cfg.docs_root) as idx:
+        row = idx.get_latest_by_task(stage, task_id, status=statuses)
+        _print_document(idx, row, field, as_json)
+
+
+@main.command()
+@config_options
+@click.argument("doc_id")
+@click.option("--field", type=click.Choice(["doc_dir", "raw", "parsed", "prompt"]),
+              help="Print only the directory path, or the text of raw/parsed/prompt.")
+@click.option("--json", "as_json", is_flag=True, help="Print the row as JSON.")
+@handle_errors  # fmt: skip
+def show(config_file, doc_id, field, as_json, **flags) -> None:
+    """One document's row (and its directory); exit 1 when the id is unknown.
+
+    \b
+    Example:
+      docwatch show 0k3x9q2m7v1c5b8a --json
+    """
+    from .reader import DocumentsIndex
+
+    cfg = make_config(config_file, **flags)
+    with DocumentsIndex(cfg.db, cfg.docs_root) as idx:
+        _print_document(idx, idx.get(doc_id), field, as_json)
+
+
+def _print_document(idx, row: dict, field: str | None, as_json: bool) -> None:
+    doc_dir = idx.resolve_doc_dir(row)
+    if field == "doc_dir":
+        click.echo(str(doc_dir))
+    elif field:
+        sys.stdout.buffer.write(idx.read_bytes(row, field))
+        sys.stdout.flush()
+    elif as_json:
+        click.echo(json.dumps({**row, "path": str(doc_dir)}, indent=2, ensure_ascii=False))
+    else:
+        for key, value in row.items():
+            click.echo(f"{key:<24}{json.dumps(value, ensure_ascii=False) if key == 'meta_small' else value}")  # noqa: E501
+        click.echo(f"{'path':<24}{doc_dir}")
+
+
+@main.command()
+@config_options
+@click.option("--no-checksums", is_flag=True, help="Skip re-hashing document files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def verify(config_file, no_checksums, as_json, **flags) -> None:
+    """Check the index against document directories and sources; exit 1 on problems.
+
+    \b
+    Example:
+      docwatch verify --data-root data
+    """
+    from .verify import verify as run_verify
+
+    cfg = make_config(config_file, **flags)
+    report = run_verify(cfg, checksums=not no_checksums)
+    emit(report.as_dict(), as_json, _render_verify)
+    sys.exit(0 if report.ok else 1)
+
+
+def _render_verify(d: dict) -> str:
+    checked = ", ".join(f"{v} {k}" for k, v in d["checked"].items())
+    lines = [f"verify: {'ok' if d['ok'] else 'PROBLEMS'} ({checked})"]
+    lines += [f"  problem: {p['where']}: {p['what']}" for p in d["problems"]]
+    lines += [f"  note: {p['where']}: {p['what']}" for p in d["notes"]]
+    return "\n".join(lines)
+
+
+@main.command("rebuild-index")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@handle_errors
+def rebuild_index(config_file, as_json, **flags) -> None:
+    """Recreate the index from the documents' metadata.json (the old file is moved aside).
+
+    \b
+    Example:
+      docwatch rebuild-index --data-root data
+    """
+    from .locks import claim_daemon, writer_lock
+    from .rebuild import rebuild
+
+    cfg = make_config(config_file, **flags)
+    daemon_lock = claim_daemon(cfg.db)
+    try:
+        with writer_lock(cfg.db):
+            report = rebuild(cfg.db, cfg.docs_root)
+    finally:
+        daemon_lock.release()
+    emit(report.as_dict(), as_json, lambda d: (
+        f"rebuilt {d['documents']} documents and {d['sources']} sources"
+        + (f"; old index moved to {d['moved_aside']}" if d["moved_aside"] else "")
+        + "".join(f"\n  problem: {p['path']}: {p['reason']}" for p in d["problems"])
+    ))  # fmt: skip

@@ -1,0 +1,95 @@
+"""``docwatch rebuild-index``: recreate the index from the documents' metadata.json files.
+
+The document directories are the durable truth; the index is derived from them.  The old
+database file (corrupt or not) is moved aside, never deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import index as ix
+from .layout import STAGES, parse_name
+from .model import Source
+
+
+@dataclass
+class RebuildReport:
+    documents: int = 0
+    sources: int = 0
+    moved_aside: str | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "documents": self.documents,
+            "sources": self.sources,
+            "moved_aside": self.moved_aside,
+            "problems": [{"path": p, "reason": r} for p, r in self.problems],
+        }
+
+
+def move_aside(db: Path) -> str | None:
+    """Rename the database and its WAL/SHM files to ``<name>.bak-<timestamp>``."""
+    if not db.exists():
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = db.with_name(f"{db.name}.bak-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        old = Path(str(db) + suffix)
+        if old.exists():
+            os.replace(old, Path(str(target) + suffix))
+    return str(target)
+
+
+def rebuild(db: Path, docs_root: Path) -> RebuildReport:
+    """Move the old index aside and load every document's metadata into a new one."""
+    report = RebuildReport(moved_aside=move_aside(db))
+    con = ix.connect(db)
+    try:
+        with ix.transaction(con):
+            for stage in STAGES:
+                stage_dir = docs_root / stage
+                if stage_dir.is_dir():
+                    for doc_dir in sorted(stage_dir.iterdir()):
+                        _load_one(con, doc_dir, report)
+    finally:
+        con.close()
+    return report
+
+
+def _load_one(con, doc_dir: Path, report: RebuildReport) -> None:
+    meta_path = doc_dir / "metadata.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        row, attempt = meta["row"], meta["attempt"]
+        if row["doc_id"] != doc_dir.name:
+            raise ValueError(f"doc_id {row['doc_id']!r} does not match the directory name")
+        sources = _sources(row, meta["provenance"]["sources"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        report.problems.append((str(meta_path), f"skipped: {exc}"))
+        return
+    ix.put_document(con, row, attempt)
+    ix.put_sources(con, sources)
+    report.documents += 1
+    report.sources += len(sources)
+
+
+def _sources(row: dict, provenance: dict) -> list[Source]:
+    out = []
+    for kind, s in provenance.items():
+        if s is None:
+            continue
+        name = parse_name(Path(s["path"]).name)
+        version = 0 if isinstance(name, str) else name.version
+        out.append(
+            Source(
+                stage=row["stage"], kind=kind, relpath=s["path"], task_id=row["task_id"],
+                version=version, mtime_ns=s["mtime_ns"], size=s["size"], sha256=s["sha256"],
+            )  # fmt: skip
+        )
+    return out

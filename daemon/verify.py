@@ -1,0 +1,159 @@
+"""``docwatch verify``: the index against the document directories and the sources.
+
+Read-only everywhere.  Problems (exit non-zero): missing or incomplete document directories,
+checksum mismatches, orphan directories, settled sources not indexed, parents that should be
+linked but are not.  Notes (exit zero): documents whose parent task is unknown or has no ok
+document yet, and sources that cannot be indexed (symlinks, oversized …; scan reports them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import index as ix
+from .config import Config
+from .layout import STAGES
+from .model import ParentCandidate, choose_parent
+from .scan import list_candidates
+from .sources import DEFERRED, ERROR, NEW, probe
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class VerifyReport:
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "problems": [{"where": w, "what": p} for w, p in self.problems],
+            "notes": [{"where": w, "what": p} for w, p in self.notes],
+        }
+
+
+def verify(cfg: Config, *, checksums: bool = True) -> VerifyReport:
+    report = VerifyReport()
+    con = ix.connect(cfg.db, readonly=True)
+    try:
+        rows = con.execute(
+            "SELECT d.doc_id, d.stage, d.status, d.parent_doc_id, a.parent_stage,"
+            " a.parent_task_id, a.parent_ref_ns FROM documents d JOIN attempts a USING (doc_id)"
+        ).fetchall()
+        report.checked["documents"] = len(rows)
+        for r in rows:
+            _check_document(cfg, r["doc_id"], r["stage"], checksums, report)
+        _check_orphans(cfg, {r["doc_id"] for r in rows}, report)
+        _check_parents(con, rows, report)
+        _check_sources(cfg, con, report)
+    finally:
+        con.close()
+    return report
+
+
+def _check_document(cfg: Config, doc_id: str, stage: str, checksums: bool,
+                    report: VerifyReport) -> None:  # fmt: skip
+    doc_dir = cfg.docs_root / stage / doc_id
+    where = str(doc_dir)
+    try:
+        meta = json.loads((doc_dir / "metadata.json").read_text())
+    except FileNotFoundError:
+        what = "document directory missing" if not doc_dir.exists() else "metadata.json missing"
+        report.problems.append((where, f"{what}; `docwatch scan` rebuilds it from the sources"))
+        return
+    except (OSError, ValueError) as exc:
+        report.problems.append((where, f"metadata.json unreadable: {exc}"))
+        return
+    sources = meta.get("provenance", {}).get("sources", {})
+    for kind, source in sources.items():
+        path = doc_dir / f"{kind}.txt"
+        if source is None or (kind == "prompt" and not cfg.prompt_copy):
+            continue
+        if not path.exists():
+            report.problems.append((str(path), f"{kind}.txt missing (source {source['path']})"))
+        elif checksums and _sha256(path) != source["sha256"]:
+            report.problems.append(
+                (str(path), f"checksum differs from its source {source['path']} (edited by hand?)")
+            )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_orphans(cfg: Config, doc_ids: set[str], report: VerifyReport) -> None:
+    for stage in STAGES:
+        stage_dir = cfg.docs_root / stage
+        if not stage_dir.is_dir():
+            continue
+        for entry in stage_dir.iterdir():
+            if entry.name not in doc_ids:
+                report.problems.append((str(entry), "orphan directory: no row in the index"))
+    staging = cfg.docs_root / ".tmp"
+    if staging.is_dir():
+        for entry in staging.iterdir():
+            report.notes.append((str(entry), "staging leftover (cleaned at the next start)"))
+
+
+def _check_parents(con, rows, report: VerifyReport) -> None:
+    for r in rows:
+        if r["stage"] == "draft":
+            continue
+        expected = None
+        for stage in [r["parent_stage"]] if r["parent_stage"] else ["essay", "draft"]:
+            if r["parent_task_id"] is None:
+                break
+            cands = [
+                ParentCandidate(c["doc_id"], c["created_at_ns"], c["version"])
+                for c in con.execute(
+                    "SELECT d.doc_id, a.created_at_ns, a.version FROM documents d JOIN attempts a"
+                    " USING (doc_id) WHERE d.stage = ? AND d.task_id = ? AND d.status = 'ok'",
+                    (stage, r["parent_task_id"]),
+                )
+            ]
+            expected = choose_parent(cands, r["parent_ref_ns"])
+            if expected:
+                break
+        if expected != r["parent_doc_id"]:
+            report.problems.append(
+                (r["doc_id"], f"parent is {r['parent_doc_id']}, expected {expected}")
+            )
+        elif expected is None:
+            why = (
+                f"parent task {r['parent_task_id']} has no ok document yet"
+                if r["parent_task_id"]
+                else "parent task unknown"
+            )
+            report.notes.append((r["doc_id"], f"unlinked: {why}"))
+
+
+def _check_sources(cfg: Config, con, report: VerifyReport) -> None:
+    now = time.time_ns()
+    cands = list_candidates(cfg, STAGES)
+    report.checked["source_entries"] = len(cands)
+    for c in cands:
+        o = probe(
+            c, known=lambda r, s, m: ix.ledger_has_stat(con, r, s, m), now_ns=now,
+            settle_ns=int(cfg.settle_seconds * 1e9), max_bytes=cfg.max_file_bytes,
+        )  # fmt: skip
+        if o.status == NEW:
+            report.problems.append((c.relpath, "source not indexed; run `docwatch scan`"))
+        elif o.status == ERROR:
+            report.notes.append((c.relpath, f"source cannot be indexed: {o.reason}"))
+        elif o.status == DEFERRED:
+            report.notes.append((c.relpath, o.reason or "deferred"))
