@@ -162,10 +162,19 @@ def status(config_file, as_json, **flags) -> None:
 @config_options
 @click.argument("stage", type=click.Choice(STAGES))
 @click.argument("task_id")
-@click.option("--field", type=click.Choice(["doc_dir", "raw", "parsed", "prompt"]),
-              help="Print only the directory path, or the text of raw/parsed/prompt.")
-@click.option("--status", "statuses", multiple=True, default=("ok",), show_default=True,
-              help="Accepted statuses (repeatable).")
+@click.option(
+    "--field",
+    type=click.Choice(["doc_dir", "raw", "parsed", "prompt"]),
+    help="Print only the directory path, or the text of raw/parsed/prompt.",
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    default=("ok",),
+    show_default=True,
+    help="Accepted statuses (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the row as JSON.")
 @handle_errors  # fmt: skip
 def latest(config_file, stage, task_id, field, statuses, as_json, **flags) -> None:
@@ -186,8 +195,11 @@ def latest(config_file, stage, task_id, field, statuses, as_json, **flags) -> No
 @main.command()
 @config_options
 @click.argument("doc_id")
-@click.option("--field", type=click.Choice(["doc_dir", "raw", "parsed", "prompt"]),
-              help="Print only the directory path, or the text of raw/parsed/prompt.")
+@click.option(
+    "--field",
+    type=click.Choice(["doc_dir", "raw", "parsed", "prompt"]),
+    help="Print only the directory path, or the text of raw/parsed/prompt.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the row as JSON.")
 @handle_errors  # fmt: skip
 def show(config_file, doc_id, field, as_json, **flags) -> None:
@@ -215,7 +227,8 @@ def _print_document(idx, row: dict, field: str | None, as_json: bool) -> None:
         click.echo(json.dumps({**row, "path": str(doc_dir)}, indent=2, ensure_ascii=False))
     else:
         for key, value in row.items():
-            click.echo(f"{key:<24}{json.dumps(value, ensure_ascii=False) if key == 'meta_small' else value}")  # noqa: E501
+            shown = json.dumps(value, ensure_ascii=False) if key == "meta_small" else value
+            click.echo(f"{key:<24}{shown}")
         click.echo(f"{'path':<24}{doc_dir}")
 
 

@@ -48,10 +48,11 @@ class FileSource:
 class StagedDocument:
     doc_id: str
     stage: str
-    op: str  # create | update
+    op: str  # create | update | retire
     staged_dir: Path
     files: list[str] = field(default_factory=list)
     chars: dict[str, int] = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
 
 
 class DocStore:
@@ -113,6 +114,12 @@ class Batch:
             shutil.rmtree(staged.staged_dir, ignore_errors=True)
             raise
         self.write_metadata(staged, metadata)
+        self.documents.append(staged)
+        return staged
+
+    def retire(self, doc_id: str, stage: str) -> StagedDocument:
+        """Schedule a document directory for removal (moved into staging at publish)."""
+        staged = StagedDocument(doc_id, stage, "retire", self.root / f"retired-{doc_id}")
         self.documents.append(staged)
         return staged
 
@@ -202,9 +209,15 @@ class Batch:
                     shutil.rmtree(target)
                 os.rename(staged.staged_dir, target)
                 touched.add(target.parent)
+            elif staged.op == "retire":
+                if target.exists():
+                    os.rename(target, staged.staged_dir)
+                touched.add(target.parent)
             else:
                 for name in staged.files:
                     os.replace(staged.staged_dir / name, target / name)
+                for name in staged.remove:
+                    (target / name).unlink(missing_ok=True)
                 touched.add(target)
             faults.point("renamed")
         if _HAS_SYNCFS:

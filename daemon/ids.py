@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 ID_LENGTH = 16
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -10,7 +11,8 @@ _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 def hash36(*parts: str | None, length: int = ID_LENGTH) -> str:
     """Base36 digest of the parts (None and '' are distinct), fixed ``length`` characters."""
-    encoded = "\x1f".join("\x00" if p is None else p for p in parts).encode("utf-8")
+    # JSON keeps the encoding unambiguous: ("a", "b") and ("a,b",) never collide.
+    encoded = json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     number = int.from_bytes(hashlib.sha256(encoded).digest(), "big")
     chars = []
     for _ in range(length):

@@ -322,10 +322,14 @@ def put_document(con: sqlite3.Connection, row: dict, attempt: dict) -> None:
     )
 
 
+def delete_document(con: sqlite3.Connection, doc_id: str) -> None:
+    con.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+    con.execute("DELETE FROM attempts WHERE doc_id = ?", (doc_id,))
+
+
 def pending_tasks(con: sqlite3.Connection, created_before: str) -> list[tuple[str, str]]:
     rows = con.execute(
-        "SELECT DISTINCT stage, task_id FROM documents WHERE status = 'pending'"
-        " AND created_at < ?",
+        "SELECT DISTINCT stage, task_id FROM documents WHERE status = 'pending' AND created_at < ?",
         (created_before,),
     )
     return [(r[0], r[1]) for r in rows]

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from . import index as ix
 from .config import Config
 from .docstore import DocStore
-from .ingest import BatchReport, IngestSettings, Ingestor
+from .ingest import BatchReport, Ingestor, IngestSettings
 from .locks import writer_lock
 from .sources import Candidate
 from .tasks import TaskTableReader, TaskTables

@@ -30,7 +30,7 @@ from .model import (
     iso_utc,
     plan_task,
 )
-from .sources import DEFERRED, ERROR, IGNORED, INDEXED, NEW, Candidate, Outcome, probe
+from .sources import DEFERRED, ERROR, IGNORED, NEW, Candidate, Outcome, probe
 from .tasks import TaskTables, task_info
 
 log = logging.getLogger("docwatch.ingest")
@@ -75,9 +75,10 @@ class _Change:
     attempt: Attempt
     info: TaskInfo
     row: dict
-    op: str
+    op: str  # create | update | retire
     files: dict[str, Source]
     parent_stage: str | None
+    remove: tuple[str, ...] = ()
 
 
 class Ingestor:
@@ -149,18 +150,17 @@ class Ingestor:
             info = task_info(tables, *task)
             existing = ix.task_documents(self.con, *task)
             sources = ix.task_sources(self.con, *task) + new_by_task.get(task, [])
-            plan = plan_task(
-                info, sources, now_ns=now, pair_window_ns=self.settings.pair_window_ns,
-                pinned=_pinned(existing.values()),
-            )  # fmt: skip
+            plan = plan_task(info, sources, now_ns=now, pair_window_ns=self.settings.pair_window_ns)
             overlay[task] = [
                 ParentCandidate(a.doc_id, a.created_at_ns, a.version)
                 for a in plan.attempts if a.status == "ok"
             ]  # fmt: skip
             for attempt in plan.attempts:
-                change = self._diff(attempt, info, existing.get(attempt.doc_id), overlay)
+                change = self._diff(attempt, info, existing.pop(attempt.doc_id, None), overlay)
                 if change is not None:
                     changes.append(change)
+            for old in existing.values():  # absorbed by a late raw: the plan no longer has it
+                changes.append(_retirement(old, info))
             if any(c.attempt.task_id == task[1] and c.info.stage == task[0] for c in changes):
                 todo |= set(ix.children_of(self.con, *task)) - done
             todo |= _children_in(tasks_of=task, tables=tables, candidates=new_by_task) - done
@@ -179,17 +179,21 @@ class Ingestor:
         if old is None or not (self.store.docs_root / info.stage / attempt.doc_id).is_dir():
             return _Change(attempt, info, row, "create", wanted, parent_stage)
         row["run_id"] = old["run_id"]
-        row["raw_chars"], row["parsed_chars"] = old["raw_chars"], old["parsed_chars"]
+        for kind in ("raw", "parsed"):  # unchanged files keep their counts; staging sets new
+            row[f"{kind}_chars"] = old[f"{kind}_chars"] if kind in wanted else None
         for key in ("usage_prompt_tokens", "usage_completion_tokens", "usage_max_tokens"):
             row[key] = old[key] if row[key] is None else row[key]
         files = {
             kind: s for kind, s in wanted.items()
             if old[f"_{kind}_key"] != ix.source_key(s.relpath, s.sha256)
         }  # fmt: skip
+        remove = tuple(
+            f"{k}.txt" for k in ("parsed", "prompt") if old[f"_{k}_key"] and k not in wanted
+        )
         same = all(row[c] == old[c] for c in ix.DOCUMENT_COLUMNS)
-        if same and not files:
+        if same and not files and not remove:
             return None
-        return _Change(attempt, info, row, "update", files, parent_stage)
+        return _Change(attempt, info, row, "update", files, parent_stage, remove)
 
     def _doc_dir(self, attempt: Attempt) -> str:
         docs = self.store.docs_root
@@ -241,17 +245,24 @@ class Ingestor:
                 ix.put_sources(self.con, new_sources)
                 ix.put_problems(self.con, report.problems)
                 for c in kept:
-                    ix.put_document(self.con, c.row, _attempt_facts(c))
+                    if c.op == "retire":
+                        ix.delete_document(self.con, c.attempt.doc_id)
+                        log.warning("retired %s: its files now belong to a newer attempt of %s",
+                                    c.attempt.doc_id, c.info.task_id)  # fmt: skip
+                    else:
+                        ix.put_document(self.con, c.row, _attempt_facts(c))
                 ix.clear_intents(self.con, [c.attempt.doc_id for c in kept])
                 if kept:
                     ix.set_state(self.con, "last_ingest", ix.now_iso())
-                    lag = max(time.time_ns() - c.attempt.created_at_ns for c in kept) / 1e9
+                    lag = max(time.time_ns() - c.attempt.created_at_ns for c in kept
+                              if c.op != "retire") / 1e9  # fmt: skip
                     ix.set_state(self.con, "last_lag_seconds", f"{lag:.6f}")
             faults.point("committed")
         finally:
             batch.cleanup()
         for c in kept:
-            (report.created if c.op == "create" else report.updated).append(c.attempt.doc_id)
+            if c.op != "retire":
+                (report.created if c.op == "create" else report.updated).append(c.attempt.doc_id)
             report.counts[(c.info.stage, "docs_" + c.op + "d")] += 1
 
     def _stage_all(self, batch: Batch, changes: list[_Change], contents: dict[tuple, bytes],
@@ -261,6 +272,9 @@ class Ingestor:
         for c in changes:
             task = (c.info.stage, c.info.task_id)
             if task in dropped:
+                continue
+            if c.op == "retire":
+                batch.retire(c.attempt.doc_id, c.info.stage)
                 continue
             try:
                 staged = self._stage_one(batch, c, contents)
@@ -283,6 +297,7 @@ class Ingestor:
             for kind, s in c.files.items()
         }
         staged = batch.stage(c.attempt.doc_id, c.info.stage, c.op, files, {})
+        staged.remove = c.remove
         for kind in ("raw", "parsed"):
             if f"{kind}.txt" in staged.chars:
                 c.row[f"{kind}_chars"] = staged.chars[f"{kind}.txt"]
@@ -319,15 +334,14 @@ def _attempt_facts(c: _Change) -> dict:
     }  # fmt: skip
 
 
-def _pinned(existing: Iterable[dict]) -> dict[tuple, tuple]:
-    """parsed source key → raw source key (or PARSED_ONLY) of documents already written."""
-    pinned = {}
-    for row in existing:
-        if row["_parsed_key"]:
-            parsed = ix.split_source_key(row["_parsed_key"])
-            raw = ix.split_source_key(row["_raw_key"]) if row["_raw_key"] else (PARSED_ONLY, "")
-            pinned[parsed] = raw
-    return pinned
+def _retirement(old: dict, info: TaskInfo) -> _Change:
+    """A document whose sources now belong to another attempt (a raw that arrived late)."""
+    attempt = Attempt(
+        doc_id=old["doc_id"], stage=old["stage"], task_id=old["task_id"],
+        version=old["_version"], raw=None, parsed=None, prompt=None,
+        status=old["status"], status_reason=None,
+    )  # fmt: skip
+    return _Change(attempt, info, old, "retire", {}, old["_parent_stage"])
 
 
 def _children_in(*, tasks_of: tuple[str, str], tables: TaskTables,

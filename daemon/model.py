@@ -7,8 +7,8 @@ watcher, fed the same files in any order, reach the same documents (SPEC "What a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .ids import doc_id_for, logical_key_for
@@ -105,27 +105,17 @@ class TaskPlan:
 
 
 def pair_sources(
-    raws: Sequence[Source], parsed: Sequence[Source], pinned: Mapping[tuple, tuple]
+    raws: Sequence[Source], parsed: Sequence[Source]
 ) -> tuple[dict[tuple, Source], list[Source]]:
     """Pair parsed files with raw attempts; return raw key → parsed, and the parsed-only ones.
 
-    A parsed file belongs to the newest raw whose mtime ≤ its own and that has no parsed yet.
-    ``pinned`` (parsed key → raw key, from documents already written) is honoured first so that
-    a document never loses or changes its parsed file once committed.
+    A parsed file belongs to the newest raw whose mtime ≤ its own and that has no parsed yet
+    (parsed files taken oldest first).  A pure function of the two sets, so the order in which
+    files were seen never matters.
     """
-    raw_by_key = {r.key: r for r in raws}
     paired: dict[tuple, Source] = {}
     loose: list[Source] = []
-    todo = []
     for p in sorted(parsed, key=Source.order):
-        target = pinned.get(p.key)
-        if target is not None and target in raw_by_key and target not in paired:
-            paired[target] = p
-        elif target is not None and target not in raw_by_key:
-            loose.append(p)  # pinned as parsed-only
-        else:
-            todo.append(p)
-    for p in todo:
         free = [r for r in raws if r.key not in paired and r.mtime_ns <= p.mtime_ns]
         if free:
             paired[max(free, key=Source.order).key] = p
@@ -159,17 +149,17 @@ def plan_task(
     *,
     now_ns: int,
     pair_window_ns: int,
-    pinned: Mapping[tuple, tuple] | None = None,
 ) -> TaskPlan:
     """Decide every attempt of one task from all its known sources."""
     by_kind: dict[str, list[Source]] = {"raw": [], "parsed": [], "prompt": []}
     for s in set(sources):
         by_kind[s.kind].append(s)
     raws = sorted(by_kind["raw"], key=Source.order)
-    paired, loose = pair_sources(raws, by_kind["parsed"], pinned or {})
+    paired, loose = pair_sources(raws, by_kind["parsed"])
     drafts: list[tuple[Source | None, Source | None]] = [(r, paired.get(r.key)) for r in raws]
     drafts += [(None, p) for p in loose]
-    drafts.sort(key=lambda rp: (rp[0] or rp[1]).order())
+    # Unversioned legacy files are the oldest attempt of their task, whatever their mtime.
+    drafts.sort(key=lambda rp: ((rp[0] or rp[1]).version != 0, (rp[0] or rp[1]).order()))
 
     attempts: list[Attempt] = []
     for index, (raw, parsed) in enumerate(drafts):
@@ -222,10 +212,6 @@ def logical_key(info: TaskInfo, parent_doc_id: str | None) -> str:
     else:
         anchor = parent_doc_id or f"unlinked:{info.task_id}"
     return logical_key_for(info.stage, anchor, info.template_id, info.model_id)
-
-
-def relink(attempt: Attempt, **changes) -> Attempt:
-    return replace(attempt, **changes)
 
 
 def document_row(

@@ -94,7 +94,9 @@ class DocumentsIndex:
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise DocumentNotFound(f"document {row['doc_id']} has no {kind} text ({path})") from None
+            raise DocumentNotFound(
+                f"document {row['doc_id']} has no {kind} text ({path})"
+            ) from None
 
     def read_text(self, row: dict, kind: str) -> str:
         """The document's raw/parsed/prompt text (undecodable bytes shown as U+FFFD)."""

@@ -88,8 +88,14 @@ def _sources(row: dict, provenance: dict) -> list[Source]:
         version = 0 if isinstance(name, str) else name.version
         out.append(
             Source(
-                stage=row["stage"], kind=kind, relpath=s["path"], task_id=row["task_id"],
-                version=version, mtime_ns=s["mtime_ns"], size=s["size"], sha256=s["sha256"],
+                stage=row["stage"],
+                kind=kind,
+                relpath=s["path"],
+                task_id=row["task_id"],
+                version=version,
+                mtime_ns=s["mtime_ns"],
+                size=s["size"],
+                sha256=s["sha256"],
             )  # fmt: skip
         )
     return out

@@ -151,7 +151,9 @@ def _check_sources(cfg: Config, con, report: VerifyReport) -> None:
             c, known=lambda r, s, m: ix.ledger_has_stat(con, r, s, m), now_ns=now,
             settle_ns=int(cfg.settle_seconds * 1e9), max_bytes=cfg.max_file_bytes,
         )  # fmt: skip
-        if o.status == NEW:
+        if o.status == NEW and c.role.kind == "prompt":
+            report.notes.append((c.relpath, "prompt not in the ledger (no document uses it)"))
+        elif o.status == NEW:
             report.problems.append((c.relpath, "source not indexed; run `docwatch scan`"))
         elif o.status == ERROR:
             report.notes.append((c.relpath, f"source cannot be indexed: {o.reason}"))

@@ -1,0 +1,216 @@
+"""Unit and property tests of the pure attempt model (no I/O)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from daemon.ids import doc_id_for, hash36
+from daemon.layout import parse_name, split_task_id
+from daemon.model import (
+    GEN_ERROR,
+    OK,
+    PARSE_ERROR,
+    PENDING,
+    ParentCandidate,
+    Source,
+    TaskInfo,
+    choose_parent,
+    choose_prompt,
+    document_row,
+    iso_utc,
+    logical_key,
+    plan_task,
+)
+
+S = 1_000_000_000
+TASK = "combo_v1_1f3a9c2b7d4e__deliberate-rolling-thread-v2__sonnet-4"
+INFO = TaskInfo("draft", TASK, "deliberate-rolling-thread-v2", "sonnet-4", parser="essay_idea_last")
+FOLDER = {"raw": "3_generation/draft_responses_raw", "parsed": "3_generation/draft_responses",
+          "prompt": "3_generation/draft_prompts"}  # fmt: skip
+WINDOW = 600 * S
+
+
+def src(kind: str, version: int, t: float, task: str = TASK, content: str = "") -> Source:
+    sha = hashlib.sha256(f"{kind}{version}{content}".encode()).hexdigest()
+    return Source("draft", kind, f"{FOLDER[kind]}/{task}_v{version}.txt", task, version,
+                  int(t * S), 100, sha)  # fmt: skip
+
+
+def plan(sources, now=10_000, info=INFO):
+    return plan_task(info, sources, now_ns=int(now * S), pair_window_ns=WINDOW).attempts
+
+
+# --- names and ids ------------------------------------------------------------------------
+
+
+def test_parse_name_versioned_unversioned_and_noise():
+    assert parse_name("a__b__c_v12.txt").task_id == "a__b__c"
+    assert parse_name("a__b__c_v12.txt").version == 12
+    assert parse_name("legacy.txt").version == 0
+    for noise in ("x_v1.txt.tmp", ".DS_Store", "x.txt~", "notes.md", ".txt"):
+        assert isinstance(parse_name(noise), str)
+
+
+def test_split_task_id_evaluation_keeps_document_id():
+    doc = "combo_001__creative-synthesis-v7__sonnet-4"
+    assert split_task_id(f"{doc}__novelty__gemini_25_pro") == (doc, "novelty", "gemini_25_pro")
+    assert split_task_id("plain") == ("plain", None, None)
+
+
+@given(st.lists(st.text(max_size=20), min_size=1, max_size=5))
+def test_hash36_is_deterministic_base36_16(parts):
+    a, b = hash36(*parts), hash36(*parts)
+    assert a == b and len(a) == 16 and set(a) <= set("0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def test_doc_id_depends_on_content_and_path():
+    a = doc_id_for("draft", TASK, "p/x_v1.txt", "0" * 64)
+    assert a != doc_id_for("draft", TASK, "p/x_v1.txt", "1" * 64)
+    assert a != doc_id_for("draft", TASK, "p/x_v2.txt", "0" * 64)
+    assert hash36("a", "b") != hash36("a\x1fb")
+
+
+# --- pairing and statuses -----------------------------------------------------------------
+
+
+def test_raw_then_parsed_is_one_ok_attempt_with_prompt():
+    attempts = plan([src("prompt", 1, 0), src("raw", 1, 10), src("parsed", 1, 11)])
+    assert len(attempts) == 1
+    (a,) = attempts
+    assert a.status == OK and a.raw.version == 1 and a.parsed.version == 1
+    assert a.prompt.version == 1
+
+
+def test_parse_failure_then_retry_pairs_parsed_v1_with_raw_v2():
+    attempts = plan([
+        src("prompt", 1, 0), src("raw", 1, 10), src("prompt", 2, 60), src("raw", 2, 70),
+        src("parsed", 1, 71),
+    ])  # fmt: skip
+    first, second = attempts
+    assert first.raw.version == 1 and first.parsed is None
+    assert first.status == PARSE_ERROR and "newer attempt" in first.status_reason
+    assert second.raw.version == 2 and second.parsed.version == 1 and second.status == OK
+    assert second.prompt.version == 2 and first.prompt.version == 1
+    assert second.lineage_prev_doc_id == first.doc_id
+
+
+def test_raw_alone_is_pending_until_the_window_passes():
+    (a,) = plan([src("raw", 1, 100)], now=100 + 599)
+    assert a.status == PENDING
+    (a,) = plan([src("raw", 1, 100)], now=100 + 600)
+    assert a.status == PARSE_ERROR and "window" in a.status_reason
+
+
+def test_identity_parser_failure_is_gen_error():
+    info = TaskInfo("draft", TASK, "creative-synthesis-v2", "sonnet-4", parser=None)
+    (a, _) = plan([src("raw", 1, 0), src("raw", 2, 5)], info=info)
+    assert a.status == GEN_ERROR
+
+
+def test_parsed_without_raw_is_parsed_only_ok():
+    (a,) = plan([src("parsed", 1, 5), src("prompt", 1, 1)])
+    assert a.raw is None and a.status == OK and a.prompt is not None
+
+
+def test_parsed_older_than_every_raw_stays_its_own_attempt():
+    attempts = plan([src("parsed", 1, 5), src("raw", 1, 10)])
+    assert [(a.raw is None, a.parsed is None) for a in attempts] == [(True, False), (False, True)]
+
+
+def test_prompt_written_after_the_attempt_is_not_its_prompt():
+    assert choose_prompt([src("prompt", 2, 50)], at_ns=10 * S) is None
+    (a,) = plan([src("raw", 1, 10), src("parsed", 1, 11), src("prompt", 2, 50)])
+    assert a.prompt is None
+
+
+def test_unversioned_legacy_file_is_the_oldest_attempt():
+    legacy = Source("draft", "parsed", f"{FOLDER['parsed']}/{TASK}.txt", TASK, 0, 500 * S, 1, "a")
+    attempts = plan([legacy, src("raw", 1, 10), src("parsed", 1, 11)])
+    assert attempts[0].parsed == legacy or attempts[0].version == 0
+
+
+def test_rewritten_file_is_a_new_attempt():
+    a = src("raw", 1, 10, content="first")
+    b = src("raw", 1, 20, content="second")
+    attempts = plan([a, b])
+    assert len(attempts) == 2 and attempts[0].doc_id != attempts[1].doc_id
+
+
+def test_choose_parent_latest_ok_not_after_reference():
+    cands = [ParentCandidate("a", 10, 1), ParentCandidate("b", 20, 2), ParentCandidate("c", 30, 3)]
+    assert choose_parent(cands, 25) == "b"
+    assert choose_parent(cands, 5) is None
+    assert choose_parent(cands, 30) == "c"
+
+
+def test_logical_key_unlinked_then_linked_and_row_shape():
+    essay = TaskInfo("essay", "combo_001__synthesis-plain__sonnet-4", "synthesis-plain", "sonnet-4",
+                     parent_stage="draft", parent_task_id="combo_001__x__sonnet-4")  # fmt: skip
+    assert logical_key(essay, None) != logical_key(essay, "abc")
+    assert logical_key(essay, "abc") == logical_key(essay, "abc")
+    (a,) = plan([src("raw", 1, 1), src("parsed", 1, 2)])
+    row = document_row(a, INFO, parent_doc_id=None, run_id="r", doc_dir="docs/draft/x",
+                       raw_chars=1, parsed_chars=2)  # fmt: skip
+    assert row["created_at"] == iso_utc(1 * S) == "1970-01-01T00:00:01.000000Z"
+    assert set(row["meta_small"]["sources"]) == {"raw", "parsed", "prompt"}
+    assert row["meta_small"]["sources"]["prompt"] is None
+
+
+# --- properties ---------------------------------------------------------------------------
+
+events = st.lists(
+    st.tuples(st.sampled_from(["raw", "parsed", "prompt"]), st.integers(1, 4),
+              st.integers(0, 2000)),
+    min_size=1, max_size=14, unique_by=lambda e: (e[0], e[1]),
+)  # fmt: skip
+
+
+def _sources(evs):
+    return [src(kind, version, t) for kind, version, t in evs]
+
+
+def _summary(attempts):
+    return [(a.doc_id, a.status, a.raw and a.raw.key, a.parsed and a.parsed.key,
+             a.prompt and a.prompt.key, a.lineage_prev_doc_id) for a in attempts]  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(events, st.randoms(use_true_random=False))
+def test_any_presentation_order_gives_the_same_documents(evs, rnd):
+    sources = _sources(evs)
+    shuffled = sources[:]
+    rnd.shuffle(shuffled)
+    assert _summary(plan(sources)) == _summary(plan(shuffled))
+    assert _summary(plan(sources + shuffled)) == _summary(plan(sources))  # twice adds nothing
+
+
+@settings(max_examples=300)
+@given(events)
+def test_every_raw_and_parsed_is_in_exactly_one_attempt(evs):
+    sources = _sources(evs)
+    attempts = plan(sources)
+    used = [a.raw.key for a in attempts if a.raw] + [a.parsed.key for a in attempts if a.parsed]
+    expected = [s.key for s in sources if s.kind != "prompt"]
+    assert sorted(used) == sorted(expected)
+    assert len({a.doc_id for a in attempts}) == len(attempts)
+    for a in attempts:
+        if a.raw and a.parsed:
+            assert a.raw.mtime_ns <= a.parsed.mtime_ns
+        if a.prompt:
+            assert a.prompt.mtime_ns <= a.created_at_ns
+        assert (a.status == OK) == (a.parsed is not None)
+
+
+@settings(max_examples=200)
+@given(events)
+def test_growing_knowledge_never_changes_a_doc_id(evs):
+    """Feeding files in time order: each document, once planned, keeps its id."""
+    sources = sorted(_sources(evs), key=Source.order)
+    seen: dict[str, str] = {}
+    for n in range(1, len(sources) + 1):
+        for a in plan(sources[:n]):
+            primary = a.primary.key
+            assert seen.setdefault(str(primary), a.doc_id) == a.doc_id
