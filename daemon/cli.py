@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, logs
+from . import __version__, faults, logs
 from .config import ConfigError, load_config
 from .errors import DocwatchError
 from .layout import STAGES
@@ -87,6 +87,7 @@ def main() -> None:
     Example:
       docwatch scan --data-root data && docwatch latest draft <task_id>
     """
+    faults.install_from_env()  # test-only seam; no-op unless DOCWATCH_FAULT is set
 
 
 @main.command()

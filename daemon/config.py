@@ -23,6 +23,8 @@ from daemon.layout import DEFAULT_FOLDERS, KINDS, STAGES, folder_roles
 
 ENV_PREFIX = "DOCWATCH_"
 CONFIG_ENV = "DOCWATCH_CONFIG"
+#: Environment variables that are not settings (the test-only fault seam).
+NOT_SETTINGS = frozenset({CONFIG_ENV, "DOCWATCH_FAULT"})
 
 
 class ConfigError(Exception):
@@ -179,7 +181,7 @@ _FIELDS: dict[str, tuple[Callable[[object], object], object]] = {
     "reconcile_interval": (_positive_duration, 600.0),
     "observer": (_choice("inotify", "polling"), "inotify"),
     "poll_interval": (_positive_duration, 2.0),
-    "batch_max_files": (_whole({None: 1}, "expected a whole number of at least 1"), 500),
+    "batch_max_files": (_whole({None: 1}, "expected a whole number of at least 1"), 2000),
     "batch_max_delay": (_duration, 0.05),
     "log_level": (_choice(*_LEVELS, upper=True), "INFO"),
     "log_format": (_choice("auto", "human", "journal", "json"), "auto"),
@@ -265,7 +267,7 @@ class _Layers:
         """Apply ``DOCWATCH_<KEY>`` variables; unknown ``DOCWATCH_*`` names are problems."""
         names = {ENV_PREFIX + key.upper(): key for key in _FIELDS}
         for name, raw in sorted(env.items()):
-            if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
                 continue
             if name not in names:
                 self.problems.append(_unknown(name, [*names, CONFIG_ENV], "environment"))

@@ -254,8 +254,10 @@ class Ingestor:
                 ix.clear_intents(self.con, [c.attempt.doc_id for c in kept])
                 if kept:
                     ix.set_state(self.con, "last_ingest", ix.now_iso())
-                    lag = max(time.time_ns() - c.attempt.created_at_ns for c in kept
-                              if c.op != "retire") / 1e9  # fmt: skip
+                    # Age of the freshest source at commit: the live ingest lag.
+                    ages = [time.time_ns() - c.attempt.created_at_ns for c in kept
+                            if c.op != "retire"]  # fmt: skip
+                    lag = min(ages, default=0) / 1e9
                     ix.set_state(self.con, "last_lag_seconds", f"{lag:.6f}")
             faults.point("committed")
         finally:

@@ -17,7 +17,6 @@ from .layout import KINDS, STAGES, folder_roles, parse_name
 from .sources import Candidate, list_folder, probe
 
 log = logging.getLogger("docwatch.scan")
-SCAN_BATCH_FILES = 2000
 COUNT_KEYS = ("new", "indexed", "ignored", "deferred", "error", "docs_created", "docs_updated")
 
 
@@ -102,7 +101,7 @@ def _scan_into(indexer: Indexer, cands: list[Candidate], result: ScanResult,
     indexer.recover()
     stats = ix.ledger_stats(indexer.con)
     indexer.ingestor.known = lambda r, s, m: (s, m) in stats.get(r, ())
-    for batch in task_batches(cands, SCAN_BATCH_FILES):
+    for batch in task_batches(cands, indexer.cfg.batch_max_files):
         result.add(indexer.ingest(batch))
         if progress:
             progress(len(batch))
