@@ -176,9 +176,10 @@ class Ingestor:
         wanted = {k: s for k, s in attempt.sources().items() if s is not None}
         if not self.settings.prompt_copy:
             wanted.pop("prompt", None)
+        if old is not None:
+            row["run_id"] = old["run_id"]  # who first ingested it
         if old is None or not (self.store.docs_root / info.stage / attempt.doc_id).is_dir():
             return _Change(attempt, info, row, "create", wanted, parent_stage)
-        row["run_id"] = old["run_id"]
         for kind in ("raw", "parsed"):  # unchanged files keep their counts; staging sets new
             row[f"{kind}_chars"] = old[f"{kind}_chars"] if kind in wanted else None
         for key in ("usage_prompt_tokens", "usage_completion_tokens", "usage_max_tokens"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -99,6 +100,11 @@ def scan(cfg: Config, *, stages: Iterable[str] = STAGES, run_id: str, dry_run: b
 def _scan_into(indexer: Indexer, cands: list[Candidate], result: ScanResult,
                progress: Callable[[int], None] | None) -> None:  # fmt: skip
     indexer.recover()
+    repair = missing_document_tasks(indexer)
+    if repair:
+        log.warning("%d document directories are missing; rebuilding them from the sources",
+                    len(repair))  # fmt: skip
+        result.add(indexer.ingest([], extra_tasks=repair))
     stats = ix.ledger_stats(indexer.con)
     indexer.ingestor.known = lambda r, s, m: (s, m) in stats.get(r, ())
     for batch in task_batches(cands, indexer.cfg.batch_max_files):
@@ -106,6 +112,17 @@ def _scan_into(indexer: Indexer, cands: list[Candidate], result: ScanResult,
         if progress:
             progress(len(batch))
     result.add(indexer.expire_pending())
+
+
+def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
+    """Tasks with an indexed document whose directory is gone (deleted by hand)."""
+    present = set()
+    for stage in STAGES:
+        stage_dir = indexer.store.docs_root / stage
+        if stage_dir.is_dir():
+            present |= {(stage, e.name) for e in os.scandir(stage_dir)}
+    rows = indexer.con.execute("SELECT stage, doc_id, task_id FROM documents")
+    return {(r[0], r[2]) for r in rows if (r[0], r[1]) not in present}
 
 
 def _dry_run(cfg: Config, cands: list[Candidate], result: ScanResult,

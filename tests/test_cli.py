@@ -1,0 +1,172 @@
+"""CLI tests: every command, its --help example, its output and its exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+from conftest import make_config, snapshot
+
+from daemon.cli import main
+
+COMMANDS = ["scan", "status", "latest", "show", "verify", "rebuild-index"]
+
+
+def run(*args, env=None):
+    runner = CliRunner()
+    base = {"DOCWATCH_SETTLE_SECONDS": "0"}
+    return runner.invoke(main, [str(a) for a in args], env={**base, **(env or {})})
+
+
+@pytest.fixture
+def indexed(tree):
+    data_root, summary = tree
+    result = run("scan", "--data-root", data_root, "--run-id", "cli", "--json")
+    assert result.exit_code == 0, result.output
+    return data_root, summary, json.loads(result.output)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    result = run(command, "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.output and "--config" in result.output
+
+
+def test_scan_json_summary_per_stage(indexed):
+    _, summary, out = indexed
+    assert out["run_id"] == "cli"
+    assert {s: c["docs_created"] for s, c in out["stages"].items()} == summary.attempts
+    assert all(set(c) >= {"new", "indexed", "ignored", "error"} for c in out["stages"].values())
+
+
+def test_scan_human_summary_and_stage_filter(tree):
+    data_root, summary = tree
+    result = run("scan", "--data-root", data_root, "--stage", "draft")
+    assert result.exit_code == 0
+    assert "draft" in result.output and "docs+" in result.output
+    rows = snapshot(make_config(data_root).db)
+    assert {r[2] for r in rows.values()} == {"draft"}
+
+
+def test_status_counts(indexed):
+    data_root, summary, _ = indexed
+    out = json.loads(run("status", "--data-root", data_root, "--json").output)
+    assert out["documents"] == sum(summary.attempts.values())
+    assert out["pending"] == 0 and out["newest"]["doc_id"]
+    assert "documents:" in run("status", "--data-root", data_root).output
+
+
+def test_latest_show_and_fields(indexed):
+    data_root, summary, _ = indexed
+    task = next(a.task_id for a in summary.expected if a.stage == "draft" and a.status == "ok")
+    out = run("latest", "draft", task, "--data-root", data_root, "--json")
+    assert out.exit_code == 0, out.output
+    row = json.loads(out.output)
+    assert row["status"] == "ok" and row["task_id"] == task
+    doc_dir = run("latest", "draft", task, "--data-root", data_root, "--field", "doc_dir").output
+    assert doc_dir.strip().endswith(row["doc_id"])
+    parsed = run("show", row["doc_id"], "--data-root", data_root, "--field", "parsed")
+    source = data_root / row["meta_small"]["sources"]["parsed"]
+    assert parsed.stdout_bytes == source.read_bytes()
+    assert row["doc_id"] in run("show", row["doc_id"], "--data-root", data_root).output
+
+
+def test_latest_nothing_found_exits_1_with_message(indexed):
+    data_root, _, _ = indexed
+    result = run("latest", "essay", "no_such_task", "--data-root", data_root)
+    assert result.exit_code == 1
+    assert "no ok essay document for task 'no_such_task'" in result.output
+    result = run("show", "zzzzzzzzzzzzzzzz", "--data-root", data_root)
+    assert result.exit_code == 1 and "no document" in result.output
+
+
+def test_latest_with_failed_status_filter(indexed):
+    data_root, summary, _ = indexed
+    failed = next(a for a in summary.expected if a.status in ("parse_error", "gen_error"))
+    ok_only = run("latest", failed.stage, failed.task_id, "--data-root", data_root)
+    with_failed = run("latest", failed.stage, failed.task_id, "--data-root", data_root,
+                      "--status", failed.status, "--json")  # fmt: skip
+    assert with_failed.exit_code == 0, with_failed.output
+    assert json.loads(with_failed.output)["status"] == failed.status
+    assert ok_only.exit_code in (0, 1)
+
+
+def test_verify_exit_codes(indexed):
+    data_root, _, _ = indexed
+    assert run("verify", "--data-root", data_root).exit_code == 0
+    cfg = make_config(data_root)
+    victim = next((cfg.docs_root / "draft").iterdir())
+    (victim / "raw.txt").write_bytes(b"edited by hand") if (victim / "raw.txt").exists() else None
+    (cfg.docs_root / "essay" / "zzzzzzzzzzzzzzzz").mkdir()
+    result = run("verify", "--data-root", data_root, "--json")
+    assert result.exit_code == 1
+    problems = json.loads(result.output)["problems"]
+    assert any("orphan" in p["what"] for p in problems)
+
+
+def test_deleted_document_dir_is_reported_then_repaired_by_scan(indexed):
+    data_root, _, _ = indexed
+    cfg = make_config(data_root)
+    victim = next((cfg.docs_root / "draft").iterdir())
+    shutil.rmtree(victim)
+    report = json.loads(run("verify", "--data-root", data_root, "--json").output)
+    assert any("missing" in p["what"] for p in report["problems"])
+    before = snapshot(cfg.db)
+    assert run("scan", "--data-root", data_root).exit_code == 0
+    assert (victim / "metadata.json").exists()
+    assert snapshot(cfg.db) == before
+    assert run("verify", "--data-root", data_root).exit_code == 0
+
+
+def test_corrupt_index_exit_3_then_rebuild_recovers(indexed):
+    data_root, _, _ = indexed
+    cfg = make_config(data_root)
+    before = snapshot(cfg.db)
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(str(cfg.db) + suffix):
+            os.unlink(str(cfg.db) + suffix)
+    cfg.db.write_bytes(b"this is not a database" * 100)
+    result = run("scan", "--data-root", data_root)
+    assert result.exit_code == 3
+    assert "rebuild-index" in result.output and str(cfg.db) in result.output
+    assert run("status", "--data-root", data_root).exit_code == 3
+    result = run("rebuild-index", "--data-root", data_root, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["moved_aside"]
+    assert snapshot(cfg.db) == before
+
+
+def test_bad_config_lists_every_problem_exit_2(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('pair_window = "ten"\nsettle_seconds = "x"\nbogus = 1\n')
+    result = run("status", "--config", bad)
+    assert result.exit_code == 2
+    for key in ("pair_window", "settle_seconds", "bogus"):
+        assert key in result.output
+
+
+def test_missing_index_is_a_clear_error(tmp_path):
+    result = run("status", "--data-root", tmp_path)
+    assert result.exit_code == 3 and "run `docwatch scan` first" in result.output
+
+
+def test_console_script_and_python_m_work(tree):
+    data_root, _ = tree
+    exe = shutil.which("docwatch") or os.path.join(os.path.dirname(sys.executable), "docwatch")
+    for cmd in ([exe], [sys.executable, "-m", "daemon"]):
+        proc = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "docwatch" in proc.stdout
+
+
+def test_dry_run_flag_writes_nothing(tree):
+    data_root, _ = tree
+    result = run("scan", "--data-root", data_root, "--dry-run", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["dry_run"] is True
+    assert not (data_root / "db").exists() and not (data_root / "docs").exists()
