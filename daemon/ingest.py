@@ -139,31 +139,37 @@ class Ingestor:
         for s in new:
             new_by_task.setdefault((s.stage, s.task_id), []).append(s)
         overlay: dict[tuple[str, str], list[ParentCandidate]] = {}
-        todo = set(tasks)
-        done: set[tuple[str, str]] = set()
+        todo = {stage: {t for s, t in tasks if s == stage} for stage in STAGES}
         changes: list[_Change] = []
         now = time.time_ns()
-        while todo:
-            task = min(todo, key=lambda t: (_STAGE_ORDER[t[0]], t[1]))
-            todo.discard(task)
-            done.add(task)
-            info = task_info(tables, *task)
-            existing = ix.task_documents(self.con, *task)
-            sources = ix.task_sources(self.con, *task) + new_by_task.get(task, [])
-            plan = plan_task(info, sources, now_ns=now, pair_window_ns=self.settings.pair_window_ns)
-            overlay[task] = [
-                ParentCandidate(a.doc_id, a.created_at_ns, a.version)
-                for a in plan.attempts if a.status == "ok"
-            ]  # fmt: skip
-            for attempt in plan.attempts:
-                change = self._diff(attempt, info, existing.pop(attempt.doc_id, None), overlay)
-                if change is not None:
-                    changes.append(change)
-            for old in existing.values():  # absorbed by a late raw: the plan no longer has it
-                changes.append(_retirement(old, info))
-            if any(c.attempt.task_id == task[1] and c.info.stage == task[0] for c in changes):
-                todo |= set(ix.children_of(self.con, *task)) - done
-            todo |= _children_in(tasks_of=task, tables=tables, candidates=new_by_task) - done
+        for stage in STAGES:  # parents (earlier stages) are planned before their children
+            for task_id in sorted(todo[stage]):
+                task = (stage, task_id)
+                task_changes = self._plan_task(task, tables, new_by_task, overlay, now)
+                if task_changes:
+                    changes += task_changes
+                    for child_stage, child_id in ix.children_of(self.con, *task):
+                        todo[child_stage].add(child_id)
+        return changes
+
+    def _plan_task(self, task: tuple[str, str], tables: TaskTables, new_by_task: dict,
+                   overlay: dict, now: int) -> list[_Change]:  # fmt: skip
+        """Plan one task from all its known sources and diff it against its documents."""
+        info = task_info(tables, *task)
+        existing = ix.task_documents(self.con, *task)
+        sources = ix.task_sources(self.con, *task) + new_by_task.get(task, [])
+        plan = plan_task(info, sources, now_ns=now, pair_window_ns=self.settings.pair_window_ns)
+        overlay[task] = [
+            ParentCandidate(a.doc_id, a.created_at_ns, a.version)
+            for a in plan.attempts if a.status == "ok"
+        ]  # fmt: skip
+        changes = []
+        for attempt in plan.attempts:
+            change = self._diff(attempt, info, existing.pop(attempt.doc_id, None), overlay)
+            if change is not None:
+                changes.append(change)
+        for old in existing.values():  # absorbed by a late raw: the plan no longer has it
+            changes.append(_retirement(old, info))
         return changes
 
     def _diff(self, attempt: Attempt, info: TaskInfo, old: dict | None,
@@ -345,16 +351,3 @@ def _retirement(old: dict, info: TaskInfo) -> _Change:
         status=old["status"], status_reason=None,
     )  # fmt: skip
     return _Change(attempt, info, old, "retire", {}, old["_parent_stage"])
-
-
-def _children_in(*, tasks_of: tuple[str, str], tables: TaskTables,
-                 candidates: dict) -> set[tuple[str, str]]:  # fmt: skip
-    """Tasks in this batch whose parent is ``tasks_of`` (so they are planned after it)."""
-    out = set()
-    for task in candidates:
-        if task[0] == tasks_of[0]:
-            continue
-        info = task_info(tables, *task)
-        if info.parent_task_id == tasks_of[1]:
-            out.add(task)
-    return out

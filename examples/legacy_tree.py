@@ -1,12 +1,12 @@
 """Synthetic trees of the legacy "daydreaming" pipeline (see LEGACY_PIPELINE.md). Stdlib only.
 
-One plan of "what the pipeline does", two ways to perform it:
+One plan of "what the pipeline does", performed two ways:
 
 * ``build_tree`` writes the finished tree at once and sets realistic mtimes (os.utime);
-* ``run_pipeline`` replays it in real time with the pipeline's own writer patterns
-  (prompts/parsed: ``.tmp`` + ``os.replace``; raw: slow in-place writes) on ``writers`` threads.
+* ``run_pipeline`` replays it in real time with the pipeline's writer patterns (prompts and
+  parsed: ``.tmp`` + ``os.replace``; raw: slow in-place writes) on ``writers`` threads.
 
-Both produce the same relative paths and bytes for the same seed and combos.
+Both give the same relative paths and bytes for the same seed and combos.
 
     python examples/legacy_tree.py OUT_DIR [--combos N] [--seed S] [--files-target N] [--no-quirks]
     python examples/legacy_tree.py live OUT_DIR [--combos N] [--seed S] [--writers W]
@@ -34,20 +34,13 @@ from pathlib import Path
 TEMPLATES = Path(__file__).resolve().parent / "1_raw"
 START = datetime(2025, 9, 1, tzinfo=UTC)
 SEC = 1_000_000_000
-FOLDERS = {
-    stage: {
-        "prompt": f"{top}/{stage}_prompts",
-        "raw": f"{top}/{stage}_responses_raw",
-        "parsed": f"{top}/{stage}_responses",
-    }
-    for stage, top in (("draft", "3_generation"), ("essay", "3_generation"))
-}
-FOLDERS["evaluation"] = {
-    k: f"4_evaluation/evaluation_{v}"
-    for k, v in (("prompt", "prompts"), ("raw", "responses_raw"), ("parsed", "responses"))
-}
+_SUFFIX = {"prompt": "prompts", "raw": "responses_raw", "parsed": "responses"}
+_TOP = {"draft": "3_generation", "essay": "3_generation", "evaluation": "4_evaluation"}
+FOLDERS = {s: {k: f"{top}/{s}_{v}" for k, v in _SUFFIX.items()} for s, top in _TOP.items()}
+KINDS = tuple(_SUFFIX)
 LINKS = {"prompt": "3_generation/links_prompts", "parsed": "3_generation/links_responses"}
-# draft template -> essay templates it feeds (distinct per combo and model: essay ids must not clash)
+EMPTY_DIR = "3_generation/draft_responses_raw/old_runs"
+# draft template -> the essay templates it feeds (essay ids must not clash within a combo+model)
 RECIPES = (
     ("deliberate-rolling-thread-v2", ("synthesis-theme-narrative-v19", "parsed-from-links-v1")),
     ("creative-synthesis-v7", ("creative-synthesis-v7",)),
@@ -56,20 +49,21 @@ RECIPES = (
 GEN_MODELS = ("sonnet-4", "gemini_25_pro", "deepseek_r1_p", "gemini_2.5_flash", "qwen3-235b-a22b")
 EVALS = (("novelty", "sonnet-4"), ("style-coherence-v3", "gemini_25_pro"))
 COPY_PROMPT = b"COPY_MODE: no prompt needed"
-TABLE_COLUMNS = {
-    "draft": "draft_task_id combo_id draft_template generation_model generation_model_name",
-    "essay": "essay_task_id combo_id draft_template essay_template generation_model "
-    "generation_model_name draft_task_id",
-    "evaluation": "evaluation_task_id document_id stage origin file_path combo_id draft_template "
-    "essay_template generation_model generation_model_name draft_task_id essay_task_id "
-    "source_asset source_dir evaluation_template evaluation_model evaluation_model_name parser",
+_GEN = "generation_model generation_model_name"
+TABLES = {  # stage -> (file, columns), exactly as in LEGACY_PIPELINE.md
+    "draft": ("draft_generation_tasks", f"draft_task_id combo_id draft_template {_GEN}"),
+    "essay": (
+        "essay_generation_tasks",
+        f"essay_task_id combo_id draft_template essay_template {_GEN} draft_task_id",
+    ),
+    "evaluation": (
+        "evaluation_tasks",
+        f"evaluation_task_id document_id stage origin file_path combo_id draft_template "
+        f"essay_template {_GEN} draft_task_id essay_task_id source_asset source_dir "
+        "evaluation_template evaluation_model evaluation_model_name parser",
+    ),
 }
-TABLE_FILES = {
-    "draft": "2_tasks/draft_generation_tasks.csv",
-    "essay": "2_tasks/essay_generation_tasks.csv",
-    "evaluation": "2_tasks/evaluation_tasks.csv",
-}
-WORDS = (
+WORDS = (  # noqa: SIM905
     "signal drift memory recursion loop feedback daydream concept link mechanism agent model "
     "search novelty gradient attention network tension pattern synthesis insight thread lattice "
     "curiosity default mode hippocampus replay consolidation noise filter critic generator value "
@@ -117,17 +111,15 @@ class TreeSummary:
 
 
 @dataclass
-class Op:
+class Op:  # one file write; t is an offset from the materialisation's start until scheduled
     rel: str
     kind: str  # prompt | raw | parsed | tmp (left over, never renamed) | other
-    t: int  # mtime in ns (an offset from the materialisation's start until scheduled)
+    t: int
     make: Callable[[], bytes]
 
 
 @dataclass
-class Mat:
-    """One materialisation: the files of one attempt, in write order."""
-
+class Mat:  # one materialisation: the files of one attempt, in write order
     ops: list[Op]
     wave: int
     deps: set[int]
@@ -140,12 +132,11 @@ class Task:
     combo: str
     template: str
     model: str
+    parent: Task | None = None
     scenario: str = "normal"
     in_tables: bool = True
-    parent: Task | None = None
-    folders: dict[str, str] | None = None
     ok_mat: int = -1
-    parsed: Callable[[], bytes] | None = None
+    parsed: Callable[[], bytes] | None = None  # the first successful parsed text
     downstream: set[int] = field(default_factory=set)
 
 
@@ -154,7 +145,6 @@ class Plan:
     mats: list[Mat]
     order: list[int]  # materialisations by planned start
     pre: list[Op]  # files that exist before the run (older trees, noise)
-    dirs: list[str]  # empty folders
     tables: dict[str, bytes]
     table_t: int
     summary: TreeSummary
@@ -181,16 +171,14 @@ class Texts:
     def chunk(self, rng: random.Random, n: int) -> str:
         c = self.corpus
         s = c.find(" ", rng.randrange(len(c) - n - 200)) + 1
-        piece = c[s : s + n]
-        return piece[: piece.rfind(" ")]
+        return c[s : s + n].rsplit(" ", 1)[0]
 
     def prompt(self, key: str) -> bytes:
         rng = self.rng(key)
         concepts = ", ".join(rng.sample(WORDS[:40], 4))
-        body = self.chunk(rng, rng.randint(3000, 12000))
-        return f"Concepts: {concepts}\n\nInstructions:\n{body}\n".encode()
+        return f"Concepts: {concepts}\n\n{self.chunk(rng, rng.randint(3000, 12000))}\n".encode()
 
-    def draft_raw(self, key: str, parser: str, ok: bool) -> str:
+    def draft_raw(self, key: str, parser: str, ok: bool = True) -> str:
         rng = self.rng(key)
         n = rng.randint(2000, 10000)
         if not ok:  # cut at the token limit while thinking: no block to extract
@@ -207,17 +195,27 @@ class Texts:
             return "{}\n\n<essay>\n{}\n</essay>\n\n{}\n".format(*parts)
         return self.chunk(rng, n) + "\n"
 
+    def raw(self, key: str, parser: str, ok: bool = True) -> bytes:
+        return self.draft_raw(key, parser, ok).encode()
+
+    def parsed(self, key: str, parser: str) -> bytes:
+        return parse_draft(self.draft_raw(key, parser), parser).encode()
+
     def essay(self, key: str, truncated: bool = False) -> bytes:
         rng = self.rng(key)
         text = f"# {' '.join(rng.sample(WORDS[:40], 3)).title()}\n\n"
         text += self.chunk(rng, rng.randint(4000, 15000)) + "\n"
         return (text[: int(len(text) * rng.uniform(0.6, 0.9))] if truncated else text).encode()
 
-    def evaluation(self, key: str, partial_text: bool = False) -> bytes:
+    def evaluation(self, key: str, cut: bool = False, poison: bool = False) -> bytes:
         rng = self.rng(key)
         text = f"**Assessment**\n\n{self.chunk(rng, rng.randint(1000, 6000))}\n\n"
-        text += f"SCORE: {rng.choice((3, 5, 6, 7, 7, 8, 9))}\n"
-        return (text[: len(text) // 3] if partial_text else text).encode()
+        data = (text + f"SCORE: {rng.choice((3, 5, 6, 7, 7, 8, 9))}\n").encode()
+        if poison:  # undecodable bytes inside, as seen once in a real tree
+            data = (
+                data[: len(data) // 2] + b"\xff\xfe\x00\xd8 \xc3\x28\x80 " + data[len(data) // 2 :]
+            )
+        return data[: len(data) // 3] if cut else data
 
 
 def parse_draft(text: str, parser: str) -> str:
@@ -231,30 +229,11 @@ def parse_draft(text: str, parser: str) -> str:
     return text
 
 
-def _raw_bytes(tx: Texts, key: str, parser: str, ok: bool) -> bytes:
-    return tx.draft_raw(key, parser, ok).encode()
-
-
-def _parsed_bytes(tx: Texts, key: str, parser: str) -> bytes:
-    return parse_draft(tx.draft_raw(key, parser, True), parser).encode()
-
-
-def _const(data: bytes) -> bytes:
-    return data
-
-
-def _poison(make: Callable[[], bytes]) -> bytes:
-    data = make()
-    mid = len(data) // 2
-    return data[:mid] + b"\xff\xfe\x00\xd8 undecodable \xc3\x28\x80 " + data[mid:]
-
-
 class Planner:
-    def __init__(self, seed: int, quirks: bool, start_ns: int):
-        self.rng, self.tx, self.quirks, self.t0 = random.Random(seed), Texts(seed), quirks, start_ns
+    def __init__(self, seed: int, start_ns: int):
+        self.rng, self.tx, self.t0 = random.Random(seed), Texts(seed), start_ns
         self.mats: list[Mat] = []
         self.pre: list[Op] = []
-        self.dirs: list[str] = []
         self.expected: list[Attempt] = []
         self.versions: Counter[tuple[str, str, str]] = Counter()
         self.scen: dict[str, list[str]] = defaultdict(list)
@@ -271,29 +250,25 @@ class Planner:
 
     def tasks(self, combos: int) -> tuple[list[Task], list[Task], list[Task]]:
         drafts, essays, evals = [], [], []
-        for i in range(combos):
-            combo = self.combo_id(i)
+        for combo in map(self.combo_id, range(combos)):
             for model in self.rng.sample(GEN_MODELS, 2):
                 for dtpl, etpls in RECIPES:
                     d = Task("draft", f"{combo}__{dtpl}__{model}", combo, dtpl, model)
                     r = self.rng.random()
-                    if DRAFT_PARSER[dtpl] and r < 0.08:
-                        d.scenario = "parse_fail"
-                    elif r > 0.95:
-                        d.scenario = "remat"
+                    d.scenario = "parse_fail" if DRAFT_PARSER[dtpl] and r < 0.08 else d.scenario
+                    d.scenario = "remat" if r > 0.95 else d.scenario
+                    d.in_tables = self.rng.random() > 0.003
                     drafts.append(d)
                     for et in etpls:
-                        e = Task("essay", f"{combo}__{et}__{model}", combo, et, model, parent=d)
+                        e = Task("essay", f"{combo}__{et}__{model}", combo, et, model, d)
                         e.scenario = "copy" if ESSAY_GEN[et] == "copy" else "llm"
                         if e.scenario == "llm" and self.rng.random() < 0.1:
                             e.scenario = "truncated"
                         essays.append(e)
         for target in [*essays, *(d for d in drafts if d.template == RECIPES[0][0])]:
-            for etpl, emodel in EVALS if target.stage == "essay" else EVALS[:1]:
-                v = Task(
-                    "evaluation", f"{target.task}__{etpl}__{emodel}", target.combo, etpl, emodel
-                )
-                v.parent = target
+            for tpl, model in EVALS if target.stage == "essay" else EVALS[:1]:
+                v = Task("evaluation", f"{target.task}__{tpl}__{model}", target.combo, tpl, model)
+                v.parent, v.scenario = target, "crashed" if self.rng.random() < 0.002 else "normal"
                 evals.append(v)
         return drafts, essays, evals
 
@@ -303,24 +278,19 @@ class Planner:
             self.rng.choice([t for t in tasks if ok(t)]).scenario = scenario
 
     def mat(self, t: Task, wave: int, deps: set[int], steps: list[tuple]) -> int:
-        """Add a materialisation of ``t``: steps are (kind, maker, offset_ns)."""
+        """Add a materialisation of ``t``; steps are (kind, maker, offset_ns)."""
         ops, rels = [], {}
         for kind, make, off in steps:
             fkind = "parsed" if kind == "tmp" else kind
             self.versions[(t.stage, t.task, fkind)] += 1
             n = self.versions[(t.stage, t.task, fkind)]
-            rel = f"{(t.folders or FOLDERS[t.stage])[fkind]}/{t.task}_v{n}.txt"
-            rel += ".tmp" if kind == "tmp" else ""
-            rels[kind] = rel
-            ops.append(Op(rel, kind, off, make))
+            rels[kind] = f"{FOLDERS[t.stage][fkind]}/{t.task}_v{n}.txt" + (".tmp" * (kind == "tmp"))
+            ops.append(Op(rels[kind], kind, off, make))
         if "raw" in rels or "parsed" in rels:
             bad = "parse_error" if t.stage == "draft" and DRAFT_PARSER[t.template] else "gen_error"
             status = "ok" if "parsed" in rels else bad
-            self.expected.append(
-                Attempt(
-                    t.stage, t.task, rels.get("prompt"), rels.get("raw"), rels.get("parsed"), status
-                )
-            )
+            r = (rels.get(k) for k in KINDS)
+            self.expected.append(Attempt(t.stage, t.task, *r, status))
         self.mats.append(Mat(ops, wave, deps))
         self.task_ids[t.stage].append(t.task)
         up = t.parent
@@ -329,102 +299,73 @@ class Planner:
             up = up.parent
         return len(self.mats) - 1
 
-    def prompt_step(self, t: Task, n: int) -> tuple:
+    def prompt(self, t: Task, n: int) -> tuple:
         return ("prompt", partial(self.tx.prompt, f"{t.stage}|{t.task}|p{n}"), 0)
 
     def draft(self, d: Task, n: int, wave: int, deps: set[int], ok: bool = True) -> int:
         key, parser, raw_t = f"draft|{d.task}|r{n}", DRAFT_PARSER[d.template], self.sec(20, 120)
-        steps = [
-            self.prompt_step(d, n),
-            ("raw", partial(_raw_bytes, self.tx, key, parser, ok), raw_t),
-        ]
+        steps = [self.prompt(d, n), ("raw", partial(self.tx.raw, key, parser, ok), raw_t)]
         if ok:
-            parsed = partial(_parsed_bytes, self.tx, key, parser)
+            parsed = partial(self.tx.parsed, key, parser)
             steps.append(("parsed", parsed, raw_t + self.sec(0.5, 3)))
             d.parsed = d.parsed or parsed
         i = self.mat(d, wave, deps, steps)
         d.ok_mat = i if ok and d.ok_mat < 0 else d.ok_mat
         return i
 
-    def run_draft(self, d: Task) -> None:
-        first = self.draft(d, 1, 0, set(), ok=d.scenario != "parse_fail")
-        if d.scenario == "parse_fail":
-            self.draft(d, 2, 1, {first})
-
-    def run_essay(self, e: Task) -> None:
+    def essay(self, e: Task) -> None:
         deps = {e.parent.ok_mat}
         if e.scenario == "copy":
-            steps = [
-                ("prompt", partial(_const, COPY_PROMPT), 0),
-                ("parsed", e.parent.parsed, self.sec(1, 4)),
-            ]
-            e.ok_mat = self.mat(e, 2, deps, steps)
+            steps = [("prompt", partial(bytes, COPY_PROMPT), 0)]
+            e.ok_mat = self.mat(e, 2, deps, [*steps, ("parsed", e.parent.parsed, self.sec(1, 4))])
             return
-        if e.scenario == "truncated":
-            bad = partial(self.tx.essay, f"essay|{e.task}|r1", True)
-            deps = {self.mat(e, 2, deps, [self.prompt_step(e, 1), ("raw", bad, self.sec(30, 150))])}
         n = 2 if e.scenario == "truncated" else 1
+        if n == 2:
+            bad = ("raw", partial(self.tx.essay, f"essay|{e.task}|r1", True), self.sec(30, 150))
+            deps = {self.mat(e, 2, deps, [self.prompt(e, 1), bad])}
         text, raw_t = partial(self.tx.essay, f"essay|{e.task}|r{n}"), self.sec(30, 150)
-        steps = [
-            self.prompt_step(e, n),
-            ("raw", text, raw_t),
-            ("parsed", text, raw_t + self.sec(0.2, 2)),
-        ]
-        e.ok_mat = self.mat(e, 3 if n == 2 else 2, deps, steps)
+        steps = [("raw", text, raw_t), ("parsed", text, raw_t + self.sec(0.2, 2))]
+        e.ok_mat = self.mat(e, 1 + n, deps, [self.prompt(e, n), *steps])
 
-    def run_eval(self, v: Task) -> None:
-        crashed = v.scenario == "crashed"
-        text = partial(self.tx.evaluation, f"evaluation|{v.task}", crashed)
-        if v.scenario == "undecodable":
-            text = partial(_poison, text)
-        steps = [self.prompt_step(v, 1), ("tmp" if crashed else "parsed", text, self.sec(10, 60))]
+    def evaluation(self, v: Task) -> None:
+        cut, poison = v.scenario == "crashed", v.scenario == "undecodable"
+        text = partial(self.tx.evaluation, f"evaluation|{v.task}", cut, poison)
+        steps = [self.prompt(v, 1), ("tmp" if cut else "parsed", text, self.sec(10, 60))]
         self.mat(v, 4, {v.parent.ok_mat}, steps)
-        if crashed:
-            self.qpaths["leftover_tmp"].append(self.mats[-1].ops[-1].rel)
-        if v.scenario == "undecodable":
-            self.qpaths["undecodable"].append(self.mats[-1].ops[-1].rel)
+        if cut or poison:
+            self.qpaths["leftover_tmp" if cut else "undecodable"].append(self.mats[-1].ops[-1].rel)
 
-    def add_pre(self, rel: str, data: bytes | Callable[[], bytes], days_ago: float, kind="other"):
-        make = data if callable(data) else partial(_const, data)
+    def add_pre(self, rel: str, make: Callable[[], bytes], days_ago: float, kind: str = "other"):
         self.pre.append(Op(rel, kind, self.t0 - int(days_ago * 86400 * SEC), make))
 
     def old_files(self, drafts: list[Task]) -> None:
-        """Older runs: an unversioned legacy draft and a one-phase links draft per old combo."""
+        """Older runs, per old combo: an unversioned legacy draft and a one-phase links draft."""
         for d in drafts:
             if d.combo.startswith("combo_v1_") or d.template != "creative-synthesis-v2":
                 continue
             rel = f"{FOLDERS['draft']['parsed']}/{d.task}.txt"
-            self.add_pre(
-                rel, partial(_raw_bytes, self.tx, f"legacy|{d.task}", "", True), 20, "parsed"
-            )
+            self.add_pre(rel, partial(self.tx.raw, f"legacy|{d.task}", ""), 20, "parsed")
             self.expected.append(Attempt("draft", d.task, None, None, rel, "ok"))
+            links = f"{d.combo}__creative-synthesis-v10__{d.model}"
+            p, r = (f"{LINKS[k]}/{links}_v1.txt" for k in ("prompt", "parsed"))
+            self.add_pre(p, partial(self.tx.prompt, f"links|{links}"), 25, "prompt")
+            self.add_pre(r, partial(self.tx.raw, f"links|{links}", ""), 24.99, "parsed")
+            self.expected.append(Attempt("draft", links, p, None, r, "ok"))
+            self.task_ids["draft"] += [d.task, links]
             self.scen["legacy_unversioned"].append(d.task)
-            links = Task("draft", f"{d.combo}__creative-synthesis-v10__{d.model}", d.combo, "", "")
-            p, r = (f"{LINKS[k]}/{links.task}_v1.txt" for k in ("prompt", "parsed"))
-            self.add_pre(p, partial(self.tx.prompt, f"links|{links.task}"), 25, "prompt")
-            self.add_pre(
-                r, partial(_raw_bytes, self.tx, f"links|{links.task}", "", True), 24.99, "parsed"
-            )
-            self.expected.append(Attempt("draft", links.task, p, None, r, "ok"))
-            self.task_ids["draft"] += [d.task, links.task]
-            self.scen["links_one_phase"].append(links.task)
+            self.scen["links_one_phase"].append(links)
 
-    def noise(self, essays: list[Task]) -> None:
+    def quirks(self, essay: Task) -> None:
         """--- quirks: things a real data root collects that are not pipeline output ---"""
         dr, er = FOLDERS["draft"]["parsed"], FOLDERS["essay"]["parsed"]
-        items = {
-            "ds_store": (f"{dr}/.DS_Store", b"\x00\x00\x00\x01Bud1\x00\x00\x10\x00"),
-            "notes": (
-                f"{er}/notes.md",
-                b"# notes\n\nrerun the truncated essays with more tokens\n",
-            ),
-            "editor_backup": (f"{er}/{essays[0].task}_v1.txt~", b"an older edit of this essay\n"),
-        }
-        for name, (rel, data) in items.items():
-            self.add_pre(rel, data, 1)
+        for name, rel, data in (
+            ("ds_store", f"{dr}/.DS_Store", b"\x00\x00\x00\x01Bud1\x00\x00\x10\x00"),
+            ("notes", f"{er}/notes.md", b"# notes\n\nrerun the truncated essays\n"),
+            ("editor_backup", f"{er}/{essay.task}_v1.txt~", b"an older edit of this essay\n"),
+        ):
+            self.add_pre(rel, partial(bytes, data), 1)
             self.qpaths[name].append(rel)
-        self.dirs.append(f"{FOLDERS['draft']['raw']}/old_runs")
-        self.qpaths["empty_dir"].append(self.dirs[-1])
+        self.qpaths["empty_dir"].append(EMPTY_DIR)
         u = Task("draft", "combo_v1_café_日本語__creative-synthesis-v2__sonnet-4", "", "", "")
         u.template, u.in_tables = "creative-synthesis-v2", False
         self.draft(u, 1, 0, set())
@@ -432,6 +373,7 @@ class Planner:
         self.qpaths["unicode"] += [op.rel for op in self.mats[-1].ops]
 
     def schedule(self) -> list[int]:
+        """Give every write its mtime; return the materialisations in start order."""
         cursor, end = self.t0, {}
         for i in sorted(range(len(self.mats)), key=lambda i: (self.mats[i].wave, i)):
             m = self.mats[i]
@@ -443,54 +385,63 @@ class Planner:
         return sorted(range(len(self.mats)), key=lambda i: (self.mats[i].ops[0].t, i))
 
 
-def _csv(rows: list[dict[str, str]], stage: str) -> bytes:
-    out = io.StringIO()
-    w = csv.DictWriter(out, TABLE_COLUMNS[stage].split(), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return out.getvalue().encode()
+def _row(v: Task) -> dict[str, str]:
+    """One row of a task table (any stage)."""
+    t = v.parent if v.stage == "evaluation" else v  # the generated document
+    d = t.parent or t  # its draft
+    row = {f"{v.stage}_task_id": v.task, "combo_id": t.combo, "draft_template": d.template}
+    row |= {"generation_model": t.model, "generation_model_name": MODEL_NAME[t.model]}
+    if v.stage == "essay":
+        return row | {"essay_template": v.template, "draft_task_id": d.task}
+    if v.stage == "draft":
+        return row
+    kind = t.stage
+    row |= {"document_id": t.task, "stage": "essay2p" if kind == "essay" else "essay1p"}
+    row |= {"origin": kind, "file_path": f"data/{FOLDERS[kind]['parsed']}/{t.task}_v1.txt"}
+    row |= {"essay_template": t.template if kind == "essay" else "", "draft_task_id": d.task}
+    row |= {"essay_task_id": t.task if kind == "essay" else "", "source_dir": f"{kind}_responses"}
+    row |= {"source_asset": f"{kind}_response", "evaluation_template": v.template}
+    row |= {"evaluation_model": v.model, "evaluation_model_name": MODEL_NAME[v.model]}
+    return row | {"parser": EVAL_PARSER[v.template]}
 
 
-def _rows(drafts: list[Task], essays: list[Task], evals: list[Task]) -> dict[str, bytes]:
-    def gen(t: Task, d: Task) -> dict[str, str]:
-        m = {"generation_model": t.model, "generation_model_name": MODEL_NAME[t.model]}
-        return {"combo_id": t.combo, "draft_template": d.template, **m}
-
-    dr = [{"draft_task_id": d.task, **gen(d, d)} for d in drafts if d.in_tables]
-    es = [
-        {"essay_task_id": e.task, "essay_template": e.template, "draft_task_id": e.parent.task}
-        | gen(e, e.parent)
-        for e in essays
-    ]
-    ev = []
-    for v in evals:
-        t = v.parent
-        d = t.parent or t
-        kind, stage = ("essay", "essay2p") if t.stage == "essay" else ("draft", "essay1p")
-        row = gen(t, d) | {"evaluation_task_id": v.task, "document_id": t.task, "stage": stage}
-        row |= {"origin": kind, "file_path": f"data/{FOLDERS[kind]['parsed']}/{t.task}_v1.txt"}
-        row |= {"essay_template": t.template if kind == "essay" else "", "draft_task_id": d.task}
-        row |= {
-            "essay_task_id": t.task if kind == "essay" else "",
-            "source_asset": f"{kind}_response",
-        }
-        row |= {"source_dir": f"{kind}_responses", "evaluation_template": v.template}
-        row |= {"evaluation_model": v.model, "evaluation_model_name": MODEL_NAME[v.model]}
-        ev.append(row | {"parser": EVAL_PARSER[v.template]})
-    return {
-        TABLE_FILES[s]: _csv(r, s) for s, r in (("draft", dr), ("essay", es), ("evaluation", ev))
-    }
+def _tables(tasks: list[Task]) -> dict[str, bytes]:
+    out = {}
+    for stage, (name, columns) in TABLES.items():
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, columns.split(), lineterminator="\n")  # like pandas to_csv
+        w.writeheader()
+        w.writerows(_row(t) for t in tasks if t.stage == stage and t.in_tables)
+        out[f"2_tasks/{name}.csv"] = buf.getvalue().encode()
+    return out
 
 
 def make_plan(combos: int = 6, seed: int = 0, start: datetime = START, quirks: bool = True) -> Plan:
     """Decide every file of the tree (contents are produced lazily by ``Op.make``)."""
     if combos < 1:
         raise ValueError("combos must be >= 1")
-    p = Planner(seed, quirks, int(start.timestamp()) * SEC)
+    p = Planner(seed, int(start.timestamp()) * SEC)
     drafts, essays, evals = p.tasks(combos)
-    p.force(
-        drafts, "parse_fail", lambda t: t.scenario == "normal" and bool(DRAFT_PARSER[t.template])
-    )
+    _decide(p, drafts, essays, evals, quirks)
+    for d in drafts:
+        first = p.draft(d, 1, 0, set(), ok=d.scenario != "parse_fail")
+        if d.scenario == "parse_fail":  # retried later: prompt v2, raw v2, parsed v1
+            p.draft(d, 2, 1, {first})
+    for e in essays:
+        p.essay(e)
+    for v in evals:
+        p.evaluation(v)
+    for d in (d for d in drafts if d.scenario == "remat"):
+        p.draft(d, 2, 5, {d.ok_mat} | d.downstream)
+    if quirks:
+        p.quirks(next(e for e in essays if e.scenario == "llm"))
+    order, tables = p.schedule(), _tables([*drafts, *essays, *evals])
+    return Plan(p.mats, order, p.pre, tables, p.t0 - 120 * SEC, _summary(p, tables, drafts))
+
+
+def _decide(p: Planner, drafts: list[Task], essays: list[Task], evals: list[Task], quirks: bool):
+    """Settle the scenarios: each at least once, quirks only when asked for."""
+    p.force(drafts, "parse_fail", lambda t: t.scenario == "normal" and DRAFT_PARSER[t.template])
     p.force(drafts, "remat", lambda t: t.scenario == "normal")
     p.force(essays, "truncated", lambda t: t.scenario == "llm")
     if quirks:
@@ -498,27 +449,17 @@ def make_plan(combos: int = 6, seed: int = 0, start: datetime = START, quirks: b
         p.force(
             evals, "undecodable", lambda t: t.scenario == "normal" and t.parent.stage == "essay"
         )
-        p.rng.choice([d for d in drafts if d.scenario == "normal"]).in_tables = False
+        if all(d.in_tables for d in drafts):
+            p.rng.choice([d for d in drafts if d.scenario == "normal"]).in_tables = False
         p.old_files(drafts)
-    for d in drafts:
-        p.run_draft(d)
-    for e in essays:
-        p.run_essay(e)
-    for v in evals:
-        p.run_eval(v)
-    for d in (d for d in drafts if d.scenario == "remat"):
-        p.draft(d, 2, 5, {d.ok_mat} | d.downstream)
-    if quirks:
-        p.noise([e for e in essays if e.scenario == "llm"])
-    tables = _rows(drafts, essays, evals)
     for t in [*drafts, *essays, *evals]:
+        if not quirks:  # a clean tree: every task in the tables, no crashed evaluation
+            t.in_tables, t.scenario = True, t.scenario if t.stage != "evaluation" else "normal"
         p.scen[f"{t.stage}_{t.scenario}"].append(t.task)
         if t.stage == "evaluation":
             p.scen["evaluation_of_" + t.parent.stage].append(t.task)
         if not t.in_tables:
             p.scen["missing_from_tables"].append(t.task)
-    order = p.schedule()
-    return Plan(p.mats, order, p.pre, p.dirs, tables, p.t0 - 120 * SEC, _summary(p, tables, drafts))
 
 
 def _summary(p: Planner, tables: dict[str, bytes], drafts: list[Task]) -> TreeSummary:
@@ -562,13 +503,13 @@ def build_tree(
     quirks: bool = True,
     files_target: int | None = None,
 ) -> TreeSummary:
-    """Write the finished tree quickly (plain writes) with realistic mtimes."""
+    """Write the finished tree quickly (plain writes) and give each file a realistic mtime."""
     if files_target:
         combos = combos_for_files(files_target, seed=seed, quirks=quirks)
     plan, root, made = make_plan(combos, seed, start, quirks), Path(data_root), set()
     _copy_templates(root, plan.table_t - 3 * 86400 * SEC)
-    files = [Op(rel, "other", plan.table_t, partial(_const, d)) for rel, d in plan.tables.items()]
-    for op in files + plan.pre + [op for i in plan.order for op in plan.mats[i].ops]:
+    tables = [Op(rel, "other", plan.table_t, partial(bytes, b)) for rel, b in plan.tables.items()]
+    for op in tables + plan.pre + [op for i in plan.order for op in plan.mats[i].ops]:
         path = root / op.rel
         if path.parent not in made:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -576,13 +517,13 @@ def build_tree(
         with open(path, "wb") as f:
             f.write(op.make())
         os.utime(path, ns=(op.t, op.t))
-    for d in plan.dirs:
-        (root / d).mkdir(parents=True, exist_ok=True)
+    if quirks:
+        (root / EMPTY_DIR).mkdir(parents=True, exist_ok=True)
     return plan.summary
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Dagster IO manager: whole text to ``.tmp``, then os.replace (no fsync)."""
+    """Dagster IO manager: the whole text to ``<name>.tmp``, then os.replace (no fsync)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -591,7 +532,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_slowly(path: Path, data: bytes, delay: float) -> None:
-    """Raw side write: in place, not atomic, so an early reader sees a partial file."""
+    """Raw side write, in place and not atomic: an early reader sees a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         f.write(data[: len(data) // 2])
@@ -600,20 +541,15 @@ def write_slowly(path: Path, data: bytes, delay: float) -> None:
         f.write(data[len(data) // 2 :])
 
 
-def write_plain(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:  # like pandas to_csv / a stray editor: open('w'), write
-        f.write(data)
-
-
 def _live_op(root: Path, op: Op, delay: float) -> None:
     if op.kind in ("prompt", "parsed"):
         write_atomic(root / op.rel, op.make())
     elif op.kind == "raw":
         time.sleep(delay)  # the LLM call
         write_slowly(root / op.rel, op.make(), delay)
-    else:
-        write_plain(root / op.rel, op.make())
+    else:  # pandas to_csv, an editor, a crash: open('w') in place, write, close
+        (root / op.rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / op.rel).write_bytes(op.make())
 
 
 def run_pipeline(
@@ -629,19 +565,16 @@ def run_pipeline(
     """Replay the plan in real time on ``writers`` threads with the pipeline's writer patterns."""
     plan, root = make_plan(combos, seed, quirks=quirks), Path(data_root)
     _copy_templates(root, None)
-    for rel, data in plan.tables.items():
-        write_plain(root / rel, data)
-    for op in plan.pre:
+    for op in [Op(rel, "other", 0, partial(bytes, b)) for rel, b in plan.tables.items()] + plan.pre:
         _live_op(root, op, 0)
-    for d in plan.dirs:
-        (root / d).mkdir(parents=True, exist_ok=True)
+    if quirks:
+        (root / EMPTY_DIR).mkdir(parents=True, exist_ok=True)
     plan.summary.complete = _run_mats(root, plan, writers, raw_write_delay, stop)
     return plan.summary
 
 
-def _run_mats(
-    root: Path, plan: Plan, writers: int, delay: float, stop: threading.Event | None
-) -> bool:
+def _run_mats(root: Path, plan: Plan, writers: int, delay: float, stop: threading.Event | None):
+    """Run materialisations in planned order as soon as their dependencies are done."""
     cond, todo, done, errors = threading.Condition(), list(plan.order), set(), []
 
     def take() -> int | None:
@@ -658,7 +591,7 @@ def _run_mats(
             try:
                 for op in plan.mats[i].ops:
                     _live_op(root, op, delay)
-            except BaseException as exc:  # surfaced in the caller's thread
+            except BaseException as exc:  # re-raised in the caller's thread
                 errors.append(exc)
             with cond:
                 done.add(i)
@@ -676,25 +609,21 @@ def _run_mats(
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    live = bool(argv) and argv[0] == "live"
+    live = argv[:1] == ["live"]
     ap = argparse.ArgumentParser(prog="legacy_tree.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--combos", type=int, default=4 if live else 6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-quirks", dest="quirks", action="store_false")
+    ap.add_argument("--files-target", type=int, default=None, help="build mode only")
+    ap.add_argument("--writers", type=int, default=10, help="live mode only")
+    ap.add_argument("--raw-write-delay", type=float, default=0.02, help="live mode only")
+    a, t0 = ap.parse_args(argv[live:]), time.perf_counter()
+    kw = {"combos": a.combos, "seed": a.seed, "quirks": a.quirks}
     if live:
-        ap.add_argument("--writers", type=int, default=10)
-        ap.add_argument("--raw-write-delay", type=float, default=0.02)
+        s = run_pipeline(a.out_dir, writers=a.writers, raw_write_delay=a.raw_write_delay, **kw)
     else:
-        ap.add_argument("--files-target", type=int, default=None)
-    a = ap.parse_args(argv[1:] if live else argv)
-    t0 = time.perf_counter()
-    if live:
-        kw = {"writers": a.writers, "raw_write_delay": a.raw_write_delay}
-        s = run_pipeline(a.out_dir, combos=a.combos, seed=a.seed, quirks=a.quirks, **kw)
-    else:
-        kw = {"files_target": a.files_target}
-        s = build_tree(a.out_dir, combos=a.combos, seed=a.seed, quirks=a.quirks, **kw)
+        s = build_tree(a.out_dir, files_target=a.files_target, **kw)
     out = {k: v for k, v in asdict(s).items() if k not in ("expected", "tasks", "scenarios")}
     out["scenarios"] = {k: len(v) for k, v in s.scenarios.items()}
     out["seconds"] = round(time.perf_counter() - t0, 2)
