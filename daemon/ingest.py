@@ -93,6 +93,8 @@ class Ingestor:
         self.known: Callable[[str, int, int], bool] = lambda r, s, m: ix.ledger_has_stat(
             con, r, s, m
         )
+        #: Optional ``enrich(row, attempt) -> row`` (run records: run_id, true status, usage).
+        self.enrich: Callable[[dict, Attempt], dict] | None = None
 
     # -- probing -----------------------------------------------------------------------
 
@@ -184,6 +186,8 @@ class Ingestor:
             wanted.pop("prompt", None)
         if old is not None:
             row["run_id"] = old["run_id"]  # who first ingested it
+        if self.enrich is not None:  # facts only the pipeline's run records know
+            row = self.enrich(row, attempt)
         if old is None or not (self.store.docs_root / info.stage / attempt.doc_id).is_dir():
             return _Change(attempt, info, row, "create", wanted, parent_stage)
         for kind in ("raw", "parsed"):  # unchanged files keep their counts; staging sets new
