@@ -1,0 +1,152 @@
+"""Environmental faults: a real full disk, a locked index, changed sources, file modes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SNAPSHOT_COLUMNS, docs_tree, make_config, snapshot
+
+from daemon.docstore import DocStore, FileSource, SourceChanged
+from daemon.scan import scan
+from daemon.verify import verify
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True)  # fmt: skip
+    return done.returncode == 0
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mnt = tmp_path / "small"
+    if os.geteuid() != 0 or not _mount_tmpfs(mnt, "400k"):
+        pytest.skip("needs root and tmpfs mounts to make a really full filesystem")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_disk_full_backs_off_and_resumes_by_itself(tree, copy_tree, tmp_path, small_fs):
+    data_root, _ = tree
+    golden_cfg = make_config(data_root)
+    scan(golden_cfg, run_id="r")
+    victim = copy_tree(data_root, tmp_path / "victim")
+    env = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0", "DOCWATCH_BATCH_MAX_FILES": "40"}
+    cmd = [sys.executable, "-m", "daemon", "scan", "--run-id", "r", "--data-root", str(victim),
+           "--docs-root", str(small_fs / "docs")]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    stderr_lines = []
+    while time.monotonic() < deadline:  # wait until the scan reports the full disk
+        line = proc.stderr.readline()
+        stderr_lines.append(line)
+        if "disk full" in line or not line:
+            break
+    assert any("disk full" in line for line in stderr_lines), "".join(stderr_lines)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_fs)], check=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    cfg = make_config(victim, docs_root=small_fs / "docs")
+    columns = [c for c in SNAPSHOT_COLUMNS if c != "doc_dir"]  # docs live elsewhere here
+    assert snapshot(cfg.db, columns) == snapshot(golden_cfg.db, columns)
+    assert docs_tree(cfg.docs_root) == docs_tree(golden_cfg.docs_root)
+    assert verify(cfg).ok
+
+
+def test_index_locked_by_another_process_waits_and_loses_nothing(tree):
+    data_root, summary = tree
+    cfg = make_config(data_root)
+    scan(cfg, run_id="r", stages=("draft",))
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sqlite3, sys, time\n"
+         f"con = sqlite3.connect({str(cfg.db)!r}, isolation_level=None)\n"
+         "con.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(3)\n"
+         "con.execute('COMMIT')"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    result = scan(cfg, run_id="r")
+    holder.wait(timeout=30)
+    assert sum(c["docs_created"] for c in result.counts.values()) > 0
+    con = sqlite3.connect(cfg.db)
+    assert con.execute("SELECT count(*) FROM documents").fetchone()[0] == sum(
+        summary.attempts.values()
+    )
+
+
+def test_second_writer_waits_for_the_writer_lock(tree, copy_tree, tmp_path):
+    """Two scans at once on the same index: each source still yields exactly one document."""
+    data_root, summary = tree
+    cfg = make_config(data_root, batch_max_files=20)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(scan(cfg, run_id="r")))
+               for _ in range(2)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    created = sum(sum(c["docs_created"] for c in r.counts.values()) for r in results)
+    assert created == sum(summary.attempts.values())
+    assert verify(cfg).ok
+
+
+def test_source_changed_between_hash_and_copy_is_refused(tmp_path):
+    src = tmp_path / "src.txt"
+    src.write_bytes(b"new bytes" * 200_000)  # streamed (> 1 MiB)
+    store = DocStore(tmp_path / "docs")
+    batch = store.begin()
+    stale = hashlib.sha256(b"old bytes").hexdigest()
+    with pytest.raises(SourceChanged):
+        batch.stage("abcdefabcdef1234", "draft", "create",
+                    {"raw.txt": FileSource(src, stale)}, {})  # fmt: skip
+    assert not any(batch.root.iterdir())
+    batch.cleanup()
+    assert not batch.root.exists()
+
+
+def test_documents_get_configured_modes_under_the_umask(tree):
+    data_root, _ = tree
+    old = os.umask(0o022)
+    try:
+        cfg = make_config(data_root, file_mode=0o640, dir_mode=0o750)
+        scan(cfg, run_id="r")
+    finally:
+        os.umask(old)
+    doc = next((cfg.docs_root / "draft").iterdir())
+    assert stat.S_IMODE(doc.stat().st_mode) == 0o750
+    assert stat.S_IMODE((doc / "metadata.json").stat().st_mode) == 0o640
+    for path in doc.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+
+
+def test_hostile_names_never_escape_the_docs_root(tmp_path):
+    """Task ids come from file names; document paths come only from base36 ids."""
+    data_root = tmp_path / "data"
+    folder = data_root / "3_generation/draft_responses"
+    folder.mkdir(parents=True)
+    for name in (
+        "a..b__x__y_v1.txt",
+        "a b;rm -rf ~__t__m_v1.txt",
+        "'; DROP TABLE documents;--_v1.txt",
+    ):
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (1, 1))
+    cfg = make_config(data_root)
+    scan(cfg, run_id="r")
+    dirs = [p for p in cfg.docs_root.rglob("*") if p.is_dir() and p.name != ".tmp"]
+    for d in dirs:
+        assert d.resolve().is_relative_to(cfg.docs_root.resolve())
+    con = sqlite3.connect(cfg.db)
+    tasks = {r[0] for r in con.execute("SELECT task_id FROM documents")}
+    assert "'; DROP TABLE documents;--" in tasks and "a..b__x__y" in tasks
