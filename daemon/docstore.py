@@ -85,9 +85,24 @@ class DocStore:
             for leftover in self.staging_root.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)
                 removed += 1
+        for doc_id, stage, op in intents:  # retired by a committed batch, dir not yet removed
+            target = self.doc_path(stage, doc_id)
+            if op == "retire" and doc_id not in committed and target.exists():
+                shutil.rmtree(target)
+                removed += 1
         if removed:
             fsync_dir(self.docs_root)
         faults.point("recovered")
+        return removed
+
+    def drop_unreferenced(self, doc: dict) -> int:
+        """Remove parsed/prompt files a committed row no longer references."""
+        removed = 0
+        for kind in ("parsed", "prompt"):
+            path = self.doc_path(doc["stage"], doc["doc_id"]) / f"{kind}.txt"
+            if doc[f"_{kind}_key"] is None and path.exists():
+                path.unlink()
+                removed += 1
         return removed
 
 
@@ -209,15 +224,9 @@ class Batch:
                     shutil.rmtree(target)
                 os.rename(staged.staged_dir, target)
                 touched.add(target.parent)
-            elif staged.op == "retire":
-                if target.exists():
-                    os.rename(target, staged.staged_dir)
-                touched.add(target.parent)
-            else:
+            elif staged.op == "update":
                 for name in staged.files:
                     os.replace(staged.staged_dir / name, target / name)
-                for name in staged.remove:
-                    (target / name).unlink(missing_ok=True)
                 touched.add(target)
             faults.point("renamed")
         if _HAS_SYNCFS:
@@ -226,6 +235,23 @@ class Batch:
             for directory in touched:
                 fsync_dir(directory)
         faults.point("dirs_synced")
+
+    def remove_after_commit(self) -> list[str]:
+        """Delete what committed rows no longer reference (retired dirs, dropped files).
+
+        Done only after the commit, so no visible row ever points at a missing file; a crash
+        before it leaves extra files that recovery removes.  Returns the doc ids touched.
+        """
+        done = []
+        for staged in self.documents:
+            target = self.store.doc_path(staged.stage, staged.doc_id)
+            if staged.op == "retire" and target.exists():
+                shutil.rmtree(target)
+            for name in staged.remove:
+                (target / name).unlink(missing_ok=True)
+            if staged.op == "retire" or staged.remove:
+                done.append(staged.doc_id)
+        return done
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -74,6 +74,8 @@ class Indexer:
         removed = self.store.recover(
             [(r["doc_id"], r["stage"], r["op"]) for r in intents], committed
         )
+        for doc in ix.get_documents(self.con, committed).values():
+            removed += self.store.drop_unreferenced(doc)
         self._replan |= {(r["stage"], r["task_id"]) for r in intents}
         if intents:
             with ix.transaction(self.con):

@@ -262,7 +262,7 @@ class Ingestor:
                                     c.attempt.doc_id, c.info.task_id)  # fmt: skip
                     else:
                         ix.put_document(self.con, c.row, _attempt_facts(c))
-                ix.clear_intents(self.con, [c.attempt.doc_id for c in kept])
+                ix.clear_intents(self.con, [c.attempt.doc_id for c in kept if not _removes(c)])
                 if kept:
                     ix.set_state(self.con, "last_ingest", ix.now_iso())
                     # Age of the freshest source at commit: the live ingest lag.
@@ -271,6 +271,10 @@ class Ingestor:
                     lag = min(ages, default=0) / 1e9
                     ix.set_state(self.con, "last_lag_seconds", f"{lag:.6f}")
             faults.point("committed")
+            removed = batch.remove_after_commit()
+            if removed:
+                with ix.transaction(self.con):
+                    ix.clear_intents(self.con, removed)
         finally:
             batch.cleanup()
         for c in kept:
@@ -331,6 +335,11 @@ class Ingestor:
             "provenance": {"sources": provenance, "copied": sorted(c.files)},
             "docwatch": {"version": __version__, "written_at": ix.now_iso()},
         }
+
+
+def _removes(c: _Change) -> bool:
+    """Whether a change deletes files (done after its commit, guarded by its intent)."""
+    return c.op == "retire" or bool(c.remove)
 
 
 def _attempt_facts(c: _Change) -> dict:
