@@ -25,7 +25,7 @@ DOCUMENT_COLUMNS = (
 
 ATTEMPT_COLUMNS = (
     "doc_id", "version", "created_at_ns", "parent_stage", "parent_task_id", "parent_ref_ns",
-    "raw_key", "parsed_key", "prompt_key",
+    "raw_key", "parsed_key", "prompt_key", "info_hash",
 )  # fmt: skip
 
 SOURCE_COLUMNS = (
@@ -101,6 +101,10 @@ MIGRATIONS: tuple[str, ...] = (
       op TEXT NOT NULL
     );
     CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT);
+    """,
+    # v2: what the task tables said when a document was planned, to re-plan on a change.
+    """
+    ALTER TABLE attempts ADD COLUMN info_hash TEXT;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -318,13 +322,22 @@ def put_document(con: sqlite3.Connection, row: dict, attempt: dict) -> None:
     con.execute(
         f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)})"
         f" VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})",
-        [attempt[c] for c in ATTEMPT_COLUMNS],
+        [attempt.get(c) for c in ATTEMPT_COLUMNS],
     )
 
 
 def delete_document(con: sqlite3.Connection, doc_id: str) -> None:
     con.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
     con.execute("DELETE FROM attempts WHERE doc_id = ?", (doc_id,))
+
+
+def task_info_hashes(con: sqlite3.Connection) -> list[tuple[str, str, str | None]]:
+    """(stage, task_id, info_hash) of every task with documents."""
+    rows = con.execute(
+        "SELECT DISTINCT d.stage, d.task_id, a.info_hash FROM documents d JOIN attempts a"
+        " USING (doc_id)"
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def pending_tasks(con: sqlite3.Connection, created_before: str) -> list[tuple[str, str]]:

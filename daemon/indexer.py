@@ -19,7 +19,7 @@ from .docstore import DocStore
 from .ingest import BatchReport, Ingestor, IngestSettings
 from .locks import writer_lock
 from .sources import Candidate
-from .tasks import TaskTableReader, TaskTables
+from .tasks import TaskTableReader, TaskTables, task_info
 
 log = logging.getLogger("docwatch.indexer")
 RETRYABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN}
@@ -58,7 +58,16 @@ class Indexer:
         """The task tables, re-read only when one of the files changed."""
         if self._tables is None or self.tables_reader.changed():
             self._tables = self.tables_reader.load()
+            self._replan |= self.stale_tasks(self._tables)
         return self._tables
+
+    def stale_tasks(self, tables: TaskTables) -> set[tuple[str, str]]:
+        """Tasks whose documents were planned with other table contents than ``tables``."""
+        return {
+            (stage, task_id)
+            for stage, task_id, planned in ix.task_info_hashes(self.con)
+            if task_info(tables, stage, task_id).fingerprint() != planned
+        }
 
     def close(self) -> None:
         self.con.close()
@@ -89,6 +98,7 @@ class Indexer:
                give_up_after: float | None = None) -> BatchReport:  # fmt: skip
         """Run one batch under the writer lock, retrying transient failures with backoff."""
         delay, started = 0.5, time.monotonic()
+        self.tables()  # notices rewritten task tables: their tasks are re-planned
         extra = set(extra_tasks) | self._replan
         while True:
             try:
@@ -106,6 +116,11 @@ class Indexer:
                             _explain(exc, self.cfg), delay)  # fmt: skip
                 self.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    def needs_replan(self) -> bool:
+        """Whether tasks wait for a re-plan (tables changed, or left by a dead writer)."""
+        self.tables()
+        return bool(self._replan)
 
     def expire_pending(self) -> BatchReport:
         """Give raw-only attempts past the pairing window their final status."""

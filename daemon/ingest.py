@@ -352,7 +352,7 @@ def _attempt_facts(c: _Change) -> dict:
         "doc_id": a.doc_id, "version": a.version, "created_at_ns": a.created_at_ns,
         "parent_stage": c.parent_stage, "parent_task_id": c.info.parent_task_id,
         "parent_ref_ns": a.parent_ref_ns, "raw_key": key(a.raw), "parsed_key": key(a.parsed),
-        "prompt_key": key(a.prompt),
+        "prompt_key": key(a.prompt), "info_hash": c.info.fingerprint(),
     }  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .ids import doc_id_for, logical_key_for
+from .ids import doc_id_for, hash36, logical_key_for
 
 OK, PENDING, PARSE_ERROR, GEN_ERROR = "ok", "pending", "parse_error", "gen_error"
 
@@ -52,6 +52,12 @@ class TaskInfo:
     parent_task_id: str | None = None
     provider: str | None = None
     from_tables: bool = False
+
+    def fingerprint(self) -> str:
+        """Changes exactly when what the tables say about this task changes."""
+        return hash36(self.template_id, self.model_id, self.parser, self.generator,
+                      self.parent_stage, self.parent_task_id, self.provider,
+                      str(self.from_tables))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import index as ix
+from . import runrecords
 from .config import Config
 from .indexer import Indexer
 from .ingest import BatchReport
@@ -100,6 +101,17 @@ def scan(cfg: Config, *, stages: Iterable[str] = STAGES, run_id: str, dry_run: b
 def _scan_into(indexer: Indexer, cands: list[Candidate], result: ScanResult,
                progress: Callable[[int], None] | None) -> None:  # fmt: skip
     indexer.recover()
+    records = runrecords.attach(indexer, indexer.cfg)  # None unless dagster_home is set
+    try:
+        _scan_batches(indexer, cands, result, progress)
+        result.add(runrecords.refresh(indexer, records))  # documents indexed before this scan
+    finally:
+        if records is not None:
+            records.close()
+
+
+def _scan_batches(indexer: Indexer, cands: list[Candidate], result: ScanResult,
+                  progress: Callable[[int], None] | None) -> None:  # fmt: skip
     repair = missing_document_tasks(indexer)
     if repair:
         log.warning("%d document directories are missing; rebuilding them from the sources",
@@ -112,6 +124,8 @@ def _scan_into(indexer: Indexer, cands: list[Candidate], result: ScanResult,
         if progress:
             progress(len(batch))
     result.add(indexer.expire_pending())
+    if indexer.needs_replan():
+        result.add(indexer.ingest([]))
 
 
 def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
