@@ -93,6 +93,8 @@ class Ingestor:
         self.known: Callable[[str, int, int], bool] = lambda r, s, m: ix.ledger_has_stat(
             con, r, s, m
         )
+        #: Documents to rewrite from their sources even if the index says they are current.
+        self.force: set[str] = set()
         #: Optional ``enrich(row, attempt) -> row`` (run records: run_id, true status, usage).
         self.enrich: Callable[[dict, Attempt], dict] | None = None
 
@@ -188,7 +190,8 @@ class Ingestor:
             row["run_id"] = old["run_id"]  # who first ingested it
         if self.enrich is not None:  # facts only the pipeline's run records know
             row = self.enrich(row, attempt)
-        if old is None or not (self.store.docs_root / info.stage / attempt.doc_id).is_dir():
+        doc_path = self.store.docs_root / info.stage / attempt.doc_id
+        if old is None or attempt.doc_id in self.force or not doc_path.is_dir():
             return _Change(attempt, info, row, "create", wanted, parent_stage)
         for kind in ("raw", "parsed"):  # unchanged files keep their counts; staging sets new
             row[f"{kind}_chars"] = old[f"{kind}_chars"] if kind in wanted else None

@@ -29,6 +29,7 @@ class VerifyReport:
     problems: list[tuple[str, str]] = field(default_factory=list)
     notes: list[tuple[str, str]] = field(default_factory=list)
     checked: dict[str, int] = field(default_factory=dict)
+    damaged: set[str] = field(default_factory=set)  # doc ids whose directory needs a rewrite
 
     @property
     def ok(self) -> bool:
@@ -70,10 +71,12 @@ def _check_document(cfg: Config, doc_id: str, stage: str, checksums: bool,
         meta = json.loads((doc_dir / "metadata.json").read_text())
     except FileNotFoundError:
         what = "document directory missing" if not doc_dir.exists() else "metadata.json missing"
-        report.problems.append((where, f"{what}; `docwatch scan` rebuilds it from the sources"))
+        report.problems.append((where, f"{what}; `docwatch verify --repair` rewrites it"))
+        report.damaged.add(doc_id)
         return
     except (OSError, ValueError) as exc:
         report.problems.append((where, f"metadata.json unreadable: {exc}"))
+        report.damaged.add(doc_id)
         return
     sources = meta.get("provenance", {}).get("sources", {})
     for kind, source in sources.items():
@@ -82,10 +85,31 @@ def _check_document(cfg: Config, doc_id: str, stage: str, checksums: bool,
             continue
         if not path.exists():
             report.problems.append((str(path), f"{kind}.txt missing (source {source['path']})"))
+            report.damaged.add(doc_id)
         elif checksums and _sha256(path) != source["sha256"]:
             report.problems.append(
                 (str(path), f"checksum differs from its source {source['path']} (edited by hand?)")
             )
+            report.damaged.add(doc_id)
+
+
+def repair(cfg: Config, doc_ids: set[str], run_id: str) -> int:
+    """Rewrite damaged documents from their sources (where the sources still hold the bytes)."""
+    from .indexer import Indexer
+
+    indexer = Indexer(cfg, run_id)
+    try:
+        indexer.recover()
+        marks = ", ".join("?" * len(doc_ids))
+        tasks = indexer.con.execute(
+            f"SELECT DISTINCT stage, task_id FROM documents WHERE doc_id IN ({marks})",
+            sorted(doc_ids),
+        ).fetchall()
+        indexer.ingestor.force = set(doc_ids)
+        report = indexer.ingest([], extra_tasks={(r[0], r[1]) for r in tasks})
+        return len(report.created)
+    finally:
+        indexer.close()
 
 
 def _sha256(path: Path) -> str:

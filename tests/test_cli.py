@@ -110,6 +110,20 @@ def test_verify_exit_codes(indexed):
     assert any("orphan" in p["what"] for p in problems)
 
 
+def test_edited_document_is_reported_then_repaired(indexed):
+    data_root, _, _ = indexed
+    cfg = make_config(data_root)
+    victim = next(d for d in (cfg.docs_root / "draft").iterdir() if (d / "raw.txt").exists())
+    original = (victim / "raw.txt").read_bytes()
+    (victim / "raw.txt").write_bytes(b"edited by hand")
+    (victim / "prompt.txt").unlink(missing_ok=True)
+    report = json.loads(run("verify", "--data-root", data_root, "--json").output)
+    assert any("checksum differs" in p["what"] for p in report["problems"])
+    result = run("verify", "--data-root", data_root, "--repair")
+    assert result.exit_code == 0, result.output
+    assert (victim / "raw.txt").read_bytes() == original
+
+
 def test_deleted_document_dir_is_reported_then_repaired_by_scan(indexed):
     data_root, _, _ = indexed
     cfg = make_config(data_root)
