@@ -236,19 +236,27 @@ def _print_document(idx, row: dict, field: str | None, as_json: bool) -> None:
 @main.command()
 @config_options
 @click.option("--no-checksums", is_flag=True, help="Skip re-hashing document files.")
+@click.option("--repair", is_flag=True,
+              help="Rewrite damaged documents from their sources, then check again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@handle_errors
-def verify(config_file, no_checksums, as_json, **flags) -> None:
+@handle_errors  # fmt: skip
+def verify(config_file, no_checksums, repair, as_json, **flags) -> None:
     """Check the index against document directories and sources; exit 1 on problems.
 
     \b
     Example:
-      docwatch verify --data-root data
+      docwatch verify --data-root data --repair
     """
+    from .indexer import default_run_id
+    from .verify import repair as run_repair
     from .verify import verify as run_verify
 
     cfg = make_config(config_file, **flags)
     report = run_verify(cfg, checksums=not no_checksums)
+    if repair and report.damaged:
+        fixed = run_repair(cfg, report.damaged, cfg.run_id or default_run_id("repair"))
+        log.warning("rewrote %d damaged documents from their sources", fixed)
+        report = run_verify(cfg, checksums=not no_checksums)
     emit(report.as_dict(), as_json, _render_verify)
     sys.exit(0 if report.ok else 1)
 
@@ -287,3 +295,32 @@ def rebuild_index(config_file, as_json, **flags) -> None:
         + (f"; old index moved to {d['moved_aside']}" if d["moved_aside"] else "")
         + "".join(f"\n  problem: {p['path']}: {p['reason']}" for p in d["problems"])
     ))  # fmt: skip
+
+
+@main.command()
+@config_options
+@click.option("--run-id", help='Label stored in run_id (default: from the config, else "watch").')
+@click.option(
+    "--observer",
+    type=click.Choice(["inotify", "polling"]),
+    help="File-event source: inotify (local disks) or polling (NFS/CIFS).",
+)
+@handle_errors
+def watch(config_file, **flags) -> None:
+    """The daemon: catch up on every folder, then index files as the pipeline writes them.
+
+    Runs until SIGTERM/SIGINT: the batch in hand is finished and the exit code is 0; a second
+    signal exits at once with 128+signal (safe: nothing half-written becomes visible). Under
+    systemd (Type=notify) it sends READY=1 after the catch-up, STATUS= every few seconds,
+    WATCHDOG=1 when WatchdogSec is set, and STOPPING=1. A second daemon on the same index
+    exits with code 4, naming the pid that holds it.
+
+    \b
+    Example:
+      docwatch watch --config /etc/docwatch/config.toml
+      docwatch watch --data-root /mnt/nfs/data --observer polling --run-id exp-42
+    """
+    from .watch import run_watch
+
+    cfg = make_config(config_file, **flags)
+    run_watch(cfg)

@@ -1,0 +1,392 @@
+"""``docwatch watch`` in-process: a real watchdog observer on real folders under tmp_path.
+
+The ``Watcher`` runs in a thread (no signals); files are written the way the pipeline writes
+them (LEGACY_PIPELINE.md).  Nothing is mocked: waits are bounded polling loops on the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import watchdog.version
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import inotify_c
+from watchdog.observers.inotify import InotifyObserver
+
+from daemon.config import load_config
+from daemon.events import EVENT_FILTER, OVERFLOW_LOGGER, OVERFLOW_MESSAGE, OverflowDetector
+from daemon.sdnotify import Notifier
+from daemon.watch import Watcher
+
+RAW = "3_generation/draft_responses_raw"
+PARSED = "3_generation/draft_responses"
+PROMPT = "3_generation/draft_prompts"
+EVAL_PARSED = "4_evaluation/evaluation_responses"
+
+
+def wait_until(cond, timeout: float = 30.0, interval: float = 0.05, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
+        time.sleep(interval)
+
+
+def make_cfg(tmp_path: Path, **flags):
+    base = {
+        "data_root": tmp_path / "data",
+        "db": tmp_path / "index" / "documents.sqlite",
+        "docs_root": tmp_path / "index" / "docs",
+        "settle_seconds": 0.5,
+        "pair_window": 600,
+        "reconcile_interval": 600,
+        "run_id": "test-watch",
+    }
+    base.update(flags)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    return load_config(None, {}, base)
+
+
+@contextlib.contextmanager
+def running(cfg):
+    """A Watcher in a thread, ready (catch-up done); stopped and joined on exit."""
+    w = Watcher(cfg, notifier=Notifier(None))
+    errors: list[BaseException] = []
+
+    def target():
+        try:
+            w.run()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=target, name="watcher", daemon=True)
+    t.start()
+    wait_until(lambda: w.ready.is_set() or not t.is_alive(), what="READY")
+    assert not errors, errors
+    try:
+        yield w
+    finally:
+        w.stop()
+        t.join(15)
+    assert not t.is_alive(), "watcher did not stop"
+    assert not errors, errors
+
+
+def documents(cfg, task_id: str | None = None) -> list[dict]:
+    if not Path(cfg.db).exists():
+        return []
+    con = sqlite3.connect(f"file:{cfg.db}?mode=ro", uri=True)
+    con.row_factory = sqlite3.Row
+    try:
+        sql, args = "SELECT * FROM documents", ()
+        if task_id is not None:
+            sql, args = sql + " WHERE task_id = ?", (task_id,)
+        return [dict(r) for r in con.execute(sql, args)]
+    finally:
+        con.close()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Dagster IO manager: whole text to .tmp, then os.replace."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def doc_file(cfg, row: dict, name: str) -> bytes:
+    return (Path(cfg.docs_root) / row["stage"] / row["doc_id"] / name).read_bytes()
+
+
+# --- what watchdog 7.1 delivers (pinned; the design relies on it) ----------------------------
+
+
+class _Recorder(FileSystemEventHandler):
+    def __init__(self):
+        self.events = []
+
+    def on_any_event(self, event):
+        self.events.append(event)
+
+
+def test_watchdog_71_delivers_what_the_watcher_relies_on(tmp_path):
+    assert watchdog.version.VERSION_STRING.startswith("7.1"), "re-measure before upgrading"
+    watched, outside = tmp_path / "w", tmp_path / "outside"
+    watched.mkdir()
+    outside.mkdir()
+    rec = _Recorder()
+    obs = InotifyObserver(generate_full_events=True)
+    obs.start()
+    watch = obs.schedule(rec, str(watched), recursive=False, event_filter=EVENT_FILTER)
+    seen = lambda cls, **kw: lambda: [  # noqa: E731
+        e for e in rec.events
+        if type(e) is cls and all(getattr(e, k) == str(v) for k, v in kw.items())
+    ]  # fmt: skip
+    try:
+        raw = watched / "t_v1.txt"  # in place, as the raw side write does
+        with open(raw, "wb") as f:
+            f.write(b"half")
+            f.flush()
+            time.sleep(0.05)
+            f.write(b" and the rest")
+        wait_until(seen(FileClosedEvent, src_path=raw), 10, what="close of an in-place write")
+        assert seen(FileCreatedEvent, src_path=raw)()
+        write_atomic(watched / "p_v1.txt", b"parsed")  # .tmp + os.replace
+        wait_until(seen(FileMovedEvent, dest_path=watched / "p_v1.txt"), 10, what="rename")
+        (outside / "o_v1.txt").write_bytes(b"from elsewhere")
+        os.replace(outside / "o_v1.txt", watched / "o_v1.txt")
+        wait_until(seen(FileMovedEvent, src_path="", dest_path=watched / "o_v1.txt"), 10)
+        assert not seen(FileCreatedEvent, src_path=watched / "o_v1.txt")()
+        (watched / "sub").mkdir()
+        (watched / "sub" / "x_v1.txt").write_bytes(b"unseen")
+        wait_until(seen(DirCreatedEvent, src_path=watched / "sub"), 10)
+        time.sleep(0.3)  # give a (wrong) event for sub/x_v1.txt time to show up
+        assert not [e for e in rec.events if "x_v1" in e.src_path]
+        shutil.rmtree(watched)
+        wait_until(seen(DirDeletedEvent, src_path=watched), 10, what="watched folder deleted")
+        emitter = next(e for e in obs.emitters if e.watch == watch)
+        wait_until(lambda: not emitter.is_alive(), 10, what="its emitter ends")
+        assert obs.is_alive()  # ... while the observer lives on: only a supervisor notices
+    finally:
+        obs.stop()
+        obs.join(5)
+
+
+def test_overflow_is_only_a_log_warning_and_the_detector_sees_it():
+    source = inspect.getsource(inotify_c)
+    assert f'logger.warning("{OVERFLOW_MESSAGE}; filesystem events were lost")' in source
+    assert inotify_c.logger.name == OVERFLOW_LOGGER
+    flag = threading.Event()
+    detector = OverflowDetector(flag, lambda: None)
+    detector.install()
+    try:
+        inotify_c.logger.warning("Inotify queue overflowed; filesystem events were lost")
+    finally:
+        detector.uninstall()
+    assert flag.is_set() and detector.count == 1
+
+
+# --- readiness and pairing ------------------------------------------------------------------
+
+
+def test_slow_raw_is_read_whole_becomes_pending_then_ok_and_a_late_prompt_attaches(tmp_path):
+    cfg = make_cfg(tmp_path)  # empty data root: every folder is created while watching
+    data = Path(cfg.data_root)
+    task = "combo_v1_aaaaaaaaaaaa__creative-synthesis-v2__sonnet-4"
+    outside = tmp_path / "staging"
+    outside.mkdir()
+    (outside / f"{task}_v1.txt").write_bytes(b"the prompt\n")  # written before the raw
+    chunks = [f"line {i} of a slowly streamed response\n".encode() for i in range(15)]
+    with running(cfg) as w:
+        raw = data / RAW / f"{task}_v1.txt"
+        raw.parent.mkdir(parents=True)
+        with open(raw, "wb") as f:  # in place, in pieces: mtime stays fresh, never settled
+            for chunk in chunks:
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.08)
+        rows = wait_until(lambda: documents(cfg, task), what="raw document")
+        assert len(rows) == 1 and rows[0]["status"] == "pending"
+        assert doc_file(cfg, rows[0], "raw.txt") == b"".join(chunks)
+
+        write_atomic(data / PARSED / f"{task}_v1.txt", b"parsed text\n")
+        wait_until(lambda: [r for r in documents(cfg, task) if r["status"] == "ok"])
+
+        # a prompt renamed in from another folder (older mtime) attaches to the attempt
+        prompt = data / PROMPT / f"{task}_v1.txt"
+        prompt.parent.mkdir(parents=True)
+        os.replace(outside / f"{task}_v1.txt", prompt)
+        rows = wait_until(lambda: [r for r in documents(cfg, task) if r["prompt_path"]])
+        assert rows[0]["prompt_path"] == f"{PROMPT}/{task}_v1.txt"
+        assert doc_file(cfg, rows[0], "prompt.txt") == b"the prompt\n"
+        assert doc_file(cfg, rows[0], "parsed.txt") == b"parsed text\n"
+        assert len(documents(cfg, task)) == 1
+        assert w.stats["error"] == 0
+
+
+def test_a_parsed_file_waits_for_the_raw_of_its_task_not_closed_yet(tmp_path):
+    """Raw fully written but its close not seen yet when the parsed file lands: they pair
+    (raw mtime <= parsed mtime).  Without the hold the parsed file would first become a
+    parsed-only document that the raw then absorbs (retired): readers would see it flicker."""
+    cfg = make_cfg(tmp_path)
+    data = Path(cfg.data_root)
+    task = "combo_v1_bbbbbbbbbbbb__creative-synthesis-v2__sonnet-4"
+    (data / RAW).mkdir(parents=True)
+    (data / PARSED).mkdir(parents=True)  # watched from the start: the rename is a live event
+    with running(cfg) as w:
+        raw = data / RAW / f"{task}_v1.txt"
+        with open(raw, "wb") as f:
+            f.write(b"the whole raw response\n")
+            f.flush()
+            time.sleep(0.05)
+            write_atomic(data / PARSED / f"{task}_v1.txt", b"parsed\n")
+            time.sleep(0.3)  # still open: the close comes later (below settle_seconds)
+        rows = wait_until(lambda: [r for r in documents(cfg, task) if r["status"] == "ok"])
+        assert len(documents(cfg, task)) == 1
+        assert doc_file(cfg, rows[0], "raw.txt") == b"the whole raw response\n"
+        assert doc_file(cfg, rows[0], "parsed.txt") == b"parsed\n"
+        assert w.stats["docs_created"] == 1  # never a parsed-only document first
+
+
+def test_a_file_that_only_gets_created_is_read_after_settle(tmp_path):
+    """A hard link is IN_CREATE with no close: the settle rule reads it."""
+    cfg = make_cfg(tmp_path)
+    data = Path(cfg.data_root)
+    (data / EVAL_PARSED).mkdir(parents=True)
+    task = "combo_v1_cccccccccccc__s__m__novelty__sonnet-4"
+    src = tmp_path / "elsewhere.txt"
+    src.write_bytes(b"score: 7\n")
+    with running(cfg):
+        os.link(src, data / EVAL_PARSED / f"{task}_v1.txt")
+        rows = wait_until(lambda: documents(cfg, task), what="hard-linked file indexed")
+        assert rows[0]["status"] == "ok" and doc_file(cfg, rows[0], "parsed.txt") == b"score: 7\n"
+
+
+# --- folders --------------------------------------------------------------------------------
+
+
+def test_folders_created_later_deleted_and_recreated_are_watched(tmp_path):
+    cfg = make_cfg(tmp_path)
+    data = Path(cfg.data_root)
+    with running(cfg) as w:
+        # mkdir -p of two levels and a file written in the same instant: no event for it
+        folder = data / EVAL_PARSED
+        folder.mkdir(parents=True)
+        (folder / "t1__a__b_v1.txt").write_bytes(b"written right after mkdir\n")
+        wait_until(lambda: documents(cfg, "t1__a__b"), what="file written at mkdir time")
+        assert str(folder) in w.watches.watches
+
+        shutil.rmtree(folder)
+        folder.mkdir()
+        (folder / "t2__a__b_v1.txt").write_bytes(b"after the folder came back\n")
+        wait_until(lambda: documents(cfg, "t2__a__b"), what="file in the recreated folder")
+        write_atomic(folder / "t3__a__b_v1.txt", b"a live event again\n")
+        wait_until(lambda: documents(cfg, "t3__a__b"), what="events in the recreated folder")
+
+
+# --- safety nets ----------------------------------------------------------------------------
+
+
+def test_a_real_inotify_queue_overflow_triggers_a_rescan(tmp_path):
+    """Starve watchdog's reader thread, overflow the kernel queue, write files whose events the
+    kernel then drops: only the rescan after watchdog's warning can find them."""
+    cfg = make_cfg(tmp_path)
+    folder = Path(cfg.data_root) / EVAL_PARSED
+    folder.mkdir(parents=True)
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    with running(cfg) as w:
+        reader = w.watches.observer._inotify_fd  # the observer's own inotify reader thread
+        with reader._lock:  # the reader blocks here: the kernel queue fills up
+            noise = [os.fspath(folder / f"noise{i}.txt.tmp") for i in range(2)]
+            for i in range(limit + 4096):  # IN_CLOSE_WRITE, alternating names (not merged)
+                os.close(os.open(noise[i % 2], os.O_WRONLY | os.O_CREAT, 0o644))
+            for i in range(5):  # their events are dropped by the kernel
+                (folder / f"lost{i}__a__b_v1.txt").write_bytes(b"lost %d\n" % i)
+        wait_until(lambda: w.overflow.count >= 1, what="watchdog's overflow warning")
+        for i in range(5):
+            wait_until(lambda i=i: documents(cfg, f"lost{i}__a__b"), what=f"lost{i} indexed")
+        assert w.stats["rescans"] >= 1
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_observer_thread_is_rebuilt_and_what_it_missed_is_found(tmp_path):
+    cfg = make_cfg(tmp_path)
+    folder = Path(cfg.data_root) / EVAL_PARSED
+    folder.mkdir(parents=True)
+
+    class Boom(FileSystemEventHandler):
+        def dispatch(self, event):
+            raise RuntimeError("a handler that raises kills watchdog's dispatcher")
+
+    with running(cfg) as w:
+        old = w.watches.observer
+        old.schedule(Boom(), str(folder), recursive=False, event_filter=EVENT_FILTER)
+        write_atomic(folder / "first__a__b_v1.txt", b"its event kills the dispatcher\n")
+        wait_until(lambda: not old.is_alive(), what="dispatcher thread dead")
+        write_atomic(folder / "second__a__b_v1.txt", b"written while nobody listens\n")
+        wait_until(lambda: w.stats["rebuilds"] >= 1, what="observer rebuilt")
+        new = w.watches.observer
+        assert new is not None and new is not old and new.is_alive()
+        wait_until(lambda: documents(cfg, "first__a__b") and documents(cfg, "second__a__b"))
+        write_atomic(folder / "third__a__b_v1.txt", b"live again\n")
+        wait_until(lambda: documents(cfg, "third__a__b"), what="events after the rebuild")
+
+
+def test_polling_observer_with_the_settle_rule(tmp_path):
+    cfg = make_cfg(tmp_path, observer="polling", poll_interval=0.2)
+    data = Path(cfg.data_root)
+    task = "combo_v1_dddddddddddd__creative-synthesis-v2__sonnet-4"
+    chunks = [b"polled chunk %d\n" % i for i in range(10)]
+    with running(cfg) as w:
+        raw = data / RAW / f"{task}_v1.txt"
+        raw.parent.mkdir(parents=True)
+        with open(raw, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.1)
+        write_atomic(data / PARSED / f"{task}_v1.txt", b"parsed\n")
+        rows = wait_until(lambda: [r for r in documents(cfg, task) if r["status"] == "ok"])
+        assert doc_file(cfg, rows[0], "raw.txt") == b"".join(chunks)
+        assert len(documents(cfg, task)) == 1 and w.polling
+
+
+def test_task_table_change_replans_the_documents_it_affects(tmp_path):
+    cfg = make_cfg(tmp_path)
+    data = Path(cfg.data_root)
+    task = "combo_v1_eeeeeeeeeeee__creative-synthesis-v2__sonnet-4"
+    write_atomic(data / PARSED / f"{task}_v1.txt", b"parsed\n")
+    with running(cfg):
+        rows = wait_until(lambda: documents(cfg, task))
+        assert rows[0]["template_id"] == "creative-synthesis-v2"  # from the id: no tables yet
+        tables = data / "2_tasks"
+        tables.mkdir()
+        (tables / "draft_generation_tasks.csv").write_text(
+            "draft_task_id,combo_id,draft_template,generation_model,generation_model_name\n"
+            f"{task},combo_v1_eeeeeeeeeeee,creative-synthesis-v7,sonnet-4,Sonnet 4\n"
+        )
+        wait_until(
+            lambda: documents(cfg, task)[0]["template_id"] == "creative-synthesis-v7",
+            what="re-planned with the new table",
+        )
+    # rewritten while no daemon runs: the next start re-plans from the rows themselves
+    (tables / "draft_generation_tasks.csv").write_text(
+        "draft_task_id,combo_id,draft_template,generation_model,generation_model_name\n"
+        f"{task},combo_v1_eeeeeeeeeeee,deliberate-rolling-thread-v2,sonnet-4,Sonnet 4\n"
+    )
+    with running(cfg):
+        assert documents(cfg, task)[0]["template_id"] == "deliberate-rolling-thread-v2"
+
+
+def test_overflow_warnings_are_not_swallowed_when_logging_is_quiet(tmp_path, caplog):
+    """logs.setup() raises the watchdog level with the root level; the detector still fires."""
+    logging.getLogger("watchdog").setLevel(logging.ERROR)
+    try:
+        flag = threading.Event()
+        detector = OverflowDetector(flag, lambda: None)
+        detector.install()
+        inotify_c.logger.warning("Inotify queue overflowed; filesystem events were lost")
+        detector.uninstall()
+        assert flag.is_set()
+    finally:
+        logging.getLogger("watchdog").setLevel(logging.NOTSET)
+        logging.getLogger(OVERFLOW_LOGGER).setLevel(logging.NOTSET)

@@ -1,0 +1,353 @@
+"""``docwatch watch`` end to end: the real process, real signals, a real NOTIFY_SOCKET.
+
+The simulated pipeline (examples/legacy_tree.py: 10 concurrent writers, .tmp+rename for prompts
+and parsed files, slow in-place raw writes, re-materialisations, parse failures, evaluations
+without raw, copy-mode essays) writes while the daemon runs; afterwards the index must equal a
+``docwatch scan`` of a copy of the finished tree on an empty index.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.config import load_config
+from daemon.locks import writer_lock
+from daemon.scan import scan
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+import legacy_tree  # noqa: E402
+
+CONFIG = """\
+settle_seconds = 0.5
+pair_window = 2
+reconcile_interval = 5
+log_level = "INFO"
+"""
+COMPARED = (
+    "doc_id, stage, task_id, status, parent_doc_id, logical_key_id, lineage_prev_doc_id, "
+    "prompt_path"
+)
+
+
+def wait_until(cond, timeout: float = 60.0, interval: float = 0.1, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
+        time.sleep(interval)
+
+
+class NotifySocket:
+    """A bound unix datagram socket standing in for systemd; collects every message."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="dwn")  # short: sun_path is 108 bytes
+        self.path = os.path.join(self.dir, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(65536).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def count(self, line: str) -> int:
+        return sum(line in m.splitlines() for m in self.messages)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def notify():
+    n = NotifySocket()
+    yield n
+    n.close()
+
+
+class Env:
+    """One data root, the daemon's index outside it, and a config file."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.data = tmp_path / "data"
+        self.data.mkdir()
+        self.db = tmp_path / "watch-index" / "documents.sqlite"
+        self.docs = tmp_path / "watch-index" / "docs"
+        self.config = tmp_path / "docwatch.toml"
+        self.config.write_text(CONFIG)
+        self.procs: list[subprocess.Popen] = []
+
+    def args(self, data: Path, db: Path, docs: Path) -> list[str]:
+        return ["--config", str(self.config), "--data-root", str(data), "--db", str(db),
+                "--docs-root", str(docs)]  # fmt: skip
+
+    def start(self, notify: NotifySocket | None, *, name: str = "watch") -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
+        if notify is not None:
+            env |= {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"}
+        log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "watch", *self.args(self.data, self.db, self.docs)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        proc.log_path = log.name
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def log(self, proc: subprocess.Popen) -> str:
+        return Path(proc.log_path).read_text(errors="replace")
+
+    def cleanup(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+    def cfg(self):
+        flags = {"data_root": self.data, "db": self.db, "docs_root": self.docs}
+        return load_config(self.config, {}, flags)
+
+    def caught_up(self) -> bool:
+        """Every settled pipeline file is in the daemon's ledger, and nothing is pending."""
+        if not self.db.exists():
+            return False
+        result = scan(self.cfg(), run_id="probe", dry_run=True)
+        busy = sum(c["new"] + c["deferred"] for c in result.counts.values())
+        return busy == 0 and not rows(self.db, "WHERE status = 'pending'")
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = Env(tmp_path)
+    yield e
+    e.cleanup()
+
+
+def rows(db: Path, where: str = "") -> set[tuple]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return set(con.execute(f"SELECT {COMPARED} FROM documents {where}"))
+    finally:
+        con.close()
+
+
+def stop(env: Env, proc: subprocess.Popen, notify: NotifySocket | None) -> None:
+    """SIGTERM: exit 0 within a few seconds, STOPPING=1 sent."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        rc = proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pytest.fail("docwatch watch did not exit within 10s of SIGTERM:\n" + env.log(proc))
+    assert rc == 0, env.log(proc)
+    if notify is not None:
+        wait_until(lambda: notify.count("STOPPING=1") >= 1, 5, what="STOPPING=1")
+
+
+def scan_of_copy(env: Env) -> set[tuple]:
+    """``docwatch scan`` of a copy of the finished tree (mtimes kept) on an empty index."""
+    copy = env.tmp / "copy"
+    shutil.copytree(env.data, copy, symlinks=True)  # copy2: mtimes preserved to the ns
+    db, docs = env.tmp / "scan-index" / "documents.sqlite", env.tmp / "scan-index" / "docs"
+    out = subprocess.run(
+        [sys.executable, "-m", "daemon", "scan", *env.args(copy, db, docs), "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return rows(db)
+
+
+def assert_same(watched: set[tuple], scanned: set[tuple]) -> None:
+    only_watch, only_scan = sorted(watched - scanned), sorted(scanned - watched)
+    assert not only_watch and not only_scan, (
+        f"{len(only_watch)} rows only in watch, {len(only_scan)} only in scan:\n"
+        + "\n".join(f"  watch: {r}" for r in only_watch[:10])
+        + "\n"
+        + "\n".join(f"  scan:  {r}" for r in only_scan[:10])
+    )
+
+
+def wait_ready(env: Env, proc: subprocess.Popen, notify: NotifySocket, n: int = 1) -> None:
+    wait_until(lambda: notify.count("READY=1") >= n or proc.poll() is not None, 60, what="READY")
+    assert proc.poll() is None, env.log(proc)
+
+
+def test_live_pipeline_converges_with_a_scan_of_the_finished_tree(env, notify):
+    pre = legacy_tree.build_tree(env.data, combos=1, seed=11, quirks=False)  # an older tree
+    proc = env.start(notify)
+    wait_ready(env, proc, notify)
+    assert env.caught_up(), "READY=1 came before the catch-up finished"
+    assert len(rows(env.db)) == sum(pre.attempts.values())
+
+    summary = legacy_tree.run_pipeline(
+        env.data, combos=6, seed=12, writers=10, raw_write_delay=0.05
+    )
+    assert summary.complete
+    wait_until(env.caught_up, 60, interval=0.3, what="the daemon to index everything")
+    assert proc.poll() is None
+    stop(env, proc, notify)
+
+    assert notify.count("WATCHDOG=1") >= 1
+    assert any(m.startswith(("STATUS=", "READY=1\nSTATUS=")) for m in notify.messages)
+    assert_same(rows(env.db), scan_of_copy(env))
+
+
+def test_kill_9_in_the_middle_then_restart_converges(env, notify):
+    proc = env.start(notify)
+    wait_ready(env, proc, notify)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def pipeline():
+        try:
+            legacy_tree.run_pipeline(env.data, combos=6, seed=13, writers=10,
+                                     raw_write_delay=0.15)  # fmt: skip
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=pipeline, daemon=True)
+    writer.start()
+    wait_until(lambda: len(rows(env.db)) >= 20, 60, interval=0.02, what="some documents")
+    print("pipeline still writing at kill time:", writer.is_alive())
+    proc.kill()  # SIGKILL, wherever it is (mid-batch or not)
+    assert proc.wait(10) == -signal.SIGKILL
+
+    proc = env.start(notify)
+    wait_ready(env, proc, notify, n=2)
+    writer.join(120)
+    assert done.is_set() and not errors, errors
+    wait_until(env.caught_up, 60, interval=0.3, what="the daemon to index everything")
+    stop(env, proc, notify)
+
+    verify = subprocess.run(
+        [sys.executable, "-m", "daemon", "verify", *env.args(env.data, env.db, env.docs)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_same(rows(env.db), scan_of_copy(env))
+
+
+def test_a_second_watch_on_the_same_index_exits_4_naming_the_holder(env, notify):
+    first = env.start(notify)
+    wait_ready(env, first, notify)
+    second = env.start(None, name="second")
+    assert second.wait(30) == 4
+    assert f"pid {first.pid}" in env.log(second)
+    assert first.poll() is None
+    stop(env, first, notify)
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_first_signal_finishes_the_batch_in_hand_a_second_exits_at_once(env, notify):
+    folder = env.data / "4_evaluation" / "evaluation_responses"
+    folder.mkdir(parents=True)
+    proc = env.start(notify)
+    wait_ready(env, proc, notify)
+    lock = writer_lock(env.db)
+    lock.acquire()  # a batch in hand that cannot finish: the writer lock is ours
+    try:
+        (folder / "t__a__b_v1.txt").write_bytes(b"stuck\n")
+        wait_until(lambda: _has_open(proc.pid, lock.path), 30, what="daemon waiting for the lock")
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the first signal must let the batch in hand finish"
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            proc.send_signal(signal.SIGTERM)  # repeated: two pending SIGTERMs merge into one
+            time.sleep(0.5)
+        assert proc.wait(5) == 128 + signal.SIGTERM
+    finally:
+        lock.release()
+    proc = env.start(notify)  # nothing half-done is left behind: the restart indexes it
+    wait_ready(env, proc, notify, n=2)
+    wait_until(lambda: len(rows(env.db)) == 1, 30, what="the file indexed after restart")
+    stop(env, proc, notify)
+
+
+def _burst(env: Env, n: int, writers: int = 4) -> None:
+    """n documents as fast as possible: half parsed files (.tmp + rename), half raw files
+    written in place, every one its own task, from ``writers`` threads."""
+    parsed = env.data / "3_generation" / "draft_responses"
+    raw = env.data / "3_generation" / "essay_responses_raw"
+
+    parsed.mkdir(parents=True, exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
+
+    def write(k: int) -> None:
+        for i in range(k, n, writers):
+            name = f"burst{i:06d}__tpl__model_v1.txt"
+            if i % 2:  # the IO manager: .tmp, then os.replace
+                (parsed / (name + ".tmp")).write_bytes(b"parsed %d\n" % i)
+                os.replace(parsed / (name + ".tmp"), parsed / name)
+            else:  # the raw side write: in place
+                (raw / name).write_bytes(b"raw %d\n" % i)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _burst_test(env: Env, notify: NotifySocket, n: int, timeout: float) -> None:
+    proc = env.start(notify)
+    wait_ready(env, proc, notify)
+    _burst(env, n)
+    wait_until(lambda: len(rows(env.db)) >= n or proc.poll() is not None, timeout, interval=0.5,
+               what=f"{n} documents")  # fmt: skip
+    wait_until(env.caught_up, 60, interval=0.5, what="nothing left to index")
+    stop(env, proc, notify)
+    assert len(rows(env.db)) == n  # none lost, none twice
+    con = sqlite3.connect(f"file:{env.db}?mode=ro", uri=True)
+    assert con.execute("SELECT count(*) FROM sources").fetchone()[0] == n
+    con.close()
+
+
+def test_a_burst_of_2000_files_loses_none(env, notify):
+    _burst_test(env, notify, 2000, 120)
+
+
+@pytest.mark.long
+def test_a_burst_of_20000_files_loses_none(env, notify):
+    _burst_test(env, notify, 20_000, 600)
