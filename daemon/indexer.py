@@ -74,8 +74,11 @@ class Indexer:
 
     def recover(self) -> int:
         """Clean what a writer that died mid-batch left behind (call before the first batch)."""
-        with self.lock:
+        self.lock.acquire(sleep=self.sleep)
+        try:
             return self._recover_locked()
+        finally:
+            self.lock.release()
 
     def _recover_locked(self) -> int:
         intents = ix.take_intents(self.con)
@@ -102,9 +105,12 @@ class Indexer:
         extra = set(extra_tasks) | self._replan
         while True:
             try:
-                with self.lock:
+                self.lock.acquire(sleep=self.sleep)
+                try:
                     self._recover_locked()
                     report = self.ingestor.run_batch(candidates, ready=ready, extra_tasks=extra)
+                finally:
+                    self.lock.release()
                 self._replan -= extra
                 return report
             except (OSError, sqlite3.OperationalError) as exc:

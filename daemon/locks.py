@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import IndexBusy
@@ -21,8 +22,12 @@ class FileLock:
         self.path = path
         self._fd: int | None = None
 
-    def acquire(self, timeout: float | None = None) -> bool:
-        """Take the lock, waiting up to ``timeout`` seconds (None = forever); False on timeout."""
+    def acquire(self, timeout: float | None = None,
+                sleep: Callable[[float], None] = time.sleep) -> bool:  # fmt: skip
+        """Take the lock, waiting up to ``timeout`` seconds (None = forever); False on timeout.
+
+        ``sleep`` lets a daemon keep its watchdog fed (and honour a stop) while it waits.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -35,7 +40,11 @@ class FileLock:
                 if deadline is not None and time.monotonic() >= deadline:
                     os.close(fd)
                     return False
-                time.sleep(delay)
+                try:
+                    sleep(delay)
+                except BaseException:
+                    os.close(fd)
+                    raise
                 delay = min(delay * 2, 0.1)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 from .layout import FolderRole, ParsedName, parse_name
 from .model import Source
 
+log = logging.getLogger("docwatch.sources")
 IN_MEMORY_MAX = 1 << 20  # smaller sources are kept in memory between hashing and copying
 CHUNK = 1 << 20
 NEW, INDEXED, IGNORED, DEFERRED, ERROR = "new", "indexed", "ignored", "deferred", "error"
@@ -54,6 +56,10 @@ def list_folder(data_root: Path, role: FolderRole) -> Iterator[Candidate]:
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as exc:  # unreadable folder: say so, keep going with the others
+        log.error("%s: cannot list the folder (%s); its files are not indexed until fixed",
+                  folder, exc.strerror)  # fmt: skip
         return
     for entry in entries:
         try:
