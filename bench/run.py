@@ -1,0 +1,448 @@
+"""docwatch benchmark: scan vs ``cp -a``, scan --link vs ``cp -al``, no-op rescan vs a walk.
+
+Builds a legacy tree of about ``--files`` files with ``examples/legacy_tree.py``, then runs
+``--repeats`` rounds.  Each round times, one right after the other so that machine noise hits
+both sides of every comparison:
+
+    cp -a SRC            vs  docwatch scan          (copy mode, empty index)
+    cp -al SRC           vs  docwatch scan --link   (empty index, docs on SRC's filesystem)
+    walk+stat of SRC     vs  docwatch scan          (no-op rescan of the copy-mode index)
+    find SRC -type f     (second reference for the rescan)
+
+Every command is a child process timed with ``time.perf_counter`` from spawn to reap; its peak
+RSS comes from ``os.wait4``.  ``sync`` runs (timed separately, never inside a measurement)
+before and after every measurement, so no command pays for another's dirty pages; the
+``+ sync`` figures add the flush that makes ``cp``'s copy durable (docwatch syncs its own
+writes: one ``syncfs`` after staging and one after the renames of each batch).  Caches are not
+dropped (that needs root): every command reads a warm tree.
+
+Prints medians (min, max) and ratios of medians; writes ``<out>/results.json``.  Exits 1 when a
+command fails, 3 when a consistency check fails (documents created differ between rounds or
+modes, errors or deferred files, a rescan that creates something, the source tree changed);
+never because of a ratio.  Stdlib only.
+
+    .venv/bin/python bench/run.py                        # ~100,000 files, 3 rounds
+    .venv/bin/python bench/run.py --files 5000 --repeats 1   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GENERATOR = REPO / "examples" / "legacy_tree.py"
+MIB = 1 << 20
+
+# The reference for a no-op rescan: a recursive os.scandir with one stat per entry, in a fresh
+# interpreter like the docwatch process (so both sides pay for an interpreter start).
+WALK = r"""
+import os, sys
+files = size = 0
+stack = [sys.argv[1]]
+while stack:
+    with os.scandir(stack.pop()) as it:
+        for e in it:
+            st = e.stat(follow_symlinks=False)
+            if e.is_dir(follow_symlinks=False):
+                stack.append(e.path)
+            else:
+                files += 1
+                size += st.st_size
+print(files, size)
+"""
+
+# (key, label) in table order
+MEASURES = (
+    ("cp_a", "cp -a SRC DST"),
+    ("cp_a+sync", "cp -a + sync"),
+    ("scan_copy", "docwatch scan (copy)"),
+    ("cp_al", "cp -al SRC DST"),
+    ("cp_al+sync", "cp -al + sync"),
+    ("scan_link", "docwatch scan --link"),
+    ("walk", "walk+stat (python scandir)"),
+    ("find", "find SRC -type f -printf ''"),
+    ("rescan", "docwatch rescan (no-op)"),
+)
+RATIOS = (
+    ("scan_copy", "cp_a", "scan / cp -a  (target <= 4)"),
+    ("scan_copy", "cp_a+sync", "scan / (cp -a + sync)"),
+    ("scan_link", "cp_al", "scan --link / cp -al"),
+    ("scan_link", "cp_al+sync", "scan --link / (cp -al + sync)"),
+    ("rescan", "walk", "rescan / walk+stat"),
+    ("rescan", "find", "rescan / find"),
+)
+DOCWATCH = ("scan_copy", "scan_link", "rescan")
+
+
+class CommandFailed(Exception):
+    pass
+
+
+@dataclass
+class Run:
+    seconds: float
+    maxrss_kib: int
+    stdout: bytes
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], errlog: Path) -> Run:
+    """Spawn, wait with wait4 (peak RSS of this child alone), time spawn→reap."""
+    with open(errlog, "ab") as err:
+        err.write(f"$ {' '.join(cmd)}\n".encode())
+        err.flush()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+        proc.stdout.close()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = errlog.read_text(errors="replace")[-2000:]
+        raise CommandFailed(f"exit {proc.returncode}: {' '.join(cmd)}\n{tail}")
+    return Run(seconds, usage.ru_maxrss, out)
+
+
+def timed_sync() -> float:
+    t0 = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - t0
+
+
+def rmtree(path: Path) -> None:
+    """``rm -rf`` in a child: shutil.rmtree of a big tree would grow this process's heap, and
+    with it the peak RSS that wait4 reports for every later child (see BUILD)."""
+    if path.exists():
+        subprocess.run(["rm", "-rf", "--", str(path)], check=True)
+
+
+# ---------------------------------------------------------------- environment and the tree
+
+
+def machine() -> dict:
+    mem = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, value = line.split(":", 1)
+            mem[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu,
+        "mem_total_mib": mem.get("MemTotal", 0) // MIB,
+        "mem_available_mib": mem.get("MemAvailable", 0) // MIB,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def fs_type(path: Path) -> str:
+    """Filesystem type of the mount holding ``path`` (from /proc/self/mountinfo)."""
+    best, kind = "", "unknown"
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, right = line.split(" - ", 1)
+            mount = left.split()[4].replace("\\040", " ")
+            inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best):
+                best, kind = mount, right.split()[0]
+    except (OSError, ValueError, IndexError):
+        pass
+    return kind
+
+
+def git_rev() -> str:
+    try:
+
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  check=True).stdout.strip()  # fmt: skip
+
+        rev, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "daemon")
+        return rev + ("+dirty(daemon/)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def docwatch_version() -> str:
+    try:
+        out = subprocess.run([sys.executable, "-m", "daemon", "--version"], cwd=REPO,
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        msg = f"cannot run `{sys.executable} -m daemon` (use the venv's python): {exc}"
+        raise CommandFailed(msg) from exc
+
+
+# Runs in a child process so that the plan of a big tree never inflates this process: a child's
+# peak RSS as reported by wait4 includes the RSS of the parent it was forked from.
+BUILD = r"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import legacy_tree
+s = legacy_tree.build_tree(Path(sys.argv[2]), files_target=int(sys.argv[3]), seed=int(sys.argv[4]))
+print(json.dumps({"combos": len(s.combos), "total_files": s.total_files, "attempts": s.attempts}))
+"""
+
+
+def build_tree(out: Path, files: int, seed: int, reuse: bool, logs: Path) -> dict:
+    """Build (or, with --reuse-tree, reuse a matching) legacy tree at ``out/tree``."""
+    src, marker = out / "tree", out / "tree.json"
+    gen_hash = hashlib.sha256(GENERATOR.read_bytes()).hexdigest()[:16]
+    want = {"files_target": files, "seed": seed, "generator_sha256": gen_hash}
+    if reuse and src.is_dir() and marker.exists():
+        info = json.loads(marker.read_text())
+        if {k: info.get(k) for k in want} == want:
+            log(f"reusing the tree at {src} ({info['total_files']} files)")
+            return info
+    rmtree(src)
+    marker.unlink(missing_ok=True)
+    log(f"building a ~{files}-file legacy tree at {src} ...")
+    cmd = [sys.executable, "-c", BUILD, str(GENERATOR.parent), str(src), str(files), str(seed)]
+    r = run(cmd, logs / "build.log")
+    summary = json.loads(r.stdout)
+    info = {
+        **want,
+        "combos": summary["combos"],
+        "total_files": summary["total_files"],
+        "expected_documents": summary["attempts"],
+        "build_seconds": round(r.seconds, 2),
+    }
+    marker.write_text(json.dumps(info, indent=2))
+    log(f"built {info['total_files']} files in {info['build_seconds']} s")
+    return info
+
+
+# ---------------------------------------------------------------- one round
+
+
+def scan_cmd(src: Path, dst: Path, link: bool) -> list[str]:
+    cmd = [sys.executable, "-m", "daemon", "scan", "--data-root", str(src),
+           "--db", str(dst / "db" / "documents.sqlite"), "--docs-root", str(dst / "docs"),
+           "--run-id", "bench", "--json"]  # fmt: skip
+    return cmd + ["--link"] if link else cmd
+
+
+def totals(report: dict) -> dict:
+    keys = ("new", "indexed", "ignored", "deferred", "error", "docs_created", "docs_updated")
+    out = {k: sum(stage.get(k, 0) for stage in report["stages"].values()) for k in keys}
+    out["candidates"] = sum(out[k] for k in ("new", "indexed", "ignored", "deferred", "error"))
+    out["problems"] = len(report.get("problems", []))
+    return out
+
+
+def one_round(i: int, src: Path, work: Path, logs: Path, samples: dict, reports: dict) -> None:
+    def record(key: str, r: Run) -> None:
+        samples[key]["seconds"].append(r.seconds)
+        samples[key]["maxrss_kib"].append(r.maxrss_kib)
+        log(f"  [{i}] {key:<10} {r.seconds:8.3f} s  {r.maxrss_kib / 1024:7.1f} MiB")
+
+    def measure(key: str, cmd: list[str]) -> Run:
+        timed_sync()  # start clean: nothing dirty from the previous step
+        r = run(cmd, logs / f"{key}.log")
+        record(key, r)
+        return r
+
+    def with_sync(key: str, r: Run) -> None:
+        s = timed_sync()
+        samples[key]["seconds"].append(r.seconds + s)
+        samples[key]["maxrss_kib"].append(r.maxrss_kib)
+
+    for d in ("cp_a", "cp_al", "scan_copy", "scan_link"):
+        rmtree(work / d)  # untimed; the sync in measure() flushes it
+    with_sync("cp_a+sync", measure("cp_a", ["cp", "-a", str(src), str(work / "cp_a")]))
+    r = measure("scan_copy", scan_cmd(src, work / "scan_copy", link=False))
+    reports["scan_copy"].append(totals(json.loads(r.stdout)))
+    with_sync("cp_al+sync", measure("cp_al", ["cp", "-al", str(src), str(work / "cp_al")]))
+    r = measure("scan_link", scan_cmd(src, work / "scan_link", link=True))
+    reports["scan_link"].append(totals(json.loads(r.stdout)))
+    r = measure("walk", [sys.executable, "-c", WALK, str(src)])
+    files, size = map(int, r.stdout.split())
+    reports["walk"].append({"files": files, "bytes": size})
+    measure("find", ["find", str(src), "-type", "f", "-printf", ""])
+    r = measure("rescan", scan_cmd(src, work / "scan_copy", link=False))
+    reports["rescan"].append(totals(json.loads(r.stdout)))
+    r = run(["true"], logs / "true.log")  # the peak-RSS floor (see rss_floor_mib)
+    reports["rss_floor_kib"].append(r.maxrss_kib)
+
+
+# ---------------------------------------------------------------- checks and the table
+
+
+def checks(reports: dict, tree: dict) -> list[str]:
+    bad = []
+    created = [t["docs_created"] for k in ("scan_copy", "scan_link") for t in reports[k]]
+    if len(set(created)) > 1:
+        bad.append(f"docs_created differs between rounds/modes: {created}")
+    for k in ("scan_copy", "scan_link", "rescan"):
+        for n, t in enumerate(reports[k]):
+            if t["error"] or t["deferred"] or t["problems"]:
+                bad.append(f"{k} round {n}: error={t['error']} deferred={t['deferred']} "
+                           f"problems={t['problems']} (see the logs)")  # fmt: skip
+    for n, t in enumerate(reports["rescan"]):
+        if t["new"] or t["docs_created"] or t["docs_updated"]:
+            bad.append(f"rescan round {n} was not a no-op: {t}")
+    walks = {(w["files"], w["bytes"]) for w in reports["walk"]}
+    if len(walks) > 1 or reports["walk"][0]["files"] != tree["total_files"]:
+        bad.append(f"the source tree changed or differs from the generator: {walks} vs "
+                   f"{tree['total_files']} files")  # fmt: skip
+    return bad
+
+
+def summarise(samples: dict) -> dict:
+    out = {}
+    for key, s in samples.items():
+        secs = s["seconds"]
+        out[key] = {
+            "median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs),
+            "samples_s": [round(x, 4) for x in secs],
+            "peak_rss_mib": round(max(s["maxrss_kib"]) / 1024, 1),
+            "median_rss_mib": round(statistics.median(s["maxrss_kib"]) / 1024, 1),
+        }  # fmt: skip
+    return out
+
+
+def table(res: dict) -> str:
+    s, env, tree = res["summary"], res["machine"], res["tree"]
+    lines = [
+        f"docwatch bench  {res['date']}  rev {res['docwatch_rev']}  ({res['docwatch_version']})",
+        f"machine: nproc {env['nproc']}, {env['mem_available_mib']} MiB available of "
+        f"{env['mem_total_mib']}, {res['fs_type']} at {res['out']}, {env['cpu_model']}",
+        f"tree: {tree['files']} files, {tree['bytes'] / MIB:.1f} MiB; docwatch candidates "
+        f"{tree['candidates']}, documents created {tree['documents_created']} "
+        f"(generator expects {tree['expected_documents']}); {res['repeats']} round(s)",
+        "",
+        f"{'measurement':<30} {'median s':>9} {'min s':>8} {'max s':>8} {'peak RSS MiB':>13}",
+    ]
+    for key, label in MEASURES:
+        m = s[key]
+        rss = "" if key.endswith("+sync") else f"{m['peak_rss_mib']:.1f}"
+        lines.append(f"{label:<30} {m['median_s']:9.3f} {m['min_s']:8.3f} {m['max_s']:8.3f} "
+                     f"{rss:>13}")  # fmt: skip
+    lines.append(
+        f"(peak RSS floor: `true` spawned the same way reports {res['rss_floor_mib']} MiB)"
+    )
+    lines += ["", "ratios of medians"]
+    lines += [f"  {label:<32} {res['ratios'][label]:7.2f}" for _, _, label in RATIOS]
+    rate = res["rates"]
+    lines += [
+        "",
+        f"scan (copy): {rate['scan_files_per_s']:.0f} files/s, {rate['scan_mib_per_s']:.1f} MiB/s; "
+        f"--link: {rate['link_files_per_s']:.0f} files/s; rescan: "
+        f"{rate['rescan_files_per_s']:.0f} files/s",
+        "fsync policy: docwatch makes each batch (batch_max_files, default 2000) durable with one "
+        "syncfs(2) after staging and one after the renames; cp does no fsync (see '+ sync').",
+    ]
+    if res["checks"]:
+        lines += ["", "CHECKS FAILED:"] + [f"  - {c}" for c in res["checks"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--files", type=int, default=100_000, help="tree size (default 100000)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds (default 3)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="work directory")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the tree and all outputs")
+    ap.add_argument("--reuse-tree", action="store_true",
+                    help="reuse <out>/tree when built with the same --files, --seed and "
+                    "generator (and keep it)")  # fmt: skip
+    a = ap.parse_args(argv)
+    if a.repeats < 1 or a.files < 1:
+        ap.error("--files and --repeats must be >= 1")
+    out = a.out.resolve()
+    work, logs = out / "work", out / "logs"
+    rmtree(logs)
+    for d in (work, logs):
+        d.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    res: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "fs_type": fs_type(out),
+        "out": str(out),
+        "repeats": a.repeats,
+        "files_target": a.files,
+        "docwatch_rev": git_rev(),
+    }
+    samples = {k: {"seconds": [], "maxrss_kib": []} for k, _ in MEASURES}
+    reports: dict = {k: [] for k in (*DOCWATCH, "walk", "rss_floor_kib")}
+    try:
+        res["docwatch_version"] = docwatch_version()
+        tree = build_tree(out, a.files, a.seed, a.reuse_tree, logs)
+        src = out / "tree"
+        for i in range(a.repeats):
+            log(f"round {i + 1}/{a.repeats}")
+            one_round(i + 1, src, work, logs, samples, reports)
+    except CommandFailed as exc:
+        log(f"FAILED: {exc}")
+        res["error"] = str(exc)
+        (out / "results.json").write_text(json.dumps(res, indent=2))
+        return 1
+    finally:
+        if not a.keep:
+            rmtree(work)
+    summary = summarise(samples)
+    med = {k: v["median_s"] for k, v in summary.items()}
+    first, walk = reports["scan_copy"][0], reports["walk"][0]
+    res["tree"] = {
+        "files": walk["files"], "bytes": walk["bytes"], "candidates": first["candidates"],
+        "documents_created": first["docs_created"],
+        "expected_documents": sum(tree["expected_documents"].values()),
+        "generator": tree,
+    }  # fmt: skip
+    res["summary"] = summary
+    res["ratios"] = {label: med[a_] / med[b_] for a_, b_, label in RATIOS}
+    res["rates"] = {
+        "scan_files_per_s": first["candidates"] / med["scan_copy"],
+        "scan_mib_per_s": walk["bytes"] / MIB / med["scan_copy"],
+        "link_files_per_s": first["candidates"] / med["scan_link"],
+        "rescan_files_per_s": first["candidates"] / med["rescan"],
+    }
+    # wait4's ru_maxrss of a child counts the parent's RSS it was forked from; `true` shows it.
+    res["rss_floor_mib"] = round(max(reports["rss_floor_kib"]) / 1024, 1)
+    res["docwatch_reports"] = reports
+    res["checks"] = checks(reports, {"total_files": tree["total_files"]})
+    res["total_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    print(table(res))
+    print(f"\n(total {res['total_seconds']} s; results in {out / 'results.json'})")
+    if not (a.keep or a.reuse_tree):
+        rmtree(out / "tree")
+        (out / "tree.json").unlink(missing_ok=True)
+    return 3 if res["checks"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
