@@ -312,11 +312,11 @@ class Ingestor:
     def _stage_one(self, batch: Batch, c: _Change, contents: dict[tuple, bytes]):
         files = {
             f"{kind}.txt": FileSource(
-                self.settings.data_root / s.relpath, s.sha256, contents.get(s.key)
+                self.settings.data_root / s.relpath, s.sha256, contents.get(s.key), s.mtime_ns
             )
             for kind, s in c.files.items()
         }
-        staged = batch.stage(c.attempt.doc_id, c.info.stage, c.op, files, {})
+        staged = batch.stage(c.attempt.doc_id, c.info.stage, c.op, files)
         staged.remove = c.remove
         for kind in ("raw", "parsed"):
             if f"{kind}.txt" in staged.chars:

@@ -109,7 +109,7 @@ def test_source_changed_between_hash_and_copy_is_refused(tmp_path):
     stale = hashlib.sha256(b"old bytes").hexdigest()
     with pytest.raises(SourceChanged):
         batch.stage("abcdefabcdef1234", "draft", "create",
-                    {"raw.txt": FileSource(src, stale)}, {})  # fmt: skip
+                    {"raw.txt": FileSource(src, stale)})  # fmt: skip
     assert not any(batch.root.iterdir())
     batch.cleanup()
     assert not batch.root.exists()
