@@ -110,8 +110,10 @@ class Env:
         return ["--config", str(self.config), "--data-root", str(data), "--db", str(db),
                 "--docs-root", str(docs)]  # fmt: skip
 
-    def start(self, notify: NotifySocket | None, *, name: str = "watch") -> subprocess.Popen:
+    def start(self, notify: NotifySocket | None, *, name: str = "watch",
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
+        env |= extra_env or {}
         if notify is not None:
             env |= {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"}
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
