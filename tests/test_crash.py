@@ -8,6 +8,7 @@ directories, no staging leftovers, ``verify`` clean.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -71,12 +72,16 @@ def test_injected_disk_full_is_retried_and_loses_nothing(golden, copy_tree, tmp_
     assert_same_as_golden(victim, golden_rows, golden_docs)
 
 
-@pytest.mark.parametrize("seed", range(5))
+RANDOM_KILL_SEEDS = [*range(5), *(pytest.param(s, marks=pytest.mark.long) for s in range(5, 40))]
+
+
+@pytest.mark.parametrize("seed", RANDOM_KILL_SEEDS)  # 3 kills each: 15 by default, 120 long
 def test_sigkill_at_random_instants(golden, copy_tree, tmp_path, seed):
     data_root, golden_rows, golden_docs = golden
     victim = copy_tree(data_root, tmp_path / "victim")
     env = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0", "DOCWATCH_BATCH_MAX_FILES": "40"}
-    delays = [0.05 + 0.07 * ((seed * 7 + i * 3) % 10) for i in range(3)]
+    rnd = random.Random(seed)
+    delays = [rnd.uniform(0.05, 0.9) for _ in range(3)]
     for delay in delays:
         proc = subprocess.Popen(
             [sys.executable, "-m", "daemon", "scan", "--run-id", "r", "--data-root", str(victim)],
