@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dagster]'
 	touch $(STAMP)
 
 ## demo: build the bundled example legacy tree, index it, show status and one latest essay
@@ -23,10 +23,10 @@ demo: $(STAMP)
 ## test: lint, then the whole suite (fast default; the long fault campaign is `make test-long`)
 test: $(STAMP)
 	$(BIN)/ruff check daemon tests examples bench
-	$(BIN)/python -m pytest -q -m "not long"
+	REQUIRE_DAGSTER=1 $(BIN)/python -m pytest -q -m "not long"
 
 test-long: $(STAMP)
-	$(BIN)/python -m pytest -q
+	REQUIRE_DAGSTER=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon tests examples bench
