@@ -77,6 +77,10 @@ EMPTY_CHECKS = 5  # an inotify-created file still empty: re-checks before leavin
 MAX_TICK = 0.5  # the main loop wakes at least this often (stop flag, timers)
 
 
+def _ignore(signum, frame) -> None:
+    """Python-level no-op: the signal thread acts on the wakeup fd's byte instead."""
+
+
 class _Stopping(Exception):
     """Raised from the backoff sleep when a stop was requested (the batch is not committed)."""
 
@@ -107,6 +111,7 @@ class Watcher:
         self._arm_needed = False
         self._last_batch: tuple[int, float] | None = None
         self._signals: int = 0
+        self._restore_signals: tuple[int, int] | None = None
         self._watchdog_every = self.notifier.watchdog_interval()
         self._next_ping = 0.0
         self.hold_max = max(4 * cfg.settle_seconds, 10.0)
@@ -135,15 +140,32 @@ class Watcher:
         finally:
             for signum, handler in old.items():
                 signal.signal(signum, handler)
+            if self._restore_signals is not None:
+                old_wakeup, write_fd = self._restore_signals
+                signal.set_wakeup_fd(old_wakeup)
+                os.close(write_fd)  # ends the signal thread
             lock.release()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def _install_signals(self) -> dict:
-        old = {}
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            old[signum] = signal.signal(signum, self._on_signal)
+        """Signals are read by a thread from the wakeup fd, so they count even while the main
+        thread is blocked inside a C call (SQLite waiting on a lock, a slow fsync)."""
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        old = {signum: signal.signal(signum, _ignore) for signum in (signal.SIGTERM, signal.SIGINT)}
+        old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        threading.Thread(target=self._signal_loop, args=(read_fd,), name="docwatch-signals",
+                         daemon=True).start()  # fmt: skip
+        self._restore_signals = (old_wakeup, write_fd)
         return old
+
+    def _signal_loop(self, read_fd: int) -> None:
+        while data := os.read(read_fd, 64):
+            for signum in data:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    self._on_signal(signum, None)
+        os.close(read_fd)
 
     def _on_signal(self, signum, frame) -> None:
         self._signals += 1

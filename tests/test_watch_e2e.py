@@ -281,30 +281,65 @@ def _has_open(pid: int, path: Path) -> bool:
     return False
 
 
-def test_first_signal_finishes_the_batch_in_hand_a_second_exits_at_once(env, notify):
+def test_signal_while_waiting_for_the_writer_lock_exits_0_and_loses_nothing(env, notify):
+    """Nothing is written before the writer lock is held: a stop may give up the wait."""
     folder = env.data / "4_evaluation" / "evaluation_responses"
     folder.mkdir(parents=True)
     proc = env.start(notify)
     wait_ready(env, proc, notify)
     lock = writer_lock(env.db)
-    lock.acquire()  # a batch in hand that cannot finish: the writer lock is ours
+    lock.acquire()  # another writer (a scan) holds the index for a long batch
     try:
         (folder / "t__a__b_v1.txt").write_bytes(b"stuck\n")
         wait_until(lambda: _has_open(proc.pid, lock.path), 30, what="daemon waiting for the lock")
+        stop(env, proc, notify)
+    finally:
+        lock.release()
+    proc = env.start(notify)  # the restart's catch-up indexes what was left
+    wait_ready(env, proc, notify, n=2)
+    wait_until(lambda: len(rows(env.db)) == 1, 30, what="the file indexed after restart")
+    stop(env, proc, notify)
+
+
+def _staged(env: Env) -> bool:
+    staging = env.docs / ".tmp"
+    return staging.is_dir() and any(any(b.iterdir()) for b in staging.iterdir() if b.is_dir())
+
+
+def _hold_index(env: Env) -> sqlite3.Connection:
+    con = sqlite3.connect(env.db, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")  # the batch in hand blocks at its first commit
+    return con
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_first_signal_finishes_the_batch_in_hand_a_second_exits_at_once(env, notify, second_signal):
+    folder = env.data / "4_evaluation" / "evaluation_responses"
+    folder.mkdir(parents=True)
+    proc = env.start(notify)
+    wait_ready(env, proc, notify)
+    holder = _hold_index(env)
+    try:
+        (folder / "t__a__b_v1.txt").write_bytes(b"in hand\n")
+        wait_until(lambda: _staged(env), 30, what="the batch staged, blocked on the index")
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert proc.poll() is None, "the first signal must let the batch in hand finish"
-        deadline = time.monotonic() + 20
-        while proc.poll() is None and time.monotonic() < deadline:
-            proc.send_signal(signal.SIGTERM)  # repeated: two pending SIGTERMs merge into one
-            time.sleep(0.5)
-        assert proc.wait(5) == 128 + signal.SIGTERM
+        if second_signal:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(5) == 128 + signal.SIGTERM
     finally:
-        lock.release()
+        holder.execute("ROLLBACK")
+        holder.close()
+    if not second_signal:
+        assert proc.wait(15) == 0, env.log(proc)
+        assert len(rows(env.db)) == 1, "the batch in hand was committed before exiting"
+        return
     proc = env.start(notify)  # nothing half-done is left behind: the restart indexes it
     wait_ready(env, proc, notify, n=2)
     wait_until(lambda: len(rows(env.db)) == 1, 30, what="the file indexed after restart")
     stop(env, proc, notify)
+    assert not _staged(env)
 
 
 def _burst(env: Env, n: int, writers: int = 4) -> None:
