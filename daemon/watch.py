@@ -44,6 +44,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import index as ix
+from . import runrecords
 from .config import Config
 from .errors import DocwatchError
 from .events import (
@@ -106,6 +107,7 @@ class Watcher:
         self.overflow = OverflowDetector(self.rescan_needed, self.wake)
         self.stats: Counter = Counter()
         self.indexer: Indexer | None = None
+        self.records: runrecords.RunRecords | None = None
         self.pending = PendingTable(self.roles)
         self._batch_open: float | None = None
         self._arm_needed = False
@@ -178,6 +180,8 @@ class Watcher:
         self.notifier.stopping()
         self.watches.stop()
         self.overflow.uninstall()
+        if self.records is not None:
+            self.records.close()
         if self.indexer is not None:
             self.indexer.close()
         self.notifier.close()
@@ -187,6 +191,7 @@ class Watcher:
         assert self.indexer is not None
         started = time.monotonic()
         self.indexer.recover()
+        self.records = runrecords.attach(self.indexer, self.cfg)
         self.overflow.install()
         self.watches.start()  # observer first, then the catch-up: nothing falls between
         self._catch_up("start-up")
@@ -211,6 +216,7 @@ class Watcher:
             "tables": now + TABLES_EVERY,
             "expire": now + max(0.5, min(cfg.pair_window / 10, 30.0)),
             "reconcile": now + cfg.reconcile_interval,
+            "records": now + runrecords.POLL_EVERY,
         }
         while not self.stop_requested.is_set():
             now = time.monotonic()
@@ -249,6 +255,9 @@ class Watcher:
                 self._arm()
                 self._catch_up("reconcile")
                 timers["reconcile"] = time.monotonic() + cfg.reconcile_interval
+            if self.records is not None and now >= timers["records"]:
+                timers["records"] = now + runrecords.POLL_EVERY
+                self._account(runrecords.refresh(self.indexer, self.records), 0)
             if now >= timers["status"]:
                 timers["status"] = now + STATUS_EVERY
                 self.notifier.status(self._status_text())
@@ -415,6 +424,7 @@ class Watcher:
             ingestor.known = default_known
         self._check_tables()
         self._expire()
+        self._account(runrecords.refresh(self.indexer, self.records), 0)
         changed = self.stats["docs_created"] + self.stats["docs_updated"] - before
         level = logging.INFO if why == "start-up" or changed else logging.DEBUG
         log.log(level, "%s pass: %d files listed, %d documents written, %.2fs", why,
