@@ -111,19 +111,30 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
 
     cfg = make_config(config_file, **flags)
     run_id = cfg.run_id or default_run_id()
-    progress = None
-    if sys.stderr.isatty() and not as_json:
-        from .scan import list_candidates
-
-        total = len(list_candidates(cfg, stage or STAGES))
-        bar = click.progressbar(length=total, label="scanning", file=sys.stderr)
-        progress = bar.update
-        with bar:
-            result = run_scan(cfg, stages=stage or STAGES, run_id=run_id, dry_run=dry_run,
-                              progress=progress)  # fmt: skip
-    else:
-        result = run_scan(cfg, stages=stage or STAGES, run_id=run_id, dry_run=dry_run)
+    with ProgressBar(enabled=sys.stderr.isatty() and not as_json) as bar:
+        result = run_scan(cfg, stages=stage or STAGES, run_id=run_id, dry_run=dry_run,
+                          progress=bar.start if bar.enabled else None)  # fmt: skip
     emit(result.as_dict(), as_json, _render_scan)
+
+
+class ProgressBar:
+    """A click progress bar on a terminal, started once the total is known."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def start(self, total: int):
+        self.bar = click.progressbar(length=total, label="scanning", file=sys.stderr)
+        self.bar.__enter__()
+        return self.bar.update
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 def _render_scan(d: dict) -> str:
@@ -236,8 +247,9 @@ def _print_document(idx, row: dict, field: str | None, as_json: bool) -> None:
 @main.command()
 @config_options
 @click.option("--no-checksums", is_flag=True, help="Skip re-hashing document files.")
-@click.option("--repair", is_flag=True,
-              help="Rewrite damaged documents from their sources, then check again.")
+@click.option(
+    "--repair", is_flag=True, help="Rewrite damaged documents from their sources, then check again."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @handle_errors  # fmt: skip
 def verify(config_file, no_checksums, repair, as_json, **flags) -> None:

@@ -80,12 +80,17 @@ def task_batches(cands: list[Candidate], size: int) -> Iterable[list[Candidate]]
 
 
 def scan(cfg: Config, *, stages: Iterable[str] = STAGES, run_id: str, dry_run: bool = False,
-         progress: Callable[[int], None] | None = None) -> ScanResult:  # fmt: skip
-    """Index everything settled under the data root; safe to run any number of times."""
+         progress: Callable[[int], Callable[[int], None]] | None = None) -> ScanResult:  # fmt: skip
+    """Index everything settled under the data root; safe to run any number of times.
+
+    ``progress(total)`` is called once the folders are listed and returns ``update(n)``.
+    """
     started = time.monotonic()
     stages = [s for s in STAGES if s in set(stages)]
     result = ScanResult(dry_run=dry_run, run_id=run_id)
     cands = list_candidates(cfg, stages)
+    if progress is not None:
+        progress = progress(len(cands))
     if dry_run:
         _dry_run(cfg, cands, result, progress)
     else:

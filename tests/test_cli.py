@@ -184,3 +184,15 @@ def test_dry_run_flag_writes_nothing(tree):
     assert result.exit_code == 0
     assert json.loads(result.output)["dry_run"] is True
     assert not (data_root / "db").exists() and not (data_root / "docs").exists()
+
+
+@pytest.mark.skipif(not shutil.which("script"), reason="util-linux `script` gives us a real pty")
+def test_progress_bar_only_on_a_terminal(tree, tmp_path):
+    data_root, _ = tree
+    cmd = f"{sys.executable} -m daemon scan --data-root {data_root}"
+    env = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0"}
+    on_tty = subprocess.run(["script", "-qec", cmd, str(tmp_path / "typescript")], env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert on_tty.returncode == 0 and "scanning" in on_tty.stdout
+    piped = subprocess.run(cmd.split(), env=env, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "scanning" not in piped.stdout + piped.stderr
