@@ -195,12 +195,24 @@ def now_iso() -> str:
 # --- ledger -------------------------------------------------------------------------------
 
 
-def ledger_stats(con: sqlite3.Connection) -> dict[str, set[tuple[int, int]]]:
-    """relpath → {(size, mtime_ns)} of every ingested version, for the no-read skip."""
-    stats: dict[str, set[tuple[int, int]]] = {}
+def ledger_stats(con: sqlite3.Connection) -> dict[str, tuple[int, int] | set]:
+    """relpath → (size, mtime_ns) of its ingested version (a set when there are several)."""
+    stats: dict[str, tuple[int, int] | set] = {}
     for relpath, size, mtime_ns in con.execute("SELECT relpath, size, mtime_ns FROM sources"):
-        stats.setdefault(relpath, set()).add((size, mtime_ns))
+        seen = stats.get(relpath)
+        if seen is None:
+            stats[relpath] = (size, mtime_ns)
+        elif isinstance(seen, tuple):
+            stats[relpath] = {seen, (size, mtime_ns)}
+        else:
+            seen.add((size, mtime_ns))
     return stats
+
+
+def in_ledger_stats(stats: dict, relpath: str, size: int, mtime_ns: int) -> bool:
+    """The no-read skip: has this exact (size, mtime) of this path been ingested?"""
+    seen = stats.get(relpath)
+    return seen == (size, mtime_ns) or (isinstance(seen, set) and (size, mtime_ns) in seen)
 
 
 def ledger_has_stat(con: sqlite3.Connection, relpath: str, size: int, mtime_ns: int) -> bool:

@@ -123,7 +123,7 @@ def _scan_batches(indexer: Indexer, cands: list[Candidate], result: ScanResult,
                     len(repair))  # fmt: skip
         result.add(indexer.ingest([], extra_tasks=repair))
     stats = ix.ledger_stats(indexer.con)
-    indexer.ingestor.known = lambda r, s, m: (s, m) in stats.get(r, ())
+    indexer.ingestor.known = lambda r, s, m: ix.in_ledger_stats(stats, r, s, m)
     for batch in task_batches(cands, indexer.cfg.batch_max_files):
         result.add(indexer.ingest(batch))
         if progress:
@@ -155,7 +155,7 @@ def _dry_run(cfg: Config, cands: list[Candidate], result: ScanResult,
     now = time.time_ns()
     for c in cands:
         o = probe(
-            c, known=lambda r, s, m: (s, m) in stats.get(r, ()), now_ns=now,
+            c, known=lambda r, s, m: ix.in_ledger_stats(stats, r, s, m), now_ns=now,
             settle_ns=int(cfg.settle_seconds * 1e9), max_bytes=cfg.max_file_bytes,
         )  # fmt: skip
         result.counts[c.role.stage][o.status] += 1

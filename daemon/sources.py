@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .layout import FolderRole, ParsedName, parse_name
 from .model import Source
@@ -25,6 +26,20 @@ NEW, INDEXED, IGNORED, DEFERRED, ERROR = "new", "indexed", "ignored", "deferred"
 _NOATIME = getattr(os, "O_NOATIME", 0)
 
 
+class Stat(NamedTuple):
+    """The five lstat fields a probe needs (a full os.stat_result is ~3× bigger)."""
+
+    st_mode: int
+    st_ino: int
+    st_dev: int
+    st_size: int
+    st_mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stat:
+        return cls(st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A directory entry in a watched folder, with its role and path below the data root."""
@@ -32,7 +47,7 @@ class Candidate:
     path: Path
     role: FolderRole
     relpath: str
-    lstat: os.stat_result | None = None
+    lstat: Stat | None = None
 
 
 @dataclass
@@ -66,7 +81,7 @@ def list_folder(data_root: Path, role: FolderRole) -> Iterator[Candidate]:
             st = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
-        yield Candidate(Path(entry.path), role, f"{role.folder}/{entry.name}", st)
+        yield Candidate(Path(entry.path), role, f"{role.folder}/{entry.name}", Stat.of(st))
 
 
 def candidate_for(data_root: Path, path: Path, role: FolderRole) -> Candidate:
@@ -110,7 +125,7 @@ def probe(
     return _read(cand, parsed, st)
 
 
-def _kind_problem(st: os.stat_result) -> str | None:
+def _kind_problem(st: Stat | os.stat_result) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return "symbolic link: not followed (copy the file itself into the folder)"
     if stat.S_ISDIR(st.st_mode):
@@ -130,7 +145,7 @@ def _open_source(path: Path) -> int:
         return os.open(path, flags)  # O_NOATIME needs ownership; fall back
 
 
-def _read(cand: Candidate, name: ParsedName, st: os.stat_result) -> Outcome:
+def _read(cand: Candidate, name: ParsedName, st: Stat | os.stat_result) -> Outcome:
     try:
         fd = _open_source(cand.path)
     except FileNotFoundError:

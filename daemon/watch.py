@@ -403,7 +403,7 @@ class Watcher:
         known_stats = ix.ledger_stats(self.indexer.con)
         ingestor = self.indexer.ingestor
         default_known = ingestor.known
-        ingestor.known = lambda r, s, m: (s, m) in known_stats.get(r, ())
+        ingestor.known = lambda r, s, m: ix.in_ledger_stats(known_stats, r, s, m)
         before = self.stats["docs_created"] + self.stats["docs_updated"]
         try:
             done = 0
