@@ -64,6 +64,7 @@ class Config:
     prompt_copy: bool
     max_file_bytes: int
     dagster_home: Path | None
+    dagster_python: Path | None
     sources: dict[str, str]
 
 
@@ -190,6 +191,7 @@ _FIELDS: dict[str, tuple[Callable[[object], object], object]] = {
     "prompt_copy": (_bool, True),
     "max_file_bytes": (_whole(_BYTES, _SIZE_EXPECTED), 256 << 20),
     "dagster_home": (_path, None),
+    "dagster_python": (_path, None),
 }
 
 

@@ -1,7 +1,10 @@
 """``DocumentsIndex`` as a Dagster resource: the pipeline's readers resolve documents here.
 
-Optional extra (``pip install 'docwatch[dagster]'``); ``import daemon`` never imports this
-module.  The resource is configuration only (``db_path``, ``docs_root``); the core reader
+For the pipeline's venv, next to its own Dagster: ``pip install --no-deps docwatch`` (this
+module needs only Dagster, pydantic, which Dagster brings, and docwatch's stdlib-only reader;
+the daemon's watchdog 7.1 conflicts with Dagster's ``watchdog<7``, README "Dagster
+integration").  ``import daemon`` never imports this module.  The resource is configuration
+only (``db_path``, ``docs_root``); the core reader
 (``daemon.reader.DocumentsIndex``, a read-only SQLite connection, safe while ``docwatch watch``
 writes) is opened lazily on first use, once per resource instance and process (a forked
 executor process opens its own).

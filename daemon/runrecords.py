@@ -40,19 +40,17 @@ truncated but kept response (evaluations have no truncation guard) becomes ``tru
 ``meta_small`` gets ``finish_reason``, ``model_used``, ``status_reason`` (the failure's own
 description and error) and ``dagster`` (run id, partition, asset, step, event, time, metadata).
 
-I/O part: ``RunRecords(dagster_home, folders)`` reads the instance through Dagster's API
-(imported lazily: ``import daemon`` never imports Dagster) and keeps cursors, so ``poll()``
-reads only new events and returns the (stage, task_id) pairs they concern:
+I/O part: ``RunRecords(dagster_home, folders, dagster_python=...)`` keeps the cursor of
+``daemon/dagster_events.py`` (which does the reading: materialisations by storage id per asset,
+step failures per run, runs by ``updated_after``; see its docstring), so ``poll()`` reads only
+new events and returns the (stage, task_id) pairs they concern.  Two transports:
 
-* materialisations: ``instance.fetch_materializations(AssetRecordsFilter(asset_key,
-  after_storage_id=cursor), ascending=True)`` per asset (asset events live in the index shard,
-  so storage ids are global);
-* step failures: ``get_event_records(EventRecordsFilter(STEP_FAILURE, after_cursor=<int>))``
-  raises on the default run-sharded SQLite storage ("cursor that is not run-aware"), so failures
-  are read per run: runs updated since the last poll that did not succeed (plus runs still in
-  progress) via ``get_run_records(RunsFilter(updated_after=…))``, then
-  ``get_records_for_run(run_id, cursor, of_type=STEP_FAILURE)`` with a per-run cursor; the
-  partition comes from the run's ``dagster/partition`` tag.  Works on every storage.
+* ``Subprocess`` when ``dagster_python`` is set (the normal deployment): the pipeline venv's
+  Python runs ``dagster_events.py`` by file path, so the instance is read by the Dagster that
+  wrote it, whatever docwatch's own venv holds (Dagster >= 1.8.5 requires ``watchdog<7``, the
+  daemon watchdog 7.1);
+* ``InProcess`` otherwise: ``import daemon.dagster_events`` here (Dagster must import in
+  docwatch's venv; ``import daemon`` never imports Dagster).
 
 Wiring: ``attach(indexer, cfg)`` (``scan`` and ``watch`` at start) and ``refresh(indexer,
 records)``: poll, then re-plan only the tasks with a stored document that does not carry its
@@ -65,14 +63,20 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
+import shlex
 import sqlite3
+import subprocess
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import dagster_events
 from .errors import DocwatchError
 from .index import row_to_dict, split_source_key
 from .layout import STAGES, folder_roles, parse_name
@@ -413,79 +417,46 @@ class RecordBook:
 
 # -- reading the Dagster instance (I/O) ----------------------------------------------------
 
-
-def _import_dagster():
-    try:
-        import dagster
-    except ImportError as exc:
-        raise DocwatchError(
-            "dagster_home is set but Dagster cannot be imported "
-            f"({exc}); install the extra: pip install 'docwatch[dagster]'"
-        ) from None
-    return dagster
+#: How long one read through ``dagster_python`` may take (the first one reads all history).
+SUBPROCESS_TIMEOUT = 120.0
+#: While reads keep failing, the warning is repeated at most this often (seconds).
+WARN_EVERY = 300.0
+_STDERR_LINES = 60  # the tail of the reader's stderr kept for the log
 
 
-def _plain(value: Any) -> Any:
-    """A Dagster MetadataValue (or a raw value) as a JSON-friendly plain value."""
-    raw = getattr(value, "value", value)
-    if raw is value and type(value).__module__.startswith("dagster"):
-        raw = getattr(value, "text", None) or getattr(value, "path", None) or str(value)
-    if raw is None or isinstance(raw, bool | int | float | str):
-        return raw
-    if isinstance(raw, os.PathLike):
-        return os.fspath(raw)
-    try:
-        return json.loads(json.dumps(raw, default=str))
-    except (TypeError, ValueError):
-        return str(raw)
+class RunRecordsError(Exception):
+    """A read of the run records failed (logged, and retried at the next poll)."""
 
 
-def _error_text(err: Any) -> str | None:
-    """The innermost cause's message of a SerializableErrorInfo, first line."""
-    seen = 0
-    while err is not None and getattr(err, "cause", None) is not None and seen < 10:
-        err, seen = err.cause, seen + 1
-    message = (getattr(err, "message", None) or "").strip()
-    return message.splitlines()[0] if message else None
+class InProcess:
+    """Reads with ``daemon.dagster_events`` in this process: Dagster must import here."""
 
-
-class RunRecords:
-    """Reads a Dagster instance incrementally and keeps a ``RecordBook`` of its events."""
-
-    PAGE = 1000
-    PARTITION_TAG = "dagster/partition"
-
-    def __init__(self, dagster_home: Path | str, folders: Iterable[str], *,
-                 assets: Mapping[str, str] = ASSETS, instance: Any = None) -> None:  # fmt: skip
+    def __init__(self, dagster_home: Path, assets: Iterable[str], instance: Any = None) -> None:
         self.dagster_home = Path(dagster_home)
-        self.assets = dict(assets)
-        self.book = RecordBook(folders)
+        self.assets = tuple(assets)
         self._instance = instance
         self._owns_instance = instance is None
-        self._mat_cursor: dict[str, int | None] = {a: None for a in self.assets}
-        self._steps = {a.replace("/", "__"): a for a in self.assets}
-        self._run_cursor: dict[str, str | None] = {}
-        self._open_runs: set[str] = set()
-        self._runs_after: datetime | None = None
-        self._pending: set[tuple[str, str]] = set()
-        self.polls = 0
+        self.dagster_version: str | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------
+    def describe(self) -> str:
+        return f"in process (Dagster {self.dagster_version or '?'})"
 
-    @property
-    def instance(self):
+    def read(self, cursor: dict) -> tuple[list[dict], dict]:
         if self._instance is None:
-            dg = _import_dagster()
-            if not self.dagster_home.is_dir():
+            try:
+                self.dagster_version = dagster_events.dagster_version()
+            except ImportError as exc:
                 raise DocwatchError(
-                    f"dagster_home {self.dagster_home}: not a directory (set it to the "
-                    "pipeline's DAGSTER_HOME)"
-                )
-            quiet = logging.getLogger("alembic")  # Dagster's schema check logs at INFO
-            if quiet.level == logging.NOTSET:
-                quiet.setLevel(logging.WARNING)
-            self._instance = dg.DagsterInstance.from_config(str(self.dagster_home))
-        return self._instance
+                    f"dagster_home is set but Dagster cannot be imported here ({exc}); set "
+                    "dagster_python to the Python of the pipeline's venv (README, \"Dagster "
+                    'integration")'
+                ) from None
+            try:
+                self._instance = dagster_events.open_instance(self.dagster_home)
+            except NotADirectoryError as exc:
+                raise DocwatchError(str(exc)) from None
+        return dagster_events.read_events(self.dagster_home, cursor, assets=self.assets,
+                                          instance=self._instance)  # fmt: skip
 
     def close(self) -> None:
         if self._instance is not None and self._owns_instance:
@@ -494,6 +465,173 @@ class RunRecords:
             except Exception:  # disposing is best effort
                 pass
             self._instance = None
+
+
+class Subprocess:
+    """Reads with ``daemon/dagster_events.py`` run by path under the pipeline's Python.
+
+    One long-lived child (``--serve``): a request is a cursor on one line of its stdin, the
+    answer one JSON line on its stdout, so Dagster is imported and the instance opened once,
+    not every ``POLL_EVERY`` seconds.  Any failure (cannot start, exit, timeout, an answer
+    that is not the expected JSON) ends the child and raises ``RunRecordsError`` with the
+    command, its exit status and the tail of its stderr; the next read starts a new child.
+    """
+
+    def __init__(self, python: Path, dagster_home: Path, assets: Iterable[str], *,
+                 timeout: float = SUBPROCESS_TIMEOUT) -> None:  # fmt: skip
+        self.python = Path(os.path.abspath(python))  # a venv's python is a symlink: keep it
+        self.dagster_home = Path(dagster_home)
+        self.timeout = timeout
+        script = Path(dagster_events.__file__).resolve()
+        assets = tuple(assets)
+        asset_args = [] if set(assets) == set(dagster_events.ASSETS) else [
+            a for asset in assets for a in ("--asset", asset)]  # fmt: skip
+        self.command = [os.fspath(self.python), os.fspath(script), "--dagster-home",
+                        os.fspath(self.dagster_home), *asset_args, "--serve"]  # fmt: skip
+        self.dagster_version: str | None = None
+        self._proc: subprocess.Popen | None = None
+        self._stderr: deque[str] = deque(maxlen=_STDERR_LINES)
+        self._drain: threading.Thread | None = None
+        self._buffer = b""
+
+    def describe(self) -> str:
+        return f"{self.python} (Dagster {self.dagster_version or '?'})"
+
+    def read(self, cursor: dict) -> tuple[list[dict], dict]:
+        proc = self._proc if self._proc is not None else self._start()
+        deadline = time.monotonic() + self.timeout
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(cursor).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError as exc:  # it exited already (BrokenPipeError)
+            self._fail(f"cannot send the cursor ({exc.strerror or exc})")
+        line = self._readline(proc, deadline)
+        try:
+            doc = json.loads(line)
+            events, new = doc["events"], doc["cursor"]
+            if not isinstance(events, list) or not isinstance(new, dict):
+                raise TypeError("events must be a list and cursor an object")
+        except (ValueError, KeyError, TypeError) as exc:
+            self._fail(f"unexpected answer ({exc}): {line[:200]!r}")
+        self.dagster_version = doc.get("dagster_version") or self.dagster_version
+        return events, new
+
+    def _start(self) -> subprocess.Popen:
+        self._stderr.clear()
+        self._buffer = b""
+        try:
+            proc = subprocess.Popen(
+                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, bufsize=0, start_new_session=True,  # not our ^C
+            )  # fmt: skip
+        except OSError as exc:
+            raise RunRecordsError(
+                f"cannot start {shlex.join(self.command)}: {exc.strerror or exc} "
+                "(dagster_python must be the Python of the pipeline's venv)"
+            ) from None
+        self._proc = proc
+        self._drain = threading.Thread(target=self._drain_stderr, args=(proc,),
+                                       name="dagster-events-stderr", daemon=True)  # fmt: skip
+        self._drain.start()
+        return proc
+
+    def _drain_stderr(self, proc: subprocess.Popen) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self._stderr.append(line)
+            log.debug("dagster_events: %s", line)
+
+    def _readline(self, proc: subprocess.Popen, deadline: float) -> str:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._fail(f"no answer within {self.timeout:g}s")
+                if not sel.select(left):
+                    continue
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    self._fail("it exited without an answer")
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+    def _fail(self, what: str) -> NoReturn:
+        """End the child and raise what happened, with its command, exit status and stderr."""
+        proc, self._proc = self._proc, None
+        code: int | None = None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.kill()
+            code = proc.wait()
+            if self._drain is not None:
+                self._drain.join(2)
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                try:
+                    if pipe is not None:
+                        pipe.close()
+                except OSError:
+                    pass
+        stderr = "\n".join(self._stderr).strip()[-4000:] or "(empty)"
+        raise RunRecordsError(
+            f"{what}: command {shlex.join(self.command)} exited with status {code}; "
+            f"stderr:\n{stderr}"
+        )
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()  # EOF: the child exits
+            proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+        if self._drain is not None:
+            self._drain.join(2)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+class RunRecords:
+    """Reads a Dagster instance incrementally and keeps a ``RecordBook`` of its events.
+
+    ``dagster_python`` set: read through ``Subprocess`` (the pipeline's Python); else
+    ``InProcess`` (Dagster must import in docwatch's venv).  ``transport``: any object with
+    ``read(cursor) -> (events, cursor)``, ``describe()`` and ``close()``.
+    """
+
+    def __init__(self, dagster_home: Path | str, folders: Iterable[str], *,
+                 assets: Mapping[str, str] = ASSETS, dagster_python: Path | str | None = None,
+                 instance: Any = None, transport: Any = None,
+                 timeout: float = SUBPROCESS_TIMEOUT) -> None:  # fmt: skip
+        self.dagster_home = Path(dagster_home)
+        self.assets = dict(assets)
+        self.book = RecordBook(folders)
+        if transport is None and dagster_python is not None:
+            transport = Subprocess(Path(dagster_python), self.dagster_home, self.assets,
+                                   timeout=timeout)  # fmt: skip
+        elif transport is None:
+            transport = InProcess(self.dagster_home, self.assets, instance)
+        self.transport = transport
+        self.cursor: dict = dagster_events.new_cursor()
+        self._pending: set[tuple[str, str]] = set()
+        self.polls = 0
+        self.failures = 0  # reads failed in a row
+        self._warned_at: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.transport.close()
 
     @property
     def enrich(self):
@@ -510,119 +648,49 @@ class RunRecords:
     def poll(self) -> set[tuple[str, str]]:
         """Read events added since the last poll; return the (stage, task_id) they concern.
 
-        All or nothing: when a read fails, the cursors stay where they were.
+        All or nothing: when a read fails, the cursor stays where it was.
         """
-        saved = (dict(self._mat_cursor), dict(self._run_cursor), set(self._open_runs),
-                 self._runs_after)  # fmt: skip
+        raw, cursor = self.transport.read(self.cursor)
         try:
-            events = [*self._read_materializations(), *self._read_failures()]
-        except BaseException:
-            self._mat_cursor, self._run_cursor, self._open_runs, self._runs_after = saved
-            raise
+            events = [e for e in (event_from_dict(d, self.assets) for d in raw) if e is not None]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RunRecordsError(
+                f"{self.transport.describe()}: malformed event ({exc!r})"
+            ) from None
+        self.cursor = cursor
         self.polls += 1
         touched = self.book.add(events)
         if events:
             log.debug("run records: %d new events, %d tasks", len(events), len(touched))
         return touched
 
-    def _read_materializations(self) -> Iterator[RunEvent]:
-        dg = _import_dagster()
-        for asset, stage in self.assets.items():
-            key = dg.AssetKey(asset.split("/"))
-            while True:
-                flt = dg.AssetRecordsFilter(asset_key=key, after_storage_id=self._mat_cursor[asset])
-                result = self.instance.fetch_materializations(flt, limit=self.PAGE, ascending=True)
-                for rec in result.records:
-                    yield self._materialization(rec, asset, stage)
-                    cur = self._mat_cursor[asset]
-                    self._mat_cursor[asset] = max(rec.storage_id, cur or 0)
-                if not result.has_more or not result.records:
-                    break
+    def poll_logged(self) -> set[tuple[str, str]] | None:
+        """``poll``, but a failure is logged (and None returned) instead of raised.
 
-    def _materialization(self, rec: Any, asset: str, stage: str) -> RunEvent:
-        entry = rec.event_log_entry
-        mat = rec.asset_materialization
-        metadata = {k: _small(_plain(v)) for k, v in (mat.metadata if mat else {}).items()}
-        partition = getattr(rec, "partition_key", None) or (mat.partition if mat else None)
-        return RunEvent(
-            kind=MATERIALIZATION, asset=asset, stage=stage, run_id=entry.run_id,
-            partition=partition, timestamp=float(entry.timestamp), storage_id=rec.storage_id,
-            metadata=metadata, step=entry.step_key,
-        )  # fmt: skip
-
-    def _read_failures(self) -> Iterator[RunEvent]:
-        dg = _import_dagster()
-        status = dg.DagsterRunStatus
-        not_success = [s for s in status if s != status.SUCCESS]
-        runs = {
-            r.dagster_run.run_id: r
-            for r in self.instance.get_run_records(
-                filters=dg.RunsFilter(updated_after=self._runs_after, statuses=not_success),
-                order_by="update_timestamp", ascending=True,
-            )
-        }  # fmt: skip
-        missing = self._open_runs - set(runs)
-        if missing:
-            runs |= {
-                r.dagster_run.run_id: r
-                for r in self.instance.get_run_records(
-                    filters=dg.RunsFilter(run_ids=sorted(missing))
-                )
-            }
-        finished = {status.SUCCESS, status.FAILURE, status.CANCELED}
-        newest = self._runs_after
-        for run_id, record in runs.items():
-            run = record.dagster_run
-            yield from self._run_failures(run_id, run.tags.get(self.PARTITION_TAG))
-            if run.status in finished:
-                self._open_runs.discard(run_id)
+        Configuration problems of the in-process reader (``DocwatchError``) are still raised.
+        The first failure is a warning with everything known; while reads keep failing the
+        warning is repeated at most every ``WARN_EVERY`` seconds; recovery is logged.
+        """
+        try:
+            tasks = self.poll()
+        except DocwatchError:
+            raise
+        except Exception as exc:  # Dagster storage busy, migrating, unreachable; the child died
+            self.failures += 1
+            now = time.monotonic()
+            if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+                self._warned_at = now
+                again = f" ({self.failures} failed reads in a row)" if self.failures > 1 else ""
+                log.warning("reading Dagster run records from %s failed%s; retrying at the next "
+                            "poll: %s", self.dagster_home, again, exc)  # fmt: skip
             else:
-                self._open_runs.add(run_id)
-            stamp = record.update_timestamp
-            if stamp is not None and stamp.tzinfo is None:
-                stamp = stamp.replace(tzinfo=UTC)
-            if stamp is not None and (newest is None or stamp > newest):
-                newest = stamp
-        if newest is not None:  # re-read a margin: per-run cursors make re-reads free
-            margin = timedelta(seconds=SKEW_SECONDS)
-            after = newest - margin
-            if self._runs_after is None or after > self._runs_after:
-                self._runs_after = after
-
-    def _run_failures(self, run_id: str, partition: str | None) -> Iterator[RunEvent]:
-        dg = _import_dagster()
-        while True:
-            conn = self.instance.get_records_for_run(
-                run_id, cursor=self._run_cursor.get(run_id),
-                of_type=dg.DagsterEventType.STEP_FAILURE, limit=self.PAGE,
-            )  # fmt: skip
-            for rec in conn.records:
-                event = self._failure(rec, run_id, partition)
-                if event is not None:
-                    yield event
-            if conn.records:
-                self._run_cursor[run_id] = conn.cursor
-            if not conn.has_more or not conn.records:
-                break
-
-    def _failure(self, rec: Any, run_id: str, partition: str | None) -> RunEvent | None:
-        entry = rec.event_log_entry
-        event = entry.dagster_event
-        step = entry.step_key or (event.step_key if event else None)
-        asset = self._steps.get(step or "")
-        if asset is None or event is None:
+                log.debug("reading Dagster run records failed again: %r", exc)
             return None
-        data = event.step_failure_data
-        user = getattr(data, "user_failure_data", None)
-        raw_md = getattr(user, "metadata", None) or {}
-        metadata = {k: _small(_plain(v)) for k, v in raw_md.items()}
-        return RunEvent(
-            kind=STEP_FAILURE, asset=asset, stage=self.assets[asset], run_id=run_id,
-            partition=partition or getattr(event, "partition", None),
-            timestamp=float(entry.timestamp), storage_id=rec.storage_id, metadata=metadata,
-            step=step, description=getattr(user, "description", None),
-            error=_error_text(getattr(data, "error", None)),
-        )  # fmt: skip
+        if self.failures:
+            log.info("run records: reading again from %s after %d failed reads",
+                     self.dagster_home, self.failures)  # fmt: skip
+            self.failures, self._warned_at = 0, None
+        return tasks
 
 
 # -- wiring (scan and watch) ---------------------------------------------------------------
@@ -630,15 +698,23 @@ class RunRecords:
 
 def attach(indexer: Indexer, cfg: Config) -> RunRecords | None:
     """Open the run records of ``cfg.dagster_home`` (None when unset), read everything once,
-    and install the enrich hook; the first poll's tasks are handed out by ``refresh``."""
+    and install the enrich hook; the first poll's tasks are handed out by ``refresh``.
+
+    With ``cfg.dagster_python`` the records are read by that Python (the pipeline's venv);
+    a failed first read is logged and retried at the next ``refresh``, never raised.
+    """
     if cfg.dagster_home is None:
         return None
-    records = RunRecords(cfg.dagster_home, [r.folder for r in folder_roles(cfg.folders)])
+    records = RunRecords(cfg.dagster_home, [r.folder for r in folder_roles(cfg.folders)],
+                         dagster_python=cfg.dagster_python)  # fmt: skip
     started = time.monotonic()
-    records._pending |= records.poll()
+    tasks = records.poll_logged()
+    records._pending |= tasks or set()
     indexer.ingestor.enrich = records.enrich
-    log.info("run records: %d Dagster events read from %s in %.1fs",
-             len(records.book), cfg.dagster_home, time.monotonic() - started)  # fmt: skip
+    if tasks is not None:
+        log.info("run records: %d Dagster events read from %s via %s in %.1fs",
+                 len(records.book), cfg.dagster_home, records.transport.describe(),
+                 time.monotonic() - started)  # fmt: skip
     return records
 
 
@@ -652,14 +728,7 @@ def refresh(indexer: Indexer, records: RunRecords | None) -> BatchReport:
     report = BatchReport()
     if records is None:
         return report
-    try:
-        tasks = records.take_pending() | records.poll()
-    except DocwatchError:
-        raise
-    except Exception as exc:  # Dagster storage busy, migrating, unreachable…
-        log.warning("reading Dagster run records from %s failed (%r); retrying later",
-                    records.dagster_home, exc)  # fmt: skip
-        return report
+    tasks = (records.poll_logged() or set()) | records.take_pending()
     tasks = stale_tasks(indexer.con, records.book, tasks)
     step = max(1, indexer.cfg.batch_max_files)
     ordered = sorted(tasks)
@@ -705,6 +774,7 @@ def stale_tasks(con: sqlite3.Connection, book: RecordBook,
 
 
 __all__ = [
-    "ASSETS", "Facts", "RecordBook", "RunEvent", "RunRecords", "attach", "choose",
-    "event_from_dict", "facts_of", "refresh", "relpath_below_root", "stale_tasks",
+    "ASSETS", "Facts", "InProcess", "RecordBook", "RunEvent", "RunRecords", "RunRecordsError",
+    "Subprocess", "attach", "choose", "event_from_dict", "facts_of", "refresh",
+    "relpath_below_root", "stale_tasks",
 ]  # fmt: skip

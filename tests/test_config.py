@@ -51,7 +51,7 @@ def test_defaults() -> None:
     assert (config.log_level, config.log_format) == ("INFO", "auto")
     assert (config.file_mode, config.dir_mode) == (0o644, 0o755)
     assert config.max_file_bytes == 256 * 1024 * 1024
-    assert config.dagster_home is None
+    assert config.dagster_home is None and config.dagster_python is None
     assert set(config.sources.values()) == {"default"}
     assert "folders.essay.raw" in config.sources
 
@@ -265,6 +265,27 @@ def test_other_values() -> None:
     assert load_config(env={}, flags={"data_root": "~/d"}).data_root == Path.home() / "d"
 
 
+def test_dagster_python(tmp_path: Path) -> None:
+    """The pipeline venv's Python for the run-records reader: file, env, ``~``; validated."""
+    path = write(tmp_path, 'dagster_python = "/srv/pipeline/.venv/bin/python"\n')
+    config = load_config(path, env={})
+    assert config.dagster_python == Path("/srv/pipeline/.venv/bin/python")
+    assert config.sources["dagster_python"] == str(path)
+    env = {"DOCWATCH_DAGSTER_PYTHON": "~/venv/bin/python"}
+    config = load_config(path, env=env)
+    assert config.dagster_python == Path.home() / "venv" / "bin" / "python"
+    assert config.sources["dagster_python"] == "env DOCWATCH_DAGSTER_PYTHON"
+    assert load_config(env={"DOCWATCH_DAGSTER_PYTHON": ""}).dagster_python is None
+    problems = problems_of(config_file=write(tmp_path, "dagster_python = 3\n", "bad.toml"))
+    assert problems == [
+        f"dagster_python = 3 (from {tmp_path / 'bad.toml'}): expected a non-empty path"
+    ]
+    assert (
+        "did you mean DOCWATCH_DAGSTER_PYTHON?"
+        in problems_of(env={"DOCWATCH_DAGSTER_PYTON": "/x"})[0]
+    )
+
+
 def test_example_file_loads_to_defaults() -> None:
     config = load_config(EXAMPLE, env={})
     assert settings(config) == settings(load_config(env={}))
@@ -277,9 +298,11 @@ def test_example_file_documents_every_key_with_its_default(tmp_path: Path) -> No
     uncommented = [m[1] if (m := setting.match(line)) else line for line in lines]
     config = load_config(write(tmp_path, "\n".join(uncommented)), env={})
     assert config.run_id == "watch" and config.dagster_home == Path("/opt/dagster/home")
+    assert config.dagster_python == Path("/opt/pipeline/.venv/bin/python")
     expected = settings(load_config(env={})) | {
         "run_id": "watch",
         "dagster_home": config.dagster_home,
+        "dagster_python": config.dagster_python,
     }
     assert settings(config) == expected
     from_example = {key for key, source in config.sources.items() if source != "default"}

@@ -1,9 +1,12 @@
-"""Dagster end to end: the example pipeline (examples/dagster_pipeline) runs with real Dagster
-(a temporary DAGSTER_HOME, the in-process executor) while ``docwatch watch`` runs as a
-subprocess; its readers resolve documents through the ``DocumentsIndex`` resource, and the run
-records fill run ids, true statuses, reasons and token counts.
+"""Dagster end to end, deployed as in production: the example pipeline
+(examples/dagster_pipeline) runs with current Dagster in the *pipeline* venv (``.venv-pipeline``,
+docwatch installed there with ``--no-deps`` for the ``DocumentsIndex`` resource; driven through
+``examples/dagster_pipeline/drive.py``, a temporary DAGSTER_HOME, the in-process executor) while
+``docwatch watch`` runs from docwatch's own venv with ``dagster_home`` and ``dagster_python``
+(the pipeline venv's Python) in its config.  The pipeline's readers resolve documents through
+the resource, and the run records fill run ids, true statuses, reasons and token counts.
 
-Skipped only when Dagster is not importable (fails instead when ``REQUIRE_DAGSTER`` is set, as
+Skipped only when the pipeline venv is missing (fails instead when ``REQUIRE_DAGSTER`` is set, as
 ``make test`` does, so CI cannot skip it silently).
 """
 
@@ -20,42 +23,17 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import pytest
+from pipeline_side import PipelineDriver, require_pipeline_python
 
 from daemon.errors import DocumentNotFound
 from daemon.reader import DocumentsIndex as CoreIndex
 
-#: Dagster 1.8.4 (what the core's watchdog pin resolves to) trips a pydantic 2.11 deprecation.
-pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields' attribute")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
-
-try:
-    import dagster as dg
-except ImportError as exc:  # the optional extra is not installed
-    if os.environ.get("REQUIRE_DAGSTER"):
-        raise RuntimeError(f"REQUIRE_DAGSTER is set but dagster cannot be imported: {exc}") from exc
-    pytest.skip(
-        f"dagster is not importable ({exc}); install the extra: pip install -e '.[dagster]'",
-        allow_module_level=True,
-    )
-
-with warnings.catch_warnings():  # the pydantic deprecation above, at definition time
-    warnings.filterwarnings("ignore", "Accessing the 'model_fields' attribute")
-    from dagster_pipeline import assets as A
-    from dagster_pipeline.definitions import resources
-    from dagster_pipeline.tables import (
-        Draft,
-        Essay,
-        Evaluation,
-        register_partitions,
-        write_tables,
-    )
-
-    from daemon.dagster import DocumentsIndex
+from dagster_pipeline.tables import Draft, Essay, Evaluation, to_plain  # noqa: E402
 
 
 def wait_until(cond, timeout: float = 60.0, what: str = ""):
@@ -137,28 +115,44 @@ def latest_ok(db: Path, stage: str, task_id: str) -> dict | None:
 
 
 def test_resource_fails_fast_and_opens_lazily(tmp_path):
+    """The resource in the pipeline venv: nothing opened or cached while there is no index;
+    once ``docwatch scan`` (docwatch's venv) has made one, the same resource object reads it."""
     from conftest import make_config
 
     from daemon.scan import scan
 
     data = tmp_path / "data"
     db = data / "db" / "documents.sqlite"
-    res = DocumentsIndex(db_path=str(db), docs_root=str(data / "docs"))
-    with pytest.raises(Exception, match="no index here"):  # nothing opened, nothing cached
-        res.get_latest_by_task("draft", "t")
-    parsed = data / "3_generation" / "draft_responses" / "c1__tpl__m_v1.txt"
-    parsed.parent.mkdir(parents=True)
-    parsed.write_text("the draft\n")
-    scan(make_config(data), run_id="t")
-    row = res.get_latest_by_task("draft", "c1__tpl__m")
-    assert res.read_text(row, "parsed") == "the draft\n"
-    assert res.resolve_doc_dir(row) == data / "docs" / "draft" / row["doc_id"]
-    assert res.get_latest_by_logical(row["logical_key_id"])["doc_id"] == row["doc_id"]
-    with pytest.raises(DocumentNotFound, match="no ok essay document for task 'nope'"):
-        res.get_latest_by_task("essay", "nope")
-    with pytest.raises(DocumentNotFound, match="no truncated draft document"):
-        res.get_latest_by_task("draft", "c1__tpl__m", status=("truncated",))
-    res.close()
+    driver = PipelineDriver(tmp_path, tmp_path / "home")
+    try:
+        paths = {"db_path": str(db), "docs_root": str(data / "docs")}
+
+        def call(method, *args, **kwargs) -> dict:
+            return driver.request("resource", method=method, args=args, kwargs=kwargs, **paths)
+
+        failed = call("get_latest_by_task", "draft", "t")
+        assert not failed["ok"] and "no index here" in failed["message"]
+        parsed = data / "3_generation" / "draft_responses" / "c1__tpl__m_v1.txt"
+        parsed.parent.mkdir(parents=True)
+        parsed.write_text("the draft\n")
+        scan(make_config(data), run_id="t")
+        row = call("get_latest_by_task", "draft", "c1__tpl__m")["result"]
+        assert call("read_text", row, "parsed")["result"] == "the draft\n"
+        assert call("resolve_doc_dir", row)["result"] == str(
+            data / "docs" / "draft" / row["doc_id"]
+        )
+        assert (
+            call("get_latest_by_logical", row["logical_key_id"])["result"]["doc_id"]
+            == row["doc_id"]
+        )
+        missing = call("get_latest_by_task", "essay", "nope")
+        assert missing["error"] == "DocumentNotFound"
+        assert "no ok essay document for task 'nope'" in missing["message"]
+        missing = call("get_latest_by_task", "draft", "c1__tpl__m", status=["truncated"])
+        assert missing["error"] == "DocumentNotFound"
+        assert "no truncated draft document" in missing["message"]
+    finally:
+        driver.close()
 
 
 # -- the pipeline with the daemon ------------------------------------------------------------
@@ -182,15 +176,23 @@ def notify():
 
 
 def test_pipeline_with_docwatch_watch(tmp_path, monkeypatch, notify):
+    python = require_pipeline_python()
     monkeypatch.chdir(tmp_path)  # the pipeline writes data/... relative to its cwd
     data, home = tmp_path / "data", tmp_path / "dagster_home"
-    home.mkdir()
     db = data / "db" / "documents.sqlite"
-    write_tables(Path("data"), DRAFTS, ESSAYS, EVALS)
     config = tmp_path / "docwatch.toml"
     config.write_text(
-        f'data_root = "{data}"\nsettle_seconds = 0\nlog_level = "INFO"\ndagster_home = "{home}"\n'
+        f'data_root = "{data}"\nsettle_seconds = 0\nlog_level = "INFO"\n'
+        f'dagster_home = "{home}"\ndagster_python = "{python}"\n'
     )
+    driver = PipelineDriver(tmp_path, home)
+    try:  # the task tables, the instance and its partitions, before the daemon starts
+        info = driver.ok("setup", drafts=[to_plain(d) for d in DRAFTS],
+                         essays=[to_plain(e) for e in ESSAYS],
+                         evaluations=[to_plain(v) for v in EVALS], script=SCRIPT)  # fmt: skip
+    except BaseException:
+        driver.close()
+        raise
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DOCWATCH_", "NOTIFY", "DAGSTER_"))}  # fmt: skip
     env["NOTIFY_SOCKET"] = notify.path
@@ -203,53 +205,53 @@ def test_pipeline_with_docwatch_watch(tmp_path, monkeypatch, notify):
     try:
         wait_until(lambda: notify.seen("READY=1") or watch.poll() is not None, 60, "READY=1")
         assert watch.poll() is None, log.read_text()
-        with dg.instance_for_test(temp_dir=str(home)) as instance:
-            _run_pipeline_and_check(instance, data, db, config, log, watch)
+        _run_pipeline_and_check(driver, info["max_tokens"]["draft"], data, db, config, log,
+                                watch)  # fmt: skip
         watch.send_signal(signal.SIGTERM)
         assert watch.wait(15) == 0, log.read_text()
     finally:
+        driver.close()
         if watch.poll() is None:
             watch.kill()
             watch.wait(10)
+    text = log.read_text()
+    assert f"via {python} (Dagster {info['dagster_version']})" in text, text  # the pipeline's
 
 
-def _run_pipeline_and_check(instance, data: Path, db: Path, config: Path, log: Path,
-                            watch: subprocess.Popen) -> None:  # fmt: skip
-    register_partitions(instance, DRAFTS, ESSAYS, EVALS)
-    res = resources("data", script=SCRIPT)
-    runs: dict[tuple[str, int], dg.ExecuteInProcessResult] = {}  # (task_id, attempt) → run
+def _run_pipeline_and_check(driver: PipelineDriver, max_tokens: int, data: Path, db: Path,
+                            config: Path, log: Path, watch: subprocess.Popen) -> None:  # fmt: skip
+    runs: dict[tuple[str, int], dict] = {}  # (task_id, attempt) → the driver's answer
 
-    def materialize(assets, task_id: str) -> dg.ExecuteInProcessResult:
-        result = dg.materialize(assets, partition_key=task_id, instance=instance, resources=res,
-                                raise_on_error=False)  # fmt: skip
-        n = 1 + sum(1 for t, _ in runs if t == task_id)
-        runs[(task_id, n)] = result
+    def materialize(stage: str, task) -> dict:
+        result = driver.ok("materialize", stage=stage, task_id=task.task_id)
+        n = 1 + sum(1 for t, _ in runs if t == task.task_id)
+        runs[(task.task_id, n)] = result
         return result
 
     # Phase 1: drafts (one ok; one truncated, then ok on retry; one unparsable)
-    assert materialize(A.DRAFT_ASSETS, D_OK.task_id).success
-    assert not materialize(A.DRAFT_ASSETS, D_TRUNC.task_id).success
-    assert materialize(A.DRAFT_ASSETS, D_TRUNC.task_id).success
-    assert not materialize(A.DRAFT_ASSETS, D_BAD.task_id).success
+    assert materialize("draft", D_OK)["success"]
+    assert not materialize("draft", D_TRUNC)["success"]
+    assert materialize("draft", D_TRUNC)["success"]
+    assert not materialize("draft", D_BAD)["success"]
     for d in (D_OK, D_TRUNC):  # the daemon indexes them live; readers need them
         wait_until(lambda d=d: latest_ok(db, "draft", d.task_id), 30,
                    f"docwatch watch to index {d.task_id}\n{log.read_text()}")  # fmt: skip
 
     # Phase 2: essays read their draft through the DocumentsIndex resource
-    llm_essay = materialize(A.ESSAY_ASSETS, E_LLM.task_id)
-    assert llm_essay.success
-    assert materialize(A.ESSAY_ASSETS, E_COPY.task_id).success
+    llm_essay = materialize("essay", E_LLM)
+    assert llm_essay["success"], driver.stderr()
+    assert materialize("essay", E_COPY)["success"], driver.stderr()
     for e in ESSAYS:
         wait_until(lambda e=e: latest_ok(db, "essay", e.task_id), 30, f"essay {e.task_id}")
 
     # Phase 3: evaluations read their target through the resource (one is truncated but kept)
     for v in EVALS:
-        assert materialize(A.EVALUATION_ASSETS, v.task_id).success
+        assert materialize("evaluation", v)["success"], driver.stderr()
     wait_until(lambda: len(rows(db)) == 8, 30, f"8 documents\n{log.read_text()}")
     assert watch.poll() is None, log.read_text()
 
     # Run records: the daemon polls the Dagster instance itself and fills the documents.
-    dagster_runs = {r.run_id for r in runs.values()}
+    dagster_runs = {r["run_id"] for r in runs.values()}
     wait_until(lambda: all(r["run_id"] in dagster_runs for r in rows(db).values()), 30,
                f"the daemon to apply the run records\n{log.read_text()}")  # fmt: skip
     got = rows(db)
@@ -258,7 +260,7 @@ def _run_pipeline_and_check(instance, data: Path, db: Path, config: Path, log: P
         return got[(stage, task.task_id, version)]
 
     def run_id(task, attempt=1) -> str:
-        return runs[(task.task_id, attempt)].run_id
+        return runs[(task.task_id, attempt)]["run_id"]
 
     # every document carries the Dagster run that produced it
     expected_runs = {
@@ -275,8 +277,8 @@ def _run_pipeline_and_check(instance, data: Path, db: Path, config: Path, log: P
     # truncated draft: true status, reason, token counts from the step failure
     trunc = doc("draft", D_TRUNC, 1)
     assert trunc["status"] == "truncated"
-    assert trunc["usage_completion_tokens"] == A.DRAFT_MAX_TOKENS
-    assert trunc["usage_max_tokens"] == A.DRAFT_MAX_TOKENS
+    assert trunc["usage_completion_tokens"] == max_tokens
+    assert trunc["usage_max_tokens"] == max_tokens
     assert trunc["meta_small"]["finish_reason"] == "length"
     assert "truncated at the token limit" in trunc["meta_small"]["status_reason"]
     assert trunc["meta_small"]["dagster"]["event"] == "step_failure"
@@ -291,13 +293,12 @@ def _run_pipeline_and_check(instance, data: Path, db: Path, config: Path, log: P
 
     # successes: status from the files, max_tokens and model where Dagster had them
     ok = doc("draft", D_OK, 1)
-    assert ok["status"] == "ok" and ok["usage_max_tokens"] == A.DRAFT_MAX_TOKENS
+    assert ok["status"] == "ok" and ok["usage_max_tokens"] == max_tokens
     assert ok["usage_completion_tokens"] is None  # a successful draft records no usage
     assert ok["meta_small"]["model_used"] == "anthropic/claude-sonnet-4"
 
     # the essay prompt was built from the draft document the index resolved
-    mat = llm_essay.asset_materializations_for_node("essay_prompt")[0]
-    draft_doc_id = mat.metadata["draft_doc_id"].value
+    draft_doc_id = llm_essay["metadata"]["essay_prompt"]["draft_doc_id"]
     assert draft_doc_id == ok["doc_id"]
     with CoreIndex(db) as idx:
         draft_text = idx.read_text(idx.get(draft_doc_id), "parsed")
@@ -322,14 +323,13 @@ def _run_pipeline_and_check(instance, data: Path, db: Path, config: Path, log: P
     assert v_cut["parent_doc_id"] == ok["doc_id"]
     assert "the pipeline kept it" in v_cut["meta_small"]["status_reason"]
 
-    # readers: the latest ok document skips the truncated attempt
-    res_index = DocumentsIndex(db_path=str(db), docs_root=str(data / "docs"))
-    assert res_index.get_latest_by_task("draft", D_TRUNC.task_id)["doc_id"] == retry["doc_id"]
-    with pytest.raises(DocumentNotFound):
-        res_index.get_latest_by_task("draft", D_BAD.task_id)
-    with pytest.raises(DocumentNotFound):
-        res_index.get_latest_by_task("evaluation", V_DRAFT.task_id)
-    res_index.close()
+    # readers (the pipeline's resource): the latest ok document skips the truncated attempt
+    def latest(stage, task) -> dict:
+        return driver.request("resource", method="get_latest_by_task", args=[stage, task.task_id])
+
+    assert latest("draft", D_TRUNC)["result"]["doc_id"] == retry["doc_id"]
+    assert latest("draft", D_BAD)["error"] == "DocumentNotFound"
+    assert latest("evaluation", V_DRAFT)["error"] == "DocumentNotFound"
 
     # idempotent: another scan changes nothing
     again = docwatch_scan(config)

@@ -1,13 +1,16 @@
 """Run records: the pure event → facts mapping and matching, and reading a real Dagster instance.
 
-The pure tests need no Dagster.  The integration tests use a real temporary instance
-(``instance_for_test``) and the in-process executor; they are skipped only when Dagster is not
-importable (and fail instead when ``REQUIRE_DAGSTER`` is set, as ``make test`` does).
+The pure tests need no Dagster.  The integration tests run the example pipeline with current
+Dagster in the pipeline venv (``tests/pipeline_side.py``: ``.venv-pipeline``, which ``make test``
+builds) and read its instance the way the daemon does in production: ``daemon/dagster_events.py``
+run by path under that venv's Python (``dagster_python``).  They skip only when the pipeline venv
+is missing, and fail instead when ``REQUIRE_DAGSTER`` is set, as ``make test`` does.
 """
 
 from __future__ import annotations
 
-import os
+import json
+import logging
 import subprocess
 import sys
 import time
@@ -16,7 +19,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pipeline_side import PipelineDriver, require_pipeline_python
 
+from daemon import dagster_events
 from daemon.layout import DEFAULT_FOLDERS, folder_roles
 from daemon.model import Attempt, Source, TaskInfo, document_row
 from daemon.runrecords import (
@@ -30,8 +35,10 @@ from daemon.runrecords import (
     relpath_below_root,
 )
 
-#: Dagster 1.8.4 (what the core's watchdog pin resolves to) trips a pydantic 2.11 deprecation.
-pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_fields' attribute")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+from dagster_pipeline.tables import Draft, to_plain  # noqa: E402  (stdlib only)
+
 FOLDERS = [r.folder for r in folder_roles(DEFAULT_FOLDERS)]
 RAW = {
     "draft": "3_generation/draft_responses_raw",
@@ -45,17 +52,6 @@ PARSED = {
 }
 ASSET = {"draft": "draft_response", "essay": "essay_response", "evaluation": "evaluation_response"}
 SEC = 1_000_000_000
-
-
-def require_dagster():
-    """Import Dagster, or skip (fail when REQUIRE_DAGSTER is set: CI must run these)."""
-    try:
-        import dagster
-    except ImportError as exc:
-        if os.environ.get("REQUIRE_DAGSTER"):
-            pytest.fail(f"REQUIRE_DAGSTER is set but dagster cannot be imported: {exc}")
-        pytest.skip(f"dagster is not importable ({exc}); install with pip install -e '.[dagster]'")
-    return dagster
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -366,7 +362,7 @@ def test_one_raw_event_names_at_most_one_attempt(scenario):
             assert e.raw_path.endswith(a.raw.relpath)
 
 
-# -- the optional extra ------------------------------------------------------------------------
+# -- imports: the daemon's venv and the pipeline's ----------------------------------------------
 
 
 def test_importing_daemon_never_imports_dagster():
@@ -374,121 +370,331 @@ def test_importing_daemon_never_imports_dagster():
         "import sys, daemon, daemon.runrecords, daemon.scan, daemon.cli\n"
         "assert 'dagster' not in sys.modules, sorted(m for m in sys.modules if 'dagster' in m)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
-# -- a real Dagster instance -------------------------------------------------------------------
+def test_the_reader_side_imports_only_the_standard_library():
+    """``import daemon`` (the reader API) and ``daemon.dagster_events`` (the script run by
+    path under the pipeline's Python) import neither watchdog nor click nor Dagster."""
+    code = (
+        "import sys, daemon, daemon.reader, daemon.dagster_events\n"
+        "bad = {'watchdog', 'click', 'dagster'} & {m.split('.')[0] for m in sys.modules}\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    source = Path(dagster_events.__file__).read_text()
+    assert "from daemon" not in source and "from ." not in source and "import daemon" not in source
 
 
-def _assets(dg):
-    """A minimal ``draft_response``: writes its raw file, then fails or succeeds per partition."""
-    parts = dg.DynamicPartitionsDefinition(name="draft_tasks")
-
-    @dg.asset(partitions_def=parts, name="draft_response")
-    def draft_response(context) -> str:
-        task = context.partition_key
-        kind, _, n = task.partition("-")
-        raw_path = f"data/{RAW['draft']}/{task}_v{n or 1}.txt"
-        if kind == "trunc":
-            raise dg.Failure(description="cut", metadata={
-                "finish_reason": "length", "truncated": True, "completion_tokens": 64,
-                "requested_max_tokens": 64, "raw_path": raw_path})  # fmt: skip
-        if kind == "boom":
-            raise RuntimeError("provider exploded")
-        context.add_output_metadata({"raw_path": raw_path, "max_tokens": 64})
-        return "ok"
-
-    @dg.asset(partitions_def=parts, name="unrelated_asset")
-    def unrelated(context) -> str:
-        return "x"
-
-    return parts, [draft_response, unrelated]
+#: Run in the pipeline venv, where docwatch is installed with --no-deps (no click, watchdog 6).
+RESOURCE_IMPORTS = """
+import ast, importlib.metadata as md, json, sys
+import daemon
+assert not {"watchdog", "click", "dagster"} & set(sys.modules), "import daemon"
+import daemon.dagster
+assert "watchdog" not in sys.modules, "import daemon.dagster imported watchdog"
+# `import dagster` imports click itself (Dagster's CLI); none of docwatch's modules may.
+ours = sorted(m for m in sys.modules if m == "daemon" or m.startswith("daemon."))
+for name in ours:
+    for node in ast.walk(ast.parse(open(sys.modules[name].__file__).read())):
+        if isinstance(node, ast.Import):
+            tops = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            tops = [(node.module or "").split(".")[0]]
+        else:
+            continue
+        assert not {"watchdog", "click"} & set(tops), (name, tops)
+print(json.dumps({"modules": ours, "file": daemon.__file__, "docwatch": md.version("docwatch"),
+                  "watchdog": md.version("watchdog"), "dagster": md.version("dagster")}))
+"""
 
 
-@pytest.fixture(params=["run-sharded", "consolidated"])
-def instance(request, tmp_path):
-    dg = require_dagster()
-    overrides = None
-    if request.param == "consolidated":  # storage ids are global here (Postgres-like)
-        overrides = {"event_log_storage": {
-            "module": "dagster._core.storage.event_log",
-            "class": "ConsolidatedSqliteEventLogStorage",
-            "config": {"base_dir": str(tmp_path / "home" / "history")},
-        }}  # fmt: skip
-    (tmp_path / "home").mkdir()
-    with dg.instance_for_test(overrides=overrides, temp_dir=str(tmp_path / "home")) as inst:
-        yield inst
+def test_the_resource_works_without_docwatchs_dependencies():
+    """``pip install --no-deps docwatch`` in the pipeline venv: ``daemon.dagster`` (the resource)
+    imports only Dagster, the standard library and docwatch's stdlib-only reader."""
+    python = require_pipeline_python()
+    r = subprocess.run([str(python), "-c", RESOURCE_IMPORTS], capture_output=True, text=True,
+                       cwd="/", timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert Path(got["file"]).resolve() == REPO / "daemon" / "__init__.py"
+    assert int(got["watchdog"].split(".")[0]) < 7  # the conflict this layout exists for
+    assert "daemon.dagster" in got["modules"] and "daemon.watch" not in got["modules"]
 
 
-def _run(dg, inst, assets, key):
-    return dg.materialize(assets, partition_key=key, instance=inst, raise_on_error=False,
-                          selection=[assets[0]])  # fmt: skip
+# -- transports: failures are reported and retried, never raised by refresh ---------------------
 
 
-def test_poll_reads_only_new_events(instance, tmp_path):
-    dg = require_dagster()
+class FakeTransport:
+    """Canned reads: ``answers`` are (events, cursor) pairs or exceptions, in order."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.cursors: list[dict] = []
+        self.closed = False
+
+    def describe(self) -> str:
+        return "fake"
+
+    def read(self, cursor):
+        self.cursors.append(cursor)
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def close(self):
+        self.closed = True
+
+
+def test_a_failed_read_leaves_the_cursor_where_it_was():
     from daemon.runrecords import RunRecords
 
-    parts, assets = _assets(dg)
-    instance.add_dynamic_partitions("draft_tasks", ["ok-1", "trunc-1", "boom-1", "ok-2"])
-    first = _run(dg, instance, assets, "ok-1")
-    dg.materialize([assets[1]], partition_key="ok-1", instance=instance)  # not ours: ignored
-    records = RunRecords(tmp_path / "home", FOLDERS)
-    assert records.poll() == {("draft", "ok-1")}
-    assert records.poll() == set()  # nothing new
-    trunc = _run(dg, instance, assets, "trunc-1")
-    boom = _run(dg, instance, assets, "boom-1")
-    assert records.poll() == {("draft", "trunc-1"), ("draft", "boom-1")}
-    assert records.poll() == set()
-    _run(dg, instance, assets, "ok-2")
-    assert records.poll() == {("draft", "ok-2")}
-    assert len(records.book) == 4  # 2 materialisations + 2 failures, each once
-
-    def facts(task, n=1, mtime=None):
-        rel = f"{RAW['draft']}/{task}_v{n}.txt"
-        e = records.book.match("draft", task, rel, int((mtime or time.time() - 60) * SEC))
-        return facts_of(e) if e else None
-
-    assert facts("ok-1").run_id == first.run_id and facts("ok-1").usage_max_tokens == 64
-    assert facts("trunc-1").status == "truncated" and facts("trunc-1").run_id == trunc.run_id
-    assert facts("trunc-1").usage_completion_tokens == 64
-    assert facts("boom-1") is None  # no raw_path: no file of this failure exists
-    event = next(e for e in records.book._events.values() if e.run_id == boom.run_id)
-    assert event.kind == "step_failure"
-    assert event.partition == "boom-1" and "provider exploded" in (event.error or "")
-    records.close()
-
-
-def test_a_failed_read_leaves_the_cursors_where_they_were(instance, tmp_path):
-    dg = require_dagster()
-    from daemon.runrecords import RunRecords
-
-    parts, assets = _assets(dg)
-    instance.add_dynamic_partitions("draft_tasks", ["trunc-1"])
-    _run(dg, instance, assets, "trunc-1")
-    records = RunRecords(tmp_path / "home", FOLDERS)
-    real = records.instance
-    calls = {"n": 0}
-
-    class Flaky:
-        def __getattr__(self, name):
-            if name == "get_records_for_run" and calls["n"] == 0:
-                calls["n"] += 1
-                raise RuntimeError("database is locked")
-            return getattr(real, name)
-
-    records._instance = Flaky()
+    cur1 = {**dagster_events.new_cursor(), "materializations": {"draft_response": 1}}
+    transport = FakeTransport(
+        ([ev(task="t1", sid=1)], cur1),
+        RuntimeError("database is locked"),
+        ([{"asset": "draft_response", "event": "nonsense"}], {"x": 1}),  # malformed: rejected
+        ([ev(task="t2", sid=2), {**ev(sid=3), "asset": "unrelated"}], {"n": 2}),
+    )
+    records = RunRecords("home", FOLDERS, transport=transport)
+    assert records.poll() == {("draft", "t1")}
     with pytest.raises(RuntimeError):
         records.poll()
-    assert records.poll() == {("draft", "trunc-1")}
-    records._instance = real
+    assert records.cursor == cur1
+    with pytest.raises(Exception, match="malformed event"):
+        records.poll()
+    assert records.cursor == cur1 and len(records.book) == 1
+    assert records.poll() == {("draft", "t2")}
+    assert records.cursor == {"n": 2} and len(records.book) == 2
+    assert transport.cursors == [dagster_events.new_cursor(), cur1, cur1, cur1]
+    records.close()
+    assert transport.closed
+
+
+def _fake_python(tmp_path: Path, body: str) -> Path:
+    """An executable standing in for the pipeline's Python: runs ``body`` with our Python."""
+    script = tmp_path / "fake_reader.py"
+    script.write_text(body)
+    exe = tmp_path / "fake-python"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
+    exe.chmod(0o755)
+    return exe
+
+
+#: Answers like ``dagster_events.py --serve``: no events, the cursor's ``n`` plus one.
+FAKE_SERVER = """
+import json, sys
+assert sys.argv[2:4] == ["--dagster-home", "HOME"] and sys.argv[-1] == "--serve", sys.argv
+for line in sys.stdin:
+    cur = json.loads(line)
+    cur["n"] = cur.get("n", 0) + 1
+    print(json.dumps({"events": [], "cursor": cur, "dagster_version": "fake"}), flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("import sys\nsys.stderr.write('no module named dagster\\n')\nsys.exit(3)",
+         ["exited without an answer", "exited with status 3", "no module named dagster"]),
+        ("import sys, time\nsys.stdin.readline()\ntime.sleep(60)",
+         ["no answer within 1s", "exited with status -9"]),
+        ("import sys\nsys.stdin.readline()\nprint('Traceback? not JSON', flush=True)\n"
+         "sys.stdin.readline()",
+         ["unexpected answer", "not JSON"]),
+    ],
+)  # fmt: skip
+def test_subprocess_failures_name_the_command_status_and_stderr(tmp_path, body, expected):
+    from daemon.runrecords import RunRecords, RunRecordsError
+
+    exe = _fake_python(tmp_path, body)
+    records = RunRecords("HOME", FOLDERS, dagster_python=exe, timeout=1)
+    with pytest.raises(RunRecordsError) as info:
+        records.poll()
+    message = str(info.value)
+    assert f"{exe} {dagster_events.__file__}" in message and "--dagster-home HOME" in message
+    for part in expected:
+        assert part in message
+    assert records.cursor == dagster_events.new_cursor()
     records.close()
 
 
-def test_refresh_applies_facts_to_documents_indexed_before_the_event(tmp_path, monkeypatch):
-    """What ``watch`` does live: a raw file is indexed (pending), then the run records say
+def test_subprocess_is_kept_and_restarted_after_it_dies(tmp_path):
+    from daemon.runrecords import RunRecords, RunRecordsError
+
+    records = RunRecords("HOME", FOLDERS, dagster_python=_fake_python(tmp_path, FAKE_SERVER))
+    records.poll()
+    child = records.transport._proc
+    records.poll()
+    assert records.cursor["n"] == 2 and records.transport._proc is child  # one child, kept
+    child.kill()
+    child.wait()
+    with pytest.raises(RunRecordsError, match="status -9"):
+        records.poll()
+    records.poll()  # a new child, the cursor where it was
+    assert records.cursor["n"] == 3 and records.transport._proc is not child
+    assert records.transport.describe().endswith("(Dagster fake)")
+    child = records.transport._proc
+    records.close()
+    assert child.returncode == 0  # closed stdin: it exited by itself
+
+
+def test_a_missing_interpreter_is_logged_and_retried_never_fatal(tmp_path, caplog):
+    from conftest import make_config
+
+    from daemon import runrecords
+    from daemon.indexer import Indexer
+
+    caplog.set_level(logging.INFO, logger="docwatch.runrecords")
+    (tmp_path / "data").mkdir()
+    cfg = make_config(tmp_path / "data", dagster_home=tmp_path / "home",
+                      dagster_python=tmp_path / "no-venv" / "bin" / "python")  # fmt: skip
+    indexer = Indexer(cfg, "watch")
+    records = runrecords.attach(indexer, cfg)  # the first read fails: logged, not raised
+    assert records is not None and records.failures == 1
+    assert indexer.ingestor.enrich == records.enrich
+    assert runrecords.refresh(indexer, records).updated == []
+    assert records.failures == 2
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1  # repeated at most every WARN_EVERY seconds
+    assert "cannot start" in warnings[0].getMessage()
+    assert str(tmp_path / "no-venv" / "bin" / "python") in warnings[0].getMessage()
+    records.transport = FakeTransport(([], dagster_events.new_cursor()))
+    runrecords.refresh(indexer, records)
+    assert records.failures == 0 and "reading again" in caplog.records[-1].getMessage()
+    records.close()
+    indexer.close()
+
+
+# -- a real Dagster instance, read through the pipeline venv's Python ------------------------------
+
+COMBO = "deliberate-rolling-thread-v2"
+OK1, TRUNC1, BOOM1, OK2 = (
+    Draft(f"combo_{n}", COMBO, "sonnet-4") for n in ("ok1", "cut", "boom", "ok2")
+)
+
+
+@pytest.fixture
+def driver(request, tmp_path):
+    d = PipelineDriver(
+        tmp_path, tmp_path / "home", consolidated=getattr(request, "param", "") == "consolidated"
+    )
+    yield d
+    d.close()
+
+
+def _setup(driver, *drafts: Draft, script=None) -> dict:
+    return driver.ok("setup", drafts=[to_plain(d) for d in drafts], script=script or {})
+
+
+def _run(driver, draft: Draft) -> dict:
+    return driver.ok("materialize", stage="draft", task_id=draft.task_id)
+
+
+@pytest.mark.parametrize("driver", ["run-sharded", "consolidated"], indirect=True)
+def test_poll_reads_only_new_events(driver, tmp_path):
+    from daemon.runrecords import RunRecords
+
+    python = require_pipeline_python()
+    info = _setup(driver, OK1, TRUNC1, BOOM1, OK2,
+                  script={TRUNC1.task_id: "truncate", BOOM1.task_id: "error"})  # fmt: skip
+    max_tokens = info["max_tokens"]["draft"]
+    first = _run(driver, OK1)  # draft_prompt is materialised too: not ours, ignored
+    assert first["success"]
+    records = RunRecords(tmp_path / "home", FOLDERS, dagster_python=python)
+    assert records.poll() == {("draft", OK1.task_id)}
+    assert records.poll() == set()  # nothing new
+    trunc, boom = _run(driver, TRUNC1), _run(driver, BOOM1)
+    assert not trunc["success"] and not boom["success"]
+    assert records.poll() == {("draft", TRUNC1.task_id), ("draft", BOOM1.task_id)}
+    assert records.poll() == set()
+    _run(driver, OK2)
+    assert records.poll() == {("draft", OK2.task_id)}
+    assert len(records.book) == 4  # 2 materialisations + 2 failures, each once
+    assert records.transport.describe() == f"{python} (Dagster {info['dagster_version']})"
+
+    def facts(draft, n=1):
+        rel = f"{RAW['draft']}/{draft.task_id}_v{n}.txt"
+        e = records.book.match("draft", draft.task_id, rel, int((time.time() - 60) * SEC))
+        return facts_of(e) if e else None
+
+    assert facts(OK1).run_id == first["run_id"] and facts(OK1).usage_max_tokens == max_tokens
+    assert facts(OK1).status is None and facts(OK1).model_used == "anthropic/claude-sonnet-4"
+    assert facts(TRUNC1).status == "truncated" and facts(TRUNC1).run_id == trunc["run_id"]
+    assert facts(TRUNC1).usage_completion_tokens == max_tokens
+    assert facts(BOOM1) is None  # no raw_path: no file of this failure exists
+    event = next(e for e in records.book._events.values() if e.run_id == boom["run_id"])
+    assert event.kind == "step_failure" and event.partition == BOOM1.task_id
+    assert "provider returned 503" in (event.error or "")
+    assert facts_of(event).status == "gen_error"
+    records.close()
+
+
+ONE_SHOT = """
+import json, sys
+from daemon.dagster_events import read_events
+from daemon.runrecords import RunRecords
+home, folders = sys.argv[1], json.loads(sys.argv[2])
+events, cursor = read_events(home, None)
+again, _ = read_events(home, cursor)
+records = RunRecords(home, folders)  # no dagster_python: in process
+tasks = sorted(records.poll())
+print(json.dumps({"events": events, "again": again, "tasks": tasks,
+                  "transport": records.transport.describe()}))
+records.close()
+"""
+
+
+def test_the_script_by_path_and_in_process_read_the_same(driver, tmp_path):
+    """``dagster_events.py --cursor`` (one shot, as documented for manual use), and, inside
+    the pipeline venv, ``read_events`` and the in-process transport give the same events."""
+    python = require_pipeline_python()
+    _setup(driver, OK1, TRUNC1, script={TRUNC1.task_id: "truncate"})
+    _run(driver, OK1), _run(driver, TRUNC1)
+    home = str(tmp_path / "home")
+    script = [str(python), dagster_events.__file__, "--dagster-home", home]
+    r = subprocess.run(script, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [(e["event"], e["partition"]) for e in doc["events"]] == [
+        ("materialization", OK1.task_id), ("step_failure", TRUNC1.task_id)]  # fmt: skip
+    assert all(event_from_dict(e) is not None for e in doc["events"])
+    r = subprocess.run([*script, "--cursor", json.dumps(doc["cursor"])], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and json.loads(r.stdout)["events"] == [], r.stderr
+    r = subprocess.run([*script, "--cursor", "-"], input=json.dumps(doc["cursor"]),
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0 and json.loads(r.stdout)["events"] == [], r.stderr
+    r = subprocess.run([*script[:-1], str(tmp_path / "nowhere")], capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 1 and r.stdout == "" and "not a directory" in r.stderr
+
+    r = subprocess.run([str(python), "-c", ONE_SHOT, home, json.dumps(FOLDERS)],
+                       capture_output=True, text=True, timeout=120, cwd="/")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    inside = json.loads(r.stdout)
+    assert inside["events"] == doc["events"] and inside["again"] == []
+    assert inside["tasks"] == sorted([["draft", OK1.task_id], ["draft", TRUNC1.task_id]])
+    assert inside["transport"].startswith("in process (Dagster ")
+
+
+def test_in_process_without_dagster_is_a_configuration_error(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.modules['dagster'] = None  # not importable, whatever this venv holds\n"
+        "from daemon.runrecords import InProcess\n"
+        f"InProcess({str(tmp_path)!r}, ['draft_response']).read(None)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode != 0
+    assert "DocwatchError" in r.stderr and "set dagster_python" in r.stderr
+
+
+def test_refresh_applies_facts_to_documents_indexed_before_the_event(driver, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """What ``watch`` does live: a raw file is indexed (pending) before the run records say
     it was truncated; ``refresh`` re-plans the task and the row gets the true status."""
-    dg = require_dagster()
     from conftest import make_config
 
     from daemon import runrecords
@@ -497,31 +703,28 @@ def test_refresh_applies_facts_to_documents_indexed_before_the_event(tmp_path, m
     from daemon.scan import list_candidates
 
     monkeypatch.chdir(tmp_path)
-    home = tmp_path / "home"
-    home.mkdir()
-    parts, assets = _assets(dg)
-    raw = tmp_path / "data" / RAW["draft"] / "trunc-1_v1.txt"
-    raw.parent.mkdir(parents=True)
-    raw.write_text("a response cut in the mid")
-    with dg.instance_for_test(temp_dir=str(home)) as inst:
-        cfg = make_config(tmp_path / "data", dagster_home=home)
-        indexer = Indexer(cfg, "watch")
-        records = runrecords.attach(indexer, cfg)  # nothing recorded yet
-        indexer.ingest(list_candidates(cfg, ["draft"]))
-        with DocumentsIndex(cfg.db) as idx:
-            row = idx.get_latest_by_task("draft", "trunc-1", status={"pending"})
-            assert row["run_id"] == "watch"
-        inst.add_dynamic_partitions("draft_tasks", ["trunc-1"])
-        result = _run(dg, inst, assets, "trunc-1")
-        report = runrecords.refresh(indexer, records)
-        assert report.updated == [row["doc_id"]]
-        with DocumentsIndex(cfg.db) as idx:
-            row = idx.get(row["doc_id"])
-        assert (row["status"], row["run_id"]) == ("truncated", result.run_id)
-        assert (row["usage_completion_tokens"], row["usage_max_tokens"]) == (64, 64)
-        assert row["meta_small"]["status_reason"].startswith("response truncated")
-        task = {("draft", "trunc-1")}
-        assert runrecords.stale_tasks(indexer.con, records.book, task) == set()
-        assert runrecords.refresh(indexer, records).updated == []  # idempotent
-        records.close()
-        indexer.close()
+    info = _setup(driver, TRUNC1, script={TRUNC1.task_id: "truncate"})
+    max_tokens = info["max_tokens"]["draft"]
+    cfg = make_config(tmp_path / "data", dagster_home=tmp_path / "home",
+                      dagster_python=require_pipeline_python())  # fmt: skip
+    indexer = Indexer(cfg, "watch")
+    records = runrecords.attach(indexer, cfg)  # nothing recorded yet
+    assert records is not None and records.failures == 0 and len(records.book) == 0
+    result = _run(driver, TRUNC1)  # writes the raw file, then Dagster records the failure
+    assert not result["success"]
+    indexer.ingest(list_candidates(cfg, ["draft"]))  # indexed before the next poll
+    with DocumentsIndex(cfg.db) as idx:
+        row = idx.get_latest_by_task("draft", TRUNC1.task_id, status={"pending"})
+        assert row["run_id"] == "watch"
+    report = runrecords.refresh(indexer, records)
+    assert report.updated == [row["doc_id"]]
+    with DocumentsIndex(cfg.db) as idx:
+        row = idx.get(row["doc_id"])
+    assert (row["status"], row["run_id"]) == ("truncated", result["run_id"])
+    assert (row["usage_completion_tokens"], row["usage_max_tokens"]) == (max_tokens, max_tokens)
+    assert row["meta_small"]["status_reason"].startswith("response truncated")
+    task = {("draft", TRUNC1.task_id)}
+    assert runrecords.stale_tasks(indexer.con, records.book, task) == set()
+    assert runrecords.refresh(indexer, records).updated == []  # idempotent
+    records.close()
+    indexer.close()

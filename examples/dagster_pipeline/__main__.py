@@ -1,37 +1,50 @@
-"""Demo: ``python -m dagster_pipeline WORKDIR`` (run from ``examples/``).
+"""Demo: ``python -m dagster_pipeline WORKDIR`` (from ``examples/``, with the pipeline venv's
+Python: ``../.venv-pipeline/bin/python -m dagster_pipeline /tmp/demo``).
 
 Creates ``WORKDIR/data`` (tables) and ``WORKDIR/dagster_home``, materialises a few drafts (one
 truncated then retried, one unparsable), essays (LLM and copy mode) and evaluations with the
-in-process executor, runs ``docwatch scan`` (with ``dagster_home``) after each phase so the
-essay and evaluation prompts can resolve their inputs through the index, and prints the index.
-With ``docwatch watch`` running instead, the scans are not needed.
+in-process executor, runs ``docwatch scan`` after each phase so the essay and evaluation prompts
+can resolve their inputs through the index, and prints the index.  ``docwatch`` is docwatch's
+own venv (``--docwatch``, default ``../.venv/bin/docwatch``, else ``docwatch`` on PATH), run with
+``dagster_home`` and ``dagster_python`` = this Python, as deployed.  With ``docwatch watch``
+running instead, the scans are not needed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
 
-from daemon.config import load_config
 from daemon.reader import DocumentsIndex
-from daemon.scan import scan
 
 from . import assets as A
 from .definitions import resources
 from .tables import Draft, Essay, Evaluation, register_partitions, write_tables
 
+_VENV_DOCWATCH = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "docwatch"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path)
+    parser.add_argument("--docwatch", default=str(_VENV_DOCWATCH) if _VENV_DOCWATCH.exists()
+                        else shutil.which("docwatch") or "docwatch",
+                        help="docwatch's command, from its own venv")  # fmt: skip
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(args.workdir)  # the pipeline writes data/... relative to its working directory
     home = Path("dagster_home").resolve()
     home.mkdir(exist_ok=True)
+    config = Path("docwatch.toml").resolve()
+    data = Path("data").resolve()
+    config.write_text(f'data_root = "{data}"\nsettle_seconds = 0\ndagster_home = "{home}"\n'
+                      f'dagster_python = "{sys.executable}"\n')  # fmt: skip
 
     ok = Draft("combo_v1_1f3a9c2b7d4e", "deliberate-rolling-thread-v2", "sonnet-4")
     cut = Draft("combo_v1_2a4b6c8d0e1f", "deliberate-rolling-thread-v2", "sonnet-4")
@@ -43,8 +56,6 @@ def main() -> None:
     script = {cut.task_id: "truncate,ok", bad.task_id: "unparsable", evals[1].task_id: "truncate"}
     write_tables(Path("data"), [ok, cut, bad], essays, evals)
     res = resources("data", script=script)
-    cfg = load_config(None, {}, {"data_root": Path("data"), "settle_seconds": 0,
-                                 "dagster_home": home})  # fmt: skip
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         register_partitions(instance, [ok, cut, bad], essays, evals)
@@ -55,9 +66,9 @@ def main() -> None:
                 result = dg.materialize(assets, partition_key=task.task_id, instance=instance,
                                         resources=res, raise_on_error=False)  # fmt: skip
                 print(f"{'ok    ' if result.success else 'FAILED'} {task.task_id}  {result.run_id}")
-            scan(cfg, run_id="demo")
+            subprocess.run([args.docwatch, "scan", "--config", str(config)], check=True)
 
-    with DocumentsIndex(cfg.db, cfg.docs_root) as idx:
+    with DocumentsIndex(Path("data", "db", "documents.sqlite"), Path("data", "docs")) as idx:
         columns = "stage, task_id, status, run_id, usage_completion_tokens, usage_max_tokens"
         for r in idx.execute(f"SELECT {columns} FROM documents ORDER BY stage, created_at"):
             print(" | ".join(str(v) for v in tuple(r)))

@@ -8,7 +8,10 @@ the token limit (``finish_reason="length"``), the second succeeds.  Behaviours:
 * ``truncate`` — the text stops mid-sentence, ``finish_reason="length"``, and the completion
   tokens equal the requested maximum;
 * ``unparsable`` — a complete response (``finish_reason="stop"``) without the blocks or the
-  score line a parser looks for.
+  score line a parser looks for;
+* ``error`` — the provider fails (``RuntimeError``) before any text exists: no raw file, a
+  step failure without metadata (docwatch: ``gen_error``).  No file is written, so the attempt
+  number does not advance: ``error`` is for every attempt of its task.
 
 Attempts are numbered from 1 (the raw file version about to be written, or for evaluations the
 parsed version).  Tasks not in the script, and attempts past its end, behave ``ok``.  Text is
@@ -28,7 +31,7 @@ WORDS = (  # noqa: SIM905
     "search novelty gradient attention network tension pattern synthesis insight thread lattice "
     "curiosity replay consolidation noise filter critic generator value idea bridge analogy"
 ).split()
-BEHAVIOURS = ("ok", "truncate", "unparsable")
+BEHAVIOURS = ("ok", "truncate", "unparsable", "error")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class FakeLLMClient(dg.ConfigurableResource):
         seed = hashlib.sha256(f"{model}\0{attempt}\0{prompt}".encode()).digest()
         rng = random.Random(seed)
         behaviour = self.behaviour(task_id, attempt)
+        if behaviour == "error":
+            raise RuntimeError(f"provider returned 503 for {task_id} (attempt {attempt})")
         text = _response(rng, stage, parsable=behaviour != "unparsable")
         finish = "stop"
         completion = len(text.split())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "1_raw"  # examples/1_raw
@@ -60,6 +60,20 @@ class Evaluation:
     @property
     def task_id(self) -> str:
         return f"{self.target.task_id}__{self.template}__{self.model}"
+
+
+def to_plain(task: Draft | Essay | Evaluation) -> dict:
+    """A task as plain JSON (``from_plain`` inverts it): how the tests hand tasks to the
+    pipeline's driver (``drive.py``), which runs in another venv."""
+    return asdict(task)
+
+
+def from_plain(d: dict) -> Draft | Essay | Evaluation:
+    if "target" in d:
+        return Evaluation(from_plain(d["target"]), d["template"], d["model"])
+    if "draft" in d:
+        return Essay(from_plain(d["draft"]), d["template"], d["model"])
+    return Draft(d["combo_id"], d["template"], d["model"])
 
 
 def _read(path: Path) -> dict[str, dict[str, str]]:
