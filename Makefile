@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 PIPELINE_VENV   ?= .venv-pipeline
 PIPELINE_STAMP  := $(PIPELINE_VENV)/.installed
 PIPELINE_PYTHON := $(abspath $(PIPELINE_VENV))/bin/python
-DAGSTER_SPEC    ?= dagster==1.13.29  # the version tested; bump deliberately
+# The Dagster version the integration is tested with; bump it deliberately.
+DAGSTER_SPEC    ?= dagster==1.13.29
 # The Dagster tests fail (never skip) when the pipeline venv is missing.
 TEST_ENV := REQUIRE_DAGSTER=1 TEST_PIPELINE_PYTHON=$(PIPELINE_PYTHON)
 
