@@ -14,15 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -34,50 +29,7 @@ from daemon.reader import DocumentsIndex as CoreIndex
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 from dagster_pipeline.tables import Draft, Essay, Evaluation, to_plain  # noqa: E402
-
-
-def wait_until(cond, timeout: float = 60.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
-class NotifySocket:
-    """Stands in for systemd: collects the daemon's sd_notify datagrams (READY=1…)."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="dwd")  # short: sun_path is 108 bytes
-        self.path = os.path.join(self.dir, "notify.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.messages.append(self.sock.recv(65536).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def seen(self, line: str) -> bool:
-        return any(line in m.splitlines() for m in self.messages)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+from support import NotifySocket, wait_until  # noqa: E402
 
 
 def rows(db: Path) -> dict[tuple[str, str, int], dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import watchdog.version
+from support import wait_until
 from watchdog.events import (
     DirCreatedEvent,
     DirDeletedEvent,
@@ -38,17 +39,6 @@ RAW = "3_generation/draft_responses_raw"
 PARSED = "3_generation/draft_responses"
 PROMPT = "3_generation/draft_prompts"
 EVAL_PARSED = "4_evaluation/evaluation_responses"
-
-
-def wait_until(cond, timeout: float = 30.0, interval: float = 0.05, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        time.sleep(interval)
 
 
 def make_cfg(tmp_path: Path, **flags):

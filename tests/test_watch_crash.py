@@ -7,19 +7,14 @@ scan of the finished tree, with `verify` clean.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 
 import legacy_tree
 import pytest
 from test_watch_e2e import (  # noqa: F401  (env and notify are fixtures)
-    REPO,
-    assert_same,
+    assert_verified_and_same_as_scan,
     env,
     notify,
-    rows,
-    scan_of_copy,
     stop,
     wait_ready,
     wait_until,
@@ -54,9 +49,4 @@ def test_watch_dies_at_a_durable_step_then_restart_converges(env, notify, point)
     assert done.is_set()
     wait_until(env.caught_up, 60, interval=0.3, what="the daemon to index everything")
     stop(env, proc, notify)
-    verify = subprocess.run(
-        [sys.executable, "-m", "daemon", "verify", *env.args(env.data, env.db, env.docs)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert_same(rows(env.db), scan_of_copy(env))
+    assert_verified_and_same_as_scan(env)

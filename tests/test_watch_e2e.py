@@ -11,16 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from support import NotifySocket, wait_until
 
 from daemon.config import load_config
 from daemon.locks import writer_lock
@@ -40,50 +39,6 @@ COMPARED = (
     "doc_id, stage, task_id, status, parent_doc_id, logical_key_id, lineage_prev_doc_id, "
     "prompt_path"
 )
-
-
-def wait_until(cond, timeout: float = 60.0, interval: float = 0.1, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        time.sleep(interval)
-
-
-class NotifySocket:
-    """A bound unix datagram socket standing in for systemd; collects every message."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="dwn")  # short: sun_path is 108 bytes
-        self.path = os.path.join(self.dir, "notify.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.messages.append(self.sock.recv(65536).decode())
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-
-    def count(self, line: str) -> int:
-        return sum(line in m.splitlines() for m in self.messages)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -198,6 +153,16 @@ def assert_same(watched: set[tuple], scanned: set[tuple]) -> None:
     )
 
 
+def assert_verified_and_same_as_scan(env: Env) -> None:
+    """`docwatch verify` is clean and the index equals a scan of the finished tree."""
+    verify = subprocess.run(
+        [sys.executable, "-m", "daemon", "verify", *env.args(env.data, env.db, env.docs)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert_same(rows(env.db), scan_of_copy(env))
+
+
 def wait_ready(env: Env, proc: subprocess.Popen, notify: NotifySocket, n: int = 1) -> None:
     wait_until(lambda: notify.count("READY=1") >= n or proc.poll() is not None, 60, what="READY")
     assert proc.poll() is None, env.log(proc)
@@ -252,12 +217,7 @@ def test_kill_9_in_the_middle_then_restart_converges(env, notify):
     wait_until(env.caught_up, 60, interval=0.3, what="the daemon to index everything")
     stop(env, proc, notify)
 
-    verify = subprocess.run(
-        [sys.executable, "-m", "daemon", "verify", *env.args(env.data, env.db, env.docs)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert_same(rows(env.db), scan_of_copy(env))
+    assert_verified_and_same_as_scan(env)
 
 
 def test_a_second_watch_on_the_same_index_exits_4_naming_the_holder(env, notify):

@@ -1,0 +1,58 @@
+"""Helpers shared by the daemon tests: bounded waiting and a stand-in for systemd's socket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+
+
+def wait_until(cond, timeout: float = 60.0, interval: float = 0.1, what: str = ""):
+    """Poll ``cond`` until it returns something truthy (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
+        time.sleep(interval)
+
+
+class NotifySocket:
+    """A bound unix datagram socket standing in for systemd; collects every sd_notify message."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="dwn")  # short: sun_path is 108 bytes
+        self.path = os.path.join(self.dir, "notify.sock")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append(self.sock.recv(65536).decode())
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    def count(self, line: str) -> int:
+        return sum(line in m.splitlines() for m in self.messages)
+
+    def seen(self, line: str) -> bool:
+        return self.count(line) > 0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
