@@ -155,7 +155,7 @@ def test_pipeline_with_docwatch_watch(tmp_path, monkeypatch, notify):
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
-        wait_until(lambda: notify.seen("READY=1") or watch.poll() is not None, 60, "READY=1")
+        wait_until(lambda: notify.seen("READY=1") or watch.poll() is not None, 60, what="READY=1")
         assert watch.poll() is None, log.read_text()
         _run_pipeline_and_check(driver, info["max_tokens"]["draft"], data, db, config, log,
                                 watch)  # fmt: skip
@@ -187,25 +187,25 @@ def _run_pipeline_and_check(driver: PipelineDriver, max_tokens: int, data: Path,
     assert not materialize("draft", D_BAD)["success"]
     for d in (D_OK, D_TRUNC):  # the daemon indexes them live; readers need them
         wait_until(lambda d=d: latest_ok(db, "draft", d.task_id), 30,
-                   f"docwatch watch to index {d.task_id}\n{log.read_text()}")  # fmt: skip
+                   what=f"docwatch watch to index {d.task_id}\n{log.read_text()}")  # fmt: skip
 
     # Phase 2: essays read their draft through the DocumentsIndex resource
     llm_essay = materialize("essay", E_LLM)
     assert llm_essay["success"], driver.stderr()
     assert materialize("essay", E_COPY)["success"], driver.stderr()
     for e in ESSAYS:
-        wait_until(lambda e=e: latest_ok(db, "essay", e.task_id), 30, f"essay {e.task_id}")
+        wait_until(lambda e=e: latest_ok(db, "essay", e.task_id), 30, what=f"essay {e.task_id}")
 
     # Phase 3: evaluations read their target through the resource (one is truncated but kept)
     for v in EVALS:
         assert materialize("evaluation", v)["success"], driver.stderr()
-    wait_until(lambda: len(rows(db)) == 8, 30, f"8 documents\n{log.read_text()}")
+    wait_until(lambda: len(rows(db)) == 8, 30, what=f"8 documents\n{log.read_text()}")
     assert watch.poll() is None, log.read_text()
 
     # Run records: the daemon polls the Dagster instance itself and fills the documents.
     dagster_runs = {r["run_id"] for r in runs.values()}
     wait_until(lambda: all(r["run_id"] in dagster_runs for r in rows(db).values()), 30,
-               f"the daemon to apply the run records\n{log.read_text()}")  # fmt: skip
+               what=f"the daemon to apply the run records\n{log.read_text()}")  # fmt: skip
     got = rows(db)
 
     def doc(stage, task, version=1) -> dict:
