@@ -57,6 +57,7 @@ format: $(STAMP)
 ## bench: ~100,000-file tree; scan vs cp -a, --link vs cp -al, rescan vs walk+stat, RSS
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/live.py
 
 clean:
 	rm -rf $(VENV) $(PIPELINE_VENV) example-data bench/out .pytest_cache .hypothesis

@@ -114,6 +114,7 @@ class Watcher:
         self._last_batch: tuple[int, float] | None = None
         self._signals: int = 0
         self._restore_signals: tuple[int, int] | None = None
+        self.loop_turns = 0  # main-loop wake-ups (an idle daemon sleeps between timers)
         self._watchdog_every = self.notifier.watchdog_interval()
         self._next_ping = 0.0
         self.hold_max = max(4 * cfg.settle_seconds, 10.0)
@@ -219,6 +220,7 @@ class Watcher:
             "records": now + runrecords.POLL_EVERY,
         }
         while not self.stop_requested.is_set():
+            self.loop_turns += 1
             now = time.monotonic()
             wake_at = min([*timers.values(), now + MAX_TICK])
             if (first_due := self.pending.next_due()) is not None:
@@ -255,9 +257,10 @@ class Watcher:
                 self._arm()
                 self._catch_up("reconcile")
                 timers["reconcile"] = time.monotonic() + cfg.reconcile_interval
-            if self.records is not None and now >= timers["records"]:
+            if now >= timers["records"]:  # re-armed even without records: no busy loop
                 timers["records"] = now + runrecords.POLL_EVERY
-                self._account(runrecords.refresh(self.indexer, self.records), 0)
+                if self.records is not None:
+                    self._account(runrecords.refresh(self.indexer, self.records), 0)
             if now >= timers["status"]:
                 timers["status"] = now + STATUS_EVERY
                 self.notifier.status(self._status_text())
