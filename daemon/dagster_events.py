@@ -17,7 +17,7 @@ the daemon requires watchdog 7.1).  ``daemon.runrecords`` uses it in one of two 
   standard input gets a line with that document on standard output; the instance stays open
   between requests.  Any failure: the traceback on standard error and exit status 1.
 
-Events are the plain dicts ``daemon.runrecords.event_from_dict`` takes: ``asset``, ``event``
+Events are the plain dicts ``daemon.runfacts.event_from_dict`` takes: ``asset``, ``event``
 (``materialization`` / ``step_failure``), ``run_id``, ``partition``, ``timestamp`` (seconds),
 ``storage_id``, ``metadata`` (plain values), ``step``, ``description``, ``error``.
 

@@ -24,7 +24,7 @@ from pipeline_side import PipelineDriver, require_pipeline_python
 from daemon import dagster_events
 from daemon.layout import DEFAULT_FOLDERS, folder_roles
 from daemon.model import Attempt, Source, TaskInfo, document_row
-from daemon.runrecords import (
+from daemon.runfacts import (
     MATERIALIZATION,
     PARSED_LAG_SECONDS,
     SKEW_SECONDS,
