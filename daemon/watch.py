@@ -61,7 +61,7 @@ from .events import (
 )
 from .indexer import Indexer
 from .ingest import BatchReport
-from .layout import STAGES, folder_roles
+from .layout import STAGES, folder_roles, parse_name
 from .locks import claim_daemon
 from .scan import list_candidates, missing_document_tasks, task_batches
 from .sdnotify import Notifier
@@ -76,6 +76,7 @@ TABLES_EVERY = 1.0  # task-table change check (also after every batch)
 RETRY_DELAY = 0.25  # a file that changed while being read is looked at again after this
 EMPTY_CHECKS = 5  # an inotify-created file still empty: re-checks before leaving it to reconcile
 MAX_TICK = 0.5  # the main loop wakes at least this often (stop flag, timers)
+RAW_LOOKAHEAD = 3  # raw versions past the last indexed one that a parsed file may pull in
 
 
 def _ignore(signum, frame) -> None:
@@ -109,6 +110,10 @@ class Watcher:
         self.indexer: Indexer | None = None
         self.records: runrecords.RunRecords | None = None
         self.pending = PendingTable(self.roles)
+        self.raw_dirs: dict[str, list] = {}
+        for folder, role in self.roles.items():
+            if role.kind == "raw":
+                self.raw_dirs.setdefault(role.stage, []).append((folder, role))
         self._batch_open: float | None = None
         self._arm_needed = False
         self._last_batch: tuple[int, float] | None = None
@@ -358,7 +363,44 @@ class Watcher:
                 continue
             cands.append(Candidate(Path(e.path), e.role, relpath, st))
         if cands:
-            self._ingest(cands)
+            self._ingest(cands + self._raws_behind(cands))
+
+    def _raws_behind(self, cands: list[Candidate]) -> list[Candidate]:
+        """Raw files that a parsed file in this batch proves complete, though their own close
+        event has not arrived yet (each folder has its own emitter thread, so events of two
+        folders can come out of order).  The pipeline closes the raw before it writes the
+        parsed file, so a raw of the task's next versions with an mtime no later than the
+        parsed file's is complete: ingesting both together pairs them as a scan would, instead
+        of indexing the parsed file alone and retiring that document a moment later."""
+        assert self.indexer is not None
+        queued = {str(c.path) for c in cands}
+        extra: list[Candidate] = []
+        for c in cands:
+            name = parse_name(c.path.name)
+            if c.role.kind != "parsed" or isinstance(name, str):
+                continue
+            try:
+                parsed_mtime = os.lstat(c.path).st_mtime_ns
+            except OSError:
+                continue
+            row = self.indexer.con.execute(
+                "SELECT max(version) FROM sources WHERE stage = ? AND task_id = ? AND kind = 'raw'",
+                (c.role.stage, name.task_id),
+            ).fetchone()
+            first = (row[0] or 0) + 1
+            for folder, role in self.raw_dirs.get(c.role.stage, ()):
+                for version in range(first, first + RAW_LOOKAHEAD):
+                    path = os.path.join(folder, f"{name.task_id}_v{version}.txt")
+                    try:
+                        st = os.lstat(path)
+                    except OSError:
+                        break
+                    if (stat.S_ISREG(st.st_mode) and st.st_mtime_ns <= parsed_mtime
+                            and path not in queued):  # fmt: skip
+                        queued.add(path)
+                        relpath = f"{role.folder}/{os.path.basename(path)}"
+                        extra.append(Candidate(Path(path), role, relpath))
+        return extra
 
     def _requeue(self, e: Pending, due: float, *, tries: int | None = None) -> None:
         self.pending.put(e.path, due, ready=e.ready, awaiting_close=e.awaiting_close,

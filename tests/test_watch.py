@@ -391,3 +391,44 @@ def test_an_idle_daemon_sleeps_between_its_timers(tmp_path):
         time.sleep(2.0)
         turns = w.loop_turns - before
     assert turns <= 2.0 / 0.5 * 3 + 5, f"{turns} wake-ups in 2 s of idling"
+
+
+def test_a_parsed_file_pulls_in_the_raw_it_proves_complete(tmp_path):
+    """Events of two folders can arrive out of order; the parsed file's batch takes its raw."""
+    cfg = make_cfg(tmp_path, settle_seconds=30)
+    data = tmp_path / "data"
+    raw_dir, parsed_dir = data / RAW, data / PARSED
+    raw_dir.mkdir(parents=True)
+    parsed_dir.mkdir(parents=True)
+    task = "combo_v1_0123456789ab__creative-synthesis-v2__sonnet-4"
+    with running(cfg) as w:
+        # The raw appears as a hard link (a create event, no close): it waits for settle_seconds,
+        # as an unclosed file must; nothing but the parsed file can prove it complete.
+        outside = tmp_path / "outside.txt"
+        outside.write_bytes(b"raw text\n")
+        os.link(outside, raw_dir / f"{task}_v1.txt")
+        wait_until(lambda: w.pending.raw_pending(("draft", task)), what="the raw's create event")
+        w.pending._raws.clear()  # as if the raw's event had not been dispatched yet
+        (parsed_dir / f"{task}_v1.txt.tmp").write_bytes(b"parsed text\n")
+        os.replace(parsed_dir / f"{task}_v1.txt.tmp", parsed_dir / f"{task}_v1.txt")
+        db = cfg.db
+
+        def one_ok_document():
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                return con.execute(
+                    "SELECT status, doc_id, raw_chars FROM documents WHERE task_id = ?", (task,)
+                ).fetchall()
+            finally:
+                con.close()
+
+        seen: set[str] = set()
+
+        def settled_ok():
+            rows = one_ok_document()
+            seen.update(r[1] for r in rows)
+            return [r for r in rows if r[0] == "ok"]
+
+        rows = wait_until(settled_ok, timeout=10, interval=0.01, what="an ok document")
+    assert len(rows) == 1 and len(seen) == 1, f"a document came and went: {seen}"
+    assert rows[0][2] is not None, "the raw file was paired with the parsed file"
