@@ -93,6 +93,7 @@ class Ingestor:
         self.known: Callable[[str, int, int], bool] = lambda r, s, m: ix.ledger_has_stat(
             con, r, s, m
         )
+        self._docs_base = Path(os.path.relpath(store.docs_root, settings.data_root)).as_posix()
         #: Documents to rewrite from their sources even if the index says they are current.
         self.force: set[str] = set()
         #: Optional ``enrich(row, attempt) -> row`` (run records: run_id, true status, usage).
@@ -210,12 +211,8 @@ class Ingestor:
         return _Change(attempt, info, row, "update", files, parent_stage, remove)
 
     def _doc_dir(self, attempt: Attempt) -> str:
-        docs = self.store.docs_root
-        try:
-            base = os.path.relpath(docs, self.settings.data_root)
-        except ValueError:
-            base = str(docs)
-        return f"{Path(base).as_posix()}/{attempt.stage}/{attempt.doc_id}"
+        """``doc_dir`` as stored: relative to the data root (SPEC "Output")."""
+        return f"{self._docs_base}/{attempt.stage}/{attempt.doc_id}"
 
     def _parent(self, info: TaskInfo, attempt: Attempt,
                 overlay: dict) -> tuple[str | None, str | None]:  # fmt: skip
@@ -226,7 +223,7 @@ class Ingestor:
             key = (stage, info.parent_task_id)
             cands = overlay.get(key)
             if cands is None:
-                cands = ix.ok_candidates(self.con, *key)
+                cands = overlay[key] = ix.ok_candidates(self.con, *key)  # same for the batch
             chosen = choose_parent(cands, attempt.parent_ref_ns)
             if chosen is not None:
                 return stage, chosen
