@@ -40,12 +40,10 @@ import json
 import math
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -56,6 +54,9 @@ from pathlib import Path
 from run import docwatch_version, fs_type, git_rev, machine, rmtree
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from support import NotifySocket  # noqa: E402  (the same stand-in for systemd the tests use)
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RAW_DIR = "3_generation/draft_responses_raw"
 PARSED_DIR = "3_generation/draft_responses"
@@ -158,46 +159,6 @@ def spread(values: list[float | None]) -> dict:
 
 
 # ---------------------------------------------------------------- systemd's side, the daemon
-
-
-class NotifySocket:
-    """A bound unix datagram socket standing in for systemd; collects every message."""
-
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="dwlive")  # short: sun_path is 108 bytes
-        self.path = os.path.join(self.dir, "notify.sock")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._collect, daemon=True)
-        self._thread.start()
-
-    def _collect(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.messages.append((time.time(), data.decode(errors="replace")))
-
-    def first(self, line: str) -> float | None:
-        for t, m in list(self.messages):
-            if line in m.splitlines():
-                return t
-        return None
-
-    def count(self, line: str) -> int:
-        return sum(line in m.splitlines() for _, m in list(self.messages))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-        rmtree(Path(self.dir))
 
 
 def proc_cpu_s(pid: int) -> float:

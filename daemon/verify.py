@@ -170,9 +170,10 @@ def _check_sources(cfg: Config, con, report: VerifyReport) -> None:
     now = time.time_ns()
     cands = list_candidates(cfg, STAGES)
     report.checked["source_entries"] = len(cands)
+    stats = ix.ledger_stats(con)  # one read of the ledger, as scan does
     for c in cands:
         o = probe(
-            c, known=lambda r, s, m: ix.ledger_has_stat(con, r, s, m), now_ns=now,
+            c, known=lambda r, s, m: ix.in_ledger_stats(stats, r, s, m), now_ns=now,
             settle_ns=int(cfg.settle_seconds * 1e9), max_bytes=cfg.max_file_bytes,
         )  # fmt: skip
         if o.status == NEW and c.role.kind == "prompt":

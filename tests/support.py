@@ -23,7 +23,8 @@ def wait_until(cond, timeout: float = 60.0, interval: float = 0.1, what: str = "
 
 
 class NotifySocket:
-    """A bound unix datagram socket standing in for systemd; collects every sd_notify message."""
+    """A bound unix datagram socket standing in for systemd; collects every sd_notify message
+    with its arrival time (also used by bench/live.py)."""
 
     def __init__(self) -> None:
         self.dir = tempfile.mkdtemp(prefix="dwn")  # short: sun_path is 108 bytes
@@ -31,7 +32,7 @@ class NotifySocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
         self.sock.settimeout(0.2)
-        self.messages: list[str] = []
+        self.received: list[tuple[float, str]] = []  # (time.time(), message)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
@@ -39,11 +40,20 @@ class NotifySocket:
     def _collect(self) -> None:
         while not self._stop.is_set():
             try:
-                self.messages.append(self.sock.recv(65536).decode())
+                data = self.sock.recv(65536)
             except TimeoutError:
                 continue
             except OSError:
                 return
+            self.received.append((time.time(), data.decode(errors="replace")))
+
+    @property
+    def messages(self) -> list[str]:
+        return [m for _, m in list(self.received)]
+
+    def first(self, line: str) -> float | None:
+        """When ``line`` first arrived (None: not yet)."""
+        return next((t for t, m in list(self.received) if line in m.splitlines()), None)
 
     def count(self, line: str) -> int:
         return sum(line in m.splitlines() for m in self.messages)

@@ -432,3 +432,48 @@ def test_a_parsed_file_pulls_in_the_raw_it_proves_complete(tmp_path):
         rows = wait_until(settled_ok, timeout=10, interval=0.01, what="an ok document")
     assert len(rows) == 1 and len(seen) == 1, f"a document came and went: {seen}"
     assert rows[0][2] is not None, "the raw file was paired with the parsed file"
+
+
+def _source_state(root: Path) -> dict[str, tuple]:
+    """What "read-only on sources" protects: each entry's kind, bytes, mode and mtime."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        body = os.readlink(path) if path.is_symlink() else (
+            path.read_bytes() if path.is_file() else None)  # fmt: skip
+        out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, st.st_size, body)
+    return out
+
+
+def test_bad_input_live_is_reported_never_stops_the_daemon_and_sources_stay_untouched(tmp_path):
+    cfg = make_cfg(tmp_path, settle_seconds=0.2)
+    data = Path(cfg.data_root)
+    parsed = data / PARSED
+    parsed.mkdir(parents=True)
+    good = "combo_v1_bbbbbbbbbbbb__creative-synthesis-v2__sonnet-4"
+    with running(cfg) as w:
+        os.symlink("/etc/passwd", parsed / "evil__t__m_v1.txt")
+        (parsed / ".DS_Store").write_bytes(b"noise")
+        (parsed / "left__t__m_v1.txt.tmp").write_bytes(b"in flight")
+        write_atomic(parsed / "bytes__t__m_v1.txt", b"caf\xc3\xa9 \xff\xfe \x80\n")
+        write_atomic(parsed / f"{good}_v1.txt", b"good\n")
+        written = _source_state(data)  # the pipeline is done; from here only docwatch acts
+        wait_until(lambda: documents(cfg, good) and documents(cfg, "bytes__t__m"),
+                   what="the good files indexed next to the bad ones")  # fmt: skip
+        con = sqlite3.connect(f"file:{cfg.db}?mode=ro", uri=True)
+        query = "SELECT relpath, reason FROM problems"
+        problems = wait_until(lambda: con.execute(query).fetchall(), what="the symlink reported")
+        con.close()
+        time.sleep(1.0)  # more loop turns, timers and checks: still nothing touched
+        assert w.indexer is not None and not w.stop_requested.is_set()
+    assert problems == [
+        (
+            f"{PARSED}/evil__t__m_v1.txt",
+            "symbolic link: not followed (copy the file itself into the folder)",
+        )
+    ]
+    assert doc_file(cfg, documents(cfg, "bytes__t__m")[0], "parsed.txt") == (
+        b"caf\xc3\xa9 \xff\xfe \x80\n")  # fmt: skip
+    assert not list(Path(cfg.docs_root).rglob("*passwd*"))
+    assert all(d["task_id"] not in ("evil__t__m", "left__t__m") for d in documents(cfg, None))
+    assert _source_state(data) == written
