@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The pipeline side of the Dagster integration lives in its own venv, as in production: current
 # Dagster (which requires watchdog<7; the daemon requires watchdog 7.1) plus docwatch installed
-# with --no-deps for the `daemon.dagster` resource.  README, "Dagster integration".
+# with --no-deps for the `docwatch.dagster` resource.  README, "Dagster integration".
 PIPELINE_VENV   ?= .venv-pipeline
 PIPELINE_STAMP  := $(PIPELINE_VENV)/.installed
 PIPELINE_PYTHON := $(abspath $(PIPELINE_VENV))/bin/python

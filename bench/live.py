@@ -1,6 +1,6 @@
 """docwatch live benchmark: ``docwatch watch`` under a 10-writer load; latency, rate, idle cost.
 
-Each round starts ``python -m daemon watch`` on an empty data root (only the two draft folders
+Each round starts ``python -m docwatch watch`` on an empty data root (only the two draft folders
 exist) with ``NOTIFY_SOCKET`` bound here and waits for ``READY=1``, then:
 
     latency     10 writer threads at a fixed aggregate rate (default 200 files/s for 10 s),
@@ -117,7 +117,7 @@ with open(out, "w") as f:
 # The RSS reference: an interpreter that imports what the daemon imports, then sleeps.
 FLOOR = r"""
 import sys, time
-import daemon.cli, daemon.watch, watchdog.observers.inotify  # noqa
+import docwatch.cli, docwatch.live.watcher, watchdog.observers.inotify  # noqa
 print("ok", flush=True)
 time.sleep(60)
 """
@@ -205,7 +205,7 @@ def proc_switches(pid: int) -> int:
 
 
 class Daemon:
-    """``python -m daemon watch`` with a real NOTIFY_SOCKET (and systemd's WatchdogSec=60s)."""
+    """``python -m docwatch watch`` with a real NOTIFY_SOCKET (and systemd's WatchdogSec=60s)."""
 
     def __init__(self, data: Path, config: Path, log_path: Path) -> None:
         self.data, self.config, self.log_path = data, config, log_path
@@ -213,7 +213,7 @@ class Daemon:
         self.notify = NotifySocket()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
         env |= {"NOTIFY_SOCKET": self.notify.path, "WATCHDOG_USEC": "60000000"}
-        cmd = [sys.executable, "-m", "daemon", "watch", "--data-root", str(data),
+        cmd = [sys.executable, "-m", "docwatch", "watch", "--data-root", str(data),
                "--config", str(config)]  # fmt: skip
         with open(log_path, "ab") as err:
             self.started = time.time()
@@ -606,7 +606,7 @@ def reference_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Pa
     writers_rate = len(files) / (max(closed) - start)
     time.sleep(a.settle_seconds + 0.2)  # the scan reads settled files only
     os.sync()  # the scan should not pay for the writers' dirty pages
-    cmd = [sys.executable, "-m", "daemon", "scan", "--data-root", str(data), "--config",
+    cmd = [sys.executable, "-m", "docwatch", "scan", "--data-root", str(data), "--config",
            str(config), "--run-id", "bench", "--json"]  # fmt: skip
     with open(logs / f"scan-ref{r}.log", "ab") as err:
         t0 = time.perf_counter()

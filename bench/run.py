@@ -192,7 +192,7 @@ def git_rev() -> str:
 
 def docwatch_version() -> str:
     try:
-        out = subprocess.run([sys.executable, "-m", "daemon", "--version"], cwd=REPO,
+        out = subprocess.run([sys.executable, "-m", "docwatch", "--version"], cwd=REPO,
                              capture_output=True, text=True, check=True)  # fmt: skip
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
@@ -244,7 +244,7 @@ def build_tree(out: Path, files: int, seed: int, reuse: bool, logs: Path) -> dic
 
 
 def scan_cmd(src: Path, dst: Path, link: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "daemon", "scan", "--data-root", str(src),
+    cmd = [sys.executable, "-m", "docwatch", "scan", "--data-root", str(src),
            "--db", str(dst / "db" / "documents.sqlite"), "--docs-root", str(dst / "docs"),
            "--run-id", "bench", "--json"]  # fmt: skip
     return cmd + ["--link"] if link else cmd

@@ -13,8 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
 
 import legacy_tree  # noqa: E402
-
-from daemon.config import load_config  # noqa: E402
+from docwatch.config import load_config  # noqa: E402
 
 SNAPSHOT_COLUMNS = (
     "doc_id", "logical_key_id", "stage", "task_id", "parent_doc_id", "template_id", "model_id",

@@ -33,11 +33,11 @@ def _probe() -> tuple[str | None, str | None]:
     """(Dagster version, None) or (None, the problem)."""
     if not PIPELINE_PYTHON.exists():
         return None, f"the pipeline venv's Python {PIPELINE_PYTHON} does not exist"
-    code = "import dagster, daemon.dagster; print(dagster.__version__)"
+    code = "import dagster; from docwatch.dagster import DocumentsIndex; print(dagster.__version__)"
     r = subprocess.run([str(PIPELINE_PYTHON), "-c", code], capture_output=True, text=True,
-                       timeout=120, cwd="/")  # fmt: skip  # the installed docwatch, not ./daemon
+                       timeout=120, cwd="/")  # fmt: skip  # the installed docwatch
     if r.returncode != 0:
-        return None, f"{PIPELINE_PYTHON} cannot import dagster and daemon.dagster:\n{r.stderr}"
+        return None, f"{PIPELINE_PYTHON} cannot import dagster and docwatch.dagster:\n{r.stderr}"
     return r.stdout.strip(), None
 
 

@@ -11,8 +11,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from conftest import make_config, snapshot
-
-from daemon.cli import main
+from docwatch.cli import main
 
 COMMANDS = ["scan", "status", "latest", "show", "verify", "rebuild-index"]
 
@@ -173,7 +172,7 @@ def test_missing_index_is_a_clear_error(tmp_path):
 def test_console_script_and_python_m_work(tree):
     data_root, _ = tree
     exe = shutil.which("docwatch") or os.path.join(os.path.dirname(sys.executable), "docwatch")
-    for cmd in ([exe], [sys.executable, "-m", "daemon"]):
+    for cmd in ([exe], [sys.executable, "-m", "docwatch"]):
         proc = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "docwatch" in proc.stdout
 
@@ -189,7 +188,7 @@ def test_dry_run_flag_writes_nothing(tree):
 @pytest.mark.skipif(not shutil.which("script"), reason="util-linux `script` gives us a real pty")
 def test_progress_bar_only_on_a_terminal(tree, tmp_path):
     data_root, _ = tree
-    cmd = f"{sys.executable} -m daemon scan --data-root {data_root}"
+    cmd = f"{sys.executable} -m docwatch scan --data-root {data_root}"
     env = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0"}
     on_tty = subprocess.run(["script", "-qec", cmd, str(tmp_path / "typescript")], env=env,
                             capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
+from docwatch.config import Config, ConfigError, load_config
+from docwatch.core.layout import DEFAULT_FOLDERS
 from hypothesis import given
 from hypothesis import strategies as st
-
-from daemon.config import Config, ConfigError, load_config
-from daemon.layout import DEFAULT_FOLDERS
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 

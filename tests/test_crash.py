@@ -16,9 +16,8 @@ import time
 
 import pytest
 from conftest import docs_tree, make_config, snapshot
-
-from daemon.faults import EXIT_CODE, POINTS
-from daemon.verify import verify
+from docwatch.ingest.verify import verify
+from docwatch.store.faults import EXIT_CODE, POINTS
 
 WRITE_POINTS = [p for p in POINTS if p != "recovered"]
 
@@ -28,7 +27,7 @@ def docwatch(data_root, *args, fault: str | None = None, **kw):
     env.pop("DOCWATCH_FAULT", None)
     if fault:
         env["DOCWATCH_FAULT"] = fault
-    cmd = [sys.executable, "-m", "daemon", *args, "--data-root", str(data_root)]
+    cmd = [sys.executable, "-m", "docwatch", *args, "--data-root", str(data_root)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, **kw)
 
 
@@ -84,7 +83,7 @@ def test_sigkill_at_random_instants(golden, copy_tree, tmp_path, seed):
     delays = [rnd.uniform(0.05, 0.9) for _ in range(3)]
     for delay in delays:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "scan", "--run-id", "r", "--data-root", str(victim)],
+            [sys.executable, "-m", "docwatch", "scan", "--run-id", "r", "--data-root", str(victim)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         time.sleep(delay)

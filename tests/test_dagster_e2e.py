@@ -21,10 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from docwatch.errors import DocumentNotFound
+from docwatch.reader import DocumentsIndex as CoreIndex
 from pipeline_side import PipelineDriver, require_pipeline_python
-
-from daemon.errors import DocumentNotFound
-from daemon.reader import DocumentsIndex as CoreIndex
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -49,7 +48,7 @@ def rows(db: Path) -> dict[tuple[str, str, int], dict]:
 
 
 def docwatch_scan(config: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "daemon", "scan", "--config", str(config), "--json"]
+    cmd = [sys.executable, "-m", "docwatch", "scan", "--config", str(config), "--json"]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
@@ -70,8 +69,7 @@ def test_resource_fails_fast_and_opens_lazily(tmp_path):
     """The resource in the pipeline venv: nothing opened or cached while there is no index;
     once ``docwatch scan`` (docwatch's venv) has made one, the same resource object reads it."""
     from conftest import make_config
-
-    from daemon.scan import scan
+    from docwatch.ingest.scan import scan
 
     data = tmp_path / "data"
     db = data / "db" / "documents.sqlite"
@@ -151,7 +149,7 @@ def test_pipeline_with_docwatch_watch(tmp_path, monkeypatch, notify):
     log = tmp_path / "watch.log"
     with open(log, "wb") as out:
         watch = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "watch", "--config", str(config)],
+            [sys.executable, "-m", "docwatch", "watch", "--config", str(config)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:

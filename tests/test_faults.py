@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import SNAPSHOT_COLUMNS, docs_tree, make_config, snapshot
-
-from daemon.docstore import DocStore, FileSource, SourceChanged
-from daemon.scan import scan
-from daemon.verify import verify
+from docwatch.ingest.scan import scan
+from docwatch.ingest.verify import verify
+from docwatch.store.docstore import DocStore, FileSource, SourceChanged
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -42,7 +41,7 @@ def test_real_disk_full_backs_off_and_resumes_by_itself(tree, copy_tree, tmp_pat
     scan(golden_cfg, run_id="r")
     victim = copy_tree(data_root, tmp_path / "victim")
     env = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0", "DOCWATCH_BATCH_MAX_FILES": "40"}
-    cmd = [sys.executable, "-m", "daemon", "scan", "--run-id", "r", "--data-root", str(victim),
+    cmd = [sys.executable, "-m", "docwatch", "scan", "--run-id", "r", "--data-root", str(victim),
            "--docs-root", str(small_fs / "docs")]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-
-from daemon import index as ix
-from daemon.errors import IndexCorrupt
+from docwatch.errors import IndexCorrupt
+from docwatch.store import index as ix
 
 
 def test_fresh_index_has_the_seed_table_wal_and_current_version(tmp_path):

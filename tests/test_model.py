@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from daemon.ids import doc_id_for, hash36
-from daemon.layout import parse_name, split_task_id
-from daemon.model import (
+from docwatch.core.ids import doc_id_for, hash36
+from docwatch.core.layout import parse_name, split_task_id
+from docwatch.core.model import (
     GEN_ERROR,
     OK,
     PARSE_ERROR,
@@ -24,6 +21,8 @@ from daemon.model import (
     logical_key,
     plan_task,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 S = 1_000_000_000
 TASK = "combo_v1_1f3a9c2b7d4e__deliberate-rolling-thread-v2__sonnet-4"

@@ -2,9 +2,10 @@
 
 The pure tests need no Dagster.  The integration tests run the example pipeline with current
 Dagster in the pipeline venv (``tests/pipeline_side.py``: ``.venv-pipeline``, which ``make test``
-builds) and read its instance the way the daemon does in production: ``daemon/dagster_events.py``
-run by path under that venv's Python (``dagster_python``).  They skip only when the pipeline venv
-is missing, and fail instead when ``REQUIRE_DAGSTER`` is set, as ``make test`` does.
+builds) and read its instance the way the daemon does in production:
+``daemon/docwatch/dagster/events.py`` run by path under that venv's Python
+(``dagster_python``).  They skip only when the pipeline venv is missing, and fail instead
+when ``REQUIRE_DAGSTER`` is set, as ``make test`` does.
 """
 
 from __future__ import annotations
@@ -17,14 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from pipeline_side import PipelineDriver, require_pipeline_python
-
-from daemon import dagster_events
-from daemon.layout import DEFAULT_FOLDERS, folder_roles
-from daemon.model import Attempt, Source, TaskInfo, document_row
-from daemon.runfacts import (
+from docwatch.core.layout import DEFAULT_FOLDERS, folder_roles
+from docwatch.core.model import Attempt, Source, TaskInfo, document_row
+from docwatch.dagster import events as dagster_events
+from docwatch.dagster.runfacts import (
     MATERIALIZATION,
     PARSED_LAG_SECONDS,
     SKEW_SECONDS,
@@ -34,6 +31,9 @@ from daemon.runfacts import (
     facts_of,
     relpath_below_root,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pipeline_side import PipelineDriver, require_pipeline_python
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -367,34 +367,35 @@ def test_one_raw_event_names_at_most_one_attempt(scenario):
 
 def test_importing_daemon_never_imports_dagster():
     code = (
-        "import sys, daemon, daemon.runrecords, daemon.scan, daemon.cli\n"
+        "import sys, docwatch, docwatch.dagster.runrecords, docwatch.ingest.scan, docwatch.cli\n"
         "assert 'dagster' not in sys.modules, sorted(m for m in sys.modules if 'dagster' in m)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_the_reader_side_imports_only_the_standard_library():
-    """``import daemon`` (the reader API) and ``daemon.dagster_events`` (the script run by
+    """``import docwatch`` (the reader API) and ``docwatch.dagster.events`` (the script run by
     path under the pipeline's Python) import neither watchdog nor click nor Dagster."""
     code = (
-        "import sys, daemon, daemon.reader, daemon.dagster_events\n"
+        "import sys, docwatch, docwatch.reader, docwatch.dagster.events\n"
         "bad = {'watchdog', 'click', 'dagster'} & {m.split('.')[0] for m in sys.modules}\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
     source = Path(dagster_events.__file__).read_text()
-    assert "from daemon" not in source and "from ." not in source and "import daemon" not in source
+    assert "from docwatch" not in source and "from ." not in source
+    assert "import docwatch" not in source
 
 
 #: Run in the pipeline venv, where docwatch is installed with --no-deps (no click, watchdog 6).
 RESOURCE_IMPORTS = """
 import ast, importlib.metadata as md, json, sys
-import daemon
-assert not {"watchdog", "click", "dagster"} & set(sys.modules), "import daemon"
-import daemon.dagster
-assert "watchdog" not in sys.modules, "import daemon.dagster imported watchdog"
+import docwatch
+assert not {"watchdog", "click", "dagster"} & set(sys.modules), "import docwatch"
+from docwatch.dagster import DocumentsIndex
+assert "watchdog" not in sys.modules, "docwatch.dagster.DocumentsIndex imported watchdog"
 # `import dagster` imports click itself (Dagster's CLI); none of docwatch's modules may.
-ours = sorted(m for m in sys.modules if m == "daemon" or m.startswith("daemon."))
+ours = sorted(m for m in sys.modules if m == "docwatch" or m.startswith("docwatch."))
 for name in ours:
     for node in ast.walk(ast.parse(open(sys.modules[name].__file__).read())):
         if isinstance(node, ast.Import):
@@ -404,22 +405,23 @@ for name in ours:
         else:
             continue
         assert not {"watchdog", "click"} & set(tops), (name, tops)
-print(json.dumps({"modules": ours, "file": daemon.__file__, "docwatch": md.version("docwatch"),
+print(json.dumps({"modules": ours, "file": docwatch.__file__, "docwatch": md.version("docwatch"),
                   "watchdog": md.version("watchdog"), "dagster": md.version("dagster")}))
 """
 
 
 def test_the_resource_works_without_docwatchs_dependencies():
-    """``pip install --no-deps docwatch`` in the pipeline venv: ``daemon.dagster`` (the resource)
+    """``pip install --no-deps docwatch`` in the pipeline venv: ``docwatch.dagster`` (the resource)
     imports only Dagster, the standard library and docwatch's stdlib-only reader."""
     python = require_pipeline_python()
     r = subprocess.run([str(python), "-c", RESOURCE_IMPORTS], capture_output=True, text=True,
                        cwd="/", timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    assert Path(got["file"]).resolve() == REPO / "daemon" / "__init__.py"
+    assert Path(got["file"]).resolve() == REPO / "daemon" / "docwatch" / "__init__.py"
     assert int(got["watchdog"].split(".")[0]) < 7  # the conflict this layout exists for
-    assert "daemon.dagster" in got["modules"] and "daemon.watch" not in got["modules"]
+    assert "docwatch.dagster.documents_index" in got["modules"]
+    assert "docwatch.live.watcher" not in got["modules"]
 
 
 # -- transports: failures are reported and retried, never raised by refresh ---------------------
@@ -448,7 +450,7 @@ class FakeTransport:
 
 
 def test_a_failed_read_leaves_the_cursor_where_it_was():
-    from daemon.runrecords import RunRecords
+    from docwatch.dagster.runrecords import RunRecords
 
     cur1 = {**dagster_events.new_cursor(), "materializations": {"draft_response": 1}}
     transport = FakeTransport(
@@ -506,7 +508,7 @@ for line in sys.stdin:
     ],
 )  # fmt: skip
 def test_subprocess_failures_name_the_command_status_and_stderr(tmp_path, body, expected):
-    from daemon.runrecords import RunRecords, RunRecordsError
+    from docwatch.dagster.runrecords import RunRecords, RunRecordsError
 
     exe = _fake_python(tmp_path, body)
     records = RunRecords("HOME", FOLDERS, dagster_python=exe, timeout=1)
@@ -521,7 +523,7 @@ def test_subprocess_failures_name_the_command_status_and_stderr(tmp_path, body, 
 
 
 def test_subprocess_is_kept_and_restarted_after_it_dies(tmp_path):
-    from daemon.runrecords import RunRecords, RunRecordsError
+    from docwatch.dagster.runrecords import RunRecords, RunRecordsError
 
     records = RunRecords("HOME", FOLDERS, dagster_python=_fake_python(tmp_path, FAKE_SERVER))
     records.poll()
@@ -542,9 +544,8 @@ def test_subprocess_is_kept_and_restarted_after_it_dies(tmp_path):
 
 def test_a_missing_interpreter_is_logged_and_retried_never_fatal(tmp_path, caplog):
     from conftest import make_config
-
-    from daemon import runrecords
-    from daemon.indexer import Indexer
+    from docwatch.dagster import runrecords
+    from docwatch.ingest.indexer import Indexer
 
     caplog.set_level(logging.INFO, logger="docwatch.runrecords")
     (tmp_path / "data").mkdir()
@@ -594,7 +595,7 @@ def _run(driver, draft: Draft) -> dict:
 
 @pytest.mark.parametrize("driver", ["run-sharded", "consolidated"], indirect=True)
 def test_poll_reads_only_new_events(driver, tmp_path):
-    from daemon.runrecords import RunRecords
+    from docwatch.dagster.runrecords import RunRecords
 
     python = require_pipeline_python()
     info = _setup(driver, OK1, TRUNC1, BOOM1, OK2,
@@ -633,8 +634,8 @@ def test_poll_reads_only_new_events(driver, tmp_path):
 
 ONE_SHOT = """
 import json, sys
-from daemon.dagster_events import read_events
-from daemon.runrecords import RunRecords
+from docwatch.dagster.events import read_events
+from docwatch.dagster.runrecords import RunRecords
 home, folders = sys.argv[1], json.loads(sys.argv[2])
 events, cursor = read_events(home, None)
 again, _ = read_events(home, cursor)
@@ -683,7 +684,7 @@ def test_in_process_without_dagster_is_a_configuration_error(tmp_path):
     code = (
         "import sys\n"
         "sys.modules['dagster'] = None  # not importable, whatever this venv holds\n"
-        "from daemon.runrecords import InProcess\n"
+        "from docwatch.dagster.runrecords import InProcess\n"
         f"InProcess({str(tmp_path)!r}, ['draft_response']).read(None)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -696,11 +697,10 @@ def test_refresh_applies_facts_to_documents_indexed_before_the_event(driver, tmp
     """What ``watch`` does live: a raw file is indexed (pending) before the run records say
     it was truncated; ``refresh`` re-plans the task and the row gets the true status."""
     from conftest import make_config
-
-    from daemon import runrecords
-    from daemon.indexer import Indexer
-    from daemon.reader import DocumentsIndex
-    from daemon.scan import list_candidates
+    from docwatch.dagster import runrecords
+    from docwatch.ingest.indexer import Indexer
+    from docwatch.ingest.scan import list_candidates
+    from docwatch.reader import DocumentsIndex
 
     monkeypatch.chdir(tmp_path)
     info = _setup(driver, TRUNC1, script={TRUNC1.task_id: "truncate"})

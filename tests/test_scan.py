@@ -13,12 +13,11 @@ from pathlib import Path
 
 import legacy_tree
 from conftest import docs_tree, make_config, snapshot
-
-from daemon import DocumentsIndex
-from daemon.indexer import Indexer
-from daemon.rebuild import rebuild
-from daemon.scan import list_candidates, scan
-from daemon.verify import verify
+from docwatch import DocumentsIndex
+from docwatch.ingest.indexer import Indexer
+from docwatch.ingest.scan import list_candidates, scan
+from docwatch.ingest.verify import verify
+from docwatch.store.rebuild import rebuild
 
 RAW = "3_generation/draft_responses_raw"
 PARSED = "3_generation/draft_responses"

@@ -8,8 +8,7 @@ import sys
 import uuid
 
 import pytest
-
-from daemon.sdnotify import Notifier
+from docwatch.live.sdnotify import Notifier
 
 
 @pytest.fixture

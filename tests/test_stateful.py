@@ -20,14 +20,13 @@ import time
 from pathlib import Path
 
 from conftest import docs_tree, make_config, snapshot
+from docwatch.ingest.indexer import Indexer
+from docwatch.ingest.scan import list_candidates, scan
+from docwatch.ingest.verify import verify
+from docwatch.store import faults
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
-from daemon import faults
-from daemon.indexer import Indexer
-from daemon.scan import list_candidates, scan
-from daemon.verify import verify
 
 DRAFTS = [f"combo_00{i}__deliberate-rolling-thread-v2__sonnet-4" for i in range(3)]
 ESSAYS = [f"combo_00{i}__synthesis-theme-narrative-v19__sonnet-4" for i in range(3)]

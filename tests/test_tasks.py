@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from docwatch.core import tasks
+from docwatch.core.tasks import TaskTableReader, TaskTables, parse_bool, parse_table, task_info
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from daemon import tasks
-from daemon.tasks import TaskTableReader, TaskTables, parse_bool, parse_table, task_info
 
 SAMPLE_RAW = Path("/work/shared/legacy-sample/1_raw")
 COMBO = "combo_v1_1f3a9c2b7d4e"

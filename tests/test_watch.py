@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 import watchdog.version
+from docwatch.config import load_config
+from docwatch.live.events import EVENT_FILTER, OVERFLOW_LOGGER, OVERFLOW_MESSAGE, OverflowDetector
+from docwatch.live.sdnotify import Notifier
+from docwatch.live.watcher import Watcher
 from support import wait_until
 from watchdog.events import (
     DirCreatedEvent,
@@ -29,11 +33,6 @@ from watchdog.events import (
 )
 from watchdog.observers import inotify_c
 from watchdog.observers.inotify import InotifyObserver
-
-from daemon.config import load_config
-from daemon.events import EVENT_FILTER, OVERFLOW_LOGGER, OVERFLOW_MESSAGE, OverflowDetector
-from daemon.sdnotify import Notifier
-from daemon.watch import Watcher
 
 RAW = "3_generation/draft_responses_raw"
 PARSED = "3_generation/draft_responses"

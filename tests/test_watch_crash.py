@@ -11,6 +11,7 @@ import threading
 
 import legacy_tree
 import pytest
+from docwatch.store.faults import EXIT_CODE, POINTS
 from test_watch_e2e import (  # noqa: F401  (env and notify are fixtures)
     assert_verified_and_same_as_scan,
     env,
@@ -19,8 +20,6 @@ from test_watch_e2e import (  # noqa: F401  (env and notify are fixtures)
     wait_ready,
     wait_until,
 )
-
-from daemon.faults import EXIT_CODE, POINTS
 
 LIVE_POINTS = [p for p in POINTS if p != "recovered"]
 

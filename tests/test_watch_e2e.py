@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 import pytest
+from docwatch.config import load_config
+from docwatch.ingest.scan import scan
+from docwatch.store.locks import writer_lock
 from support import NotifySocket, wait_until
-
-from daemon.config import load_config
-from daemon.locks import writer_lock
-from daemon.scan import scan
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -73,7 +72,7 @@ class Env:
             env |= {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"}
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "watch", *self.args(self.data, self.db, self.docs)],
+            [sys.executable, "-m", "docwatch", "watch", *self.args(self.data, self.db, self.docs)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         proc.log_path = log.name
@@ -136,7 +135,7 @@ def scan_of_copy(env: Env) -> set[tuple]:
     shutil.copytree(env.data, copy, symlinks=True)  # copy2: mtimes preserved to the ns
     db, docs = env.tmp / "scan-index" / "documents.sqlite", env.tmp / "scan-index" / "docs"
     out = subprocess.run(
-        [sys.executable, "-m", "daemon", "scan", *env.args(copy, db, docs), "--json"],
+        [sys.executable, "-m", "docwatch", "scan", *env.args(copy, db, docs), "--json"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -156,7 +155,7 @@ def assert_same(watched: set[tuple], scanned: set[tuple]) -> None:
 def assert_verified_and_same_as_scan(env: Env) -> None:
     """`docwatch verify` is clean and the index equals a scan of the finished tree."""
     verify = subprocess.run(
-        [sys.executable, "-m", "daemon", "verify", *env.args(env.data, env.db, env.docs)],
+        [sys.executable, "-m", "docwatch", "verify", *env.args(env.data, env.db, env.docs)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -20,10 +20,9 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+from docwatch import assets as A
+from docwatch.reader import DocumentsIndex
 
-from daemon.reader import DocumentsIndex
-
-from . import assets as A
 from .definitions import resources
 from .tables import Draft, Essay, Evaluation, register_partitions, write_tables
 

@@ -8,7 +8,7 @@ successful materialisations with the legacy output metadata.
 
 Readers follow the seed's contract: ``essay_prompt`` (and copy-mode ``essay_response``) read
 the latest ok draft, ``evaluation_prompt`` the target document, through the ``documents_index``
-resource (``daemon.dagster.DocumentsIndex``) — never by searching folders.
+resource (``docwatch.dagster.DocumentsIndex``) — never by searching folders.
 """
 
 # No ``from __future__ import annotations`` here: Dagster reads the parameter annotations
@@ -17,8 +17,7 @@ import re
 from pathlib import Path
 
 import dagster as dg
-
-from daemon.dagster import DocumentsIndex
+from docwatch.dagster.documents_index import DocumentsIndex
 
 from .llm import FakeLLMClient
 from .tables import PARTITIONS, task_row, template_row

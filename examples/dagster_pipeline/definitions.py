@@ -2,7 +2,7 @@
 
     dagster dev -m dagster_pipeline.definitions     # from examples/, with DAGSTER_HOME set
 
-The ``documents_index`` resource is docwatch's reader (``daemon.dagster.DocumentsIndex``),
+The ``documents_index`` resource is docwatch's reader (``docwatch.dagster.DocumentsIndex``),
 pointed at the index ``docwatch watch`` keeps for the same data root.
 """
 
@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 
 import dagster as dg
-
-from daemon.dagster import DocumentsIndex
+from docwatch.dagster.documents_index import DocumentsIndex
 
 from .assets import ALL_ASSETS, DataRoot
 from .llm import FakeLLMClient

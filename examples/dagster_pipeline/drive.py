@@ -19,7 +19,7 @@ object per line); answers (stdout) are ``{"ok": true, ...}``, or ``{"ok": false,
   response assets for that partition (in-process executor); answers ``run_id``, ``success``
   and ``metadata`` (asset → the metadata of its materialisation in that run);
 * ``{"op": "resource", "method": "get_latest_by_task", "args": [...], "kwargs": {...}}`` calls
-  the pipeline's ``documents_index`` resource (``daemon.dagster.DocumentsIndex``) and answers
+  the pipeline's ``documents_index`` resource (``docwatch.dagster.DocumentsIndex``) and answers
   ``result``; ``{"op": "resource", "db_path": ..., "docs_root": ..., ...}`` uses a resource
   of its own for those paths, kept for the next calls with the same paths.
 

@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from . import index as ix
-from .config import Config
-from .docstore import DocStore
-from .ingest import BatchReport, Ingestor, IngestSettings
-from .locks import writer_lock
-from .sources import Candidate
-from .tasks import TaskTableReader, TaskTables, task_info
+from docwatch.config import Config
+from docwatch.core.tasks import TaskTableReader, TaskTables, task_info
+from docwatch.ingest.batch import BatchReport, Ingestor, IngestSettings
+from docwatch.ingest.sources import Candidate
+from docwatch.store import index as ix
+from docwatch.store.docstore import DocStore
+from docwatch.store.locks import writer_lock
 
 log = logging.getLogger("docwatch.indexer")
 RETRYABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN}

@@ -48,8 +48,8 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
-from .errors import DocwatchError
-from .layout import FolderRole, parse_name
+from docwatch.core.layout import FolderRole, parse_name
+from docwatch.errors import DocwatchError
 
 log = logging.getLogger("docwatch.watch")
 

@@ -16,7 +16,7 @@ new events and returns the (stage, task_id) pairs they concern.  Two transports:
   Python runs ``dagster_events.py`` by file path, so the instance is read by the Dagster that
   wrote it, whatever docwatch's own venv holds (Dagster >= 1.8.5 requires ``watchdog<7``, the
   daemon watchdog 7.1);
-* ``InProcess`` otherwise: ``import daemon.dagster_events`` here (Dagster must import in
+* ``InProcess`` otherwise: ``import docwatch.dagster.events`` here (Dagster must import in
   docwatch's venv; ``import daemon`` never imports Dagster).
 
 Wiring: ``attach(indexer, cfg)`` (``scan`` and ``watch`` at start) and ``refresh(indexer,
@@ -41,11 +41,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import dagster_events
-from .errors import DocwatchError
-from .index import row_to_dict, split_source_key
-from .layout import STAGES, folder_roles
-from .runfacts import (
+from docwatch.core.layout import STAGES, folder_roles
+from docwatch.dagster import events as dagster_events
+from docwatch.dagster.runfacts import (
     ASSETS,
     Facts,
     RecordBook,
@@ -55,11 +53,13 @@ from .runfacts import (
     facts_of,
     relpath_below_root,
 )
+from docwatch.errors import DocwatchError
+from docwatch.store.index import row_to_dict, split_source_key
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .indexer import Indexer
-    from .ingest import BatchReport
+    from docwatch.config import Config
+    from docwatch.ingest.batch import BatchReport
+    from docwatch.ingest.indexer import Indexer
 
 log = logging.getLogger("docwatch.runrecords")
 
@@ -371,7 +371,7 @@ def refresh(indexer: Indexer, records: RunRecords | None) -> BatchReport:
 
     A Dagster read problem is logged and retried at the next call; it never stops the caller.
     """
-    from .ingest import BatchReport
+    from docwatch.ingest.batch import BatchReport
 
     report = BatchReport()
     if records is None:

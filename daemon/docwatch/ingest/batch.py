@@ -16,11 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, faults
-from . import index as ix
-from .docstore import Batch, DocStore, FileSource, SourceChanged
-from .layout import STAGES
-from .model import (
+from docwatch import __version__
+from docwatch.core.layout import STAGES
+from docwatch.core.model import (
     Attempt,
     ParentCandidate,
     Source,
@@ -30,8 +28,11 @@ from .model import (
     iso_utc,
     plan_task,
 )
-from .sources import DEFERRED, ERROR, IGNORED, NEW, Candidate, Outcome, probe
-from .tasks import TaskTables, task_info
+from docwatch.core.tasks import TaskTables, task_info
+from docwatch.ingest.sources import DEFERRED, ERROR, IGNORED, NEW, Candidate, Outcome, probe
+from docwatch.store import faults
+from docwatch.store import index as ix
+from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
 
 log = logging.getLogger("docwatch.ingest")
 PARSED_ONLY = "parsed-only"

@@ -43,11 +43,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from . import index as ix
-from . import runrecords
-from .config import Config
-from .errors import DocwatchError
-from .events import (
+from docwatch.config import Config
+from docwatch.core.layout import STAGES, folder_roles, parse_name
+from docwatch.dagster import runrecords
+from docwatch.errors import DocwatchError
+from docwatch.ingest.batch import BatchReport
+from docwatch.ingest.indexer import Indexer
+from docwatch.ingest.scan import list_candidates, missing_document_tasks, task_batches
+from docwatch.ingest.sources import Candidate, list_folder
+from docwatch.live.events import (
     CREATED,
     DIRS,
     READY,
@@ -59,13 +63,9 @@ from .events import (
     WatchSet,
     role_dirs,
 )
-from .indexer import Indexer
-from .ingest import BatchReport
-from .layout import STAGES, folder_roles, parse_name
-from .locks import claim_daemon
-from .scan import list_candidates, missing_document_tasks, task_batches
-from .sdnotify import Notifier
-from .sources import Candidate, list_folder
+from docwatch.live.sdnotify import Notifier
+from docwatch.store import index as ix
+from docwatch.store.locks import claim_daemon
 
 log = logging.getLogger("docwatch.watch")
 

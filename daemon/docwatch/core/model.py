@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from .ids import doc_id_for, hash36, logical_key_for
+from docwatch.core.ids import doc_id_for, hash36, logical_key_for
 
 OK, PENDING, PARSE_ERROR, GEN_ERROR = "ok", "pending", "parse_error", "gen_error"
 

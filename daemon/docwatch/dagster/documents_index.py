@@ -10,7 +10,7 @@ writes) is opened lazily on first use, once per resource instance and process (a
 executor process opens its own).
 
     from dagster import Definitions
-    from daemon.dagster import DocumentsIndex
+    from docwatch.dagster.documents_index import DocumentsIndex
 
     defs = Definitions(
         assets=[...],
@@ -37,8 +37,8 @@ from pathlib import Path
 import dagster as dg
 from pydantic import PrivateAttr
 
-from .errors import DocumentNotFound
-from .reader import DocumentsIndex as _CoreIndex
+from docwatch.errors import DocumentNotFound
+from docwatch.reader import DocumentsIndex as _CoreIndex
 
 __all__ = ["DocumentNotFound", "DocumentsIndex"]
 

@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import index as ix
-from . import runrecords
-from .config import Config
-from .indexer import Indexer
-from .ingest import BatchReport
-from .layout import KINDS, STAGES, folder_roles, parse_name
-from .sources import Candidate, list_folder, probe
+from docwatch.config import Config
+from docwatch.core.layout import KINDS, STAGES, folder_roles, parse_name
+from docwatch.dagster import runrecords
+from docwatch.ingest.batch import BatchReport
+from docwatch.ingest.indexer import Indexer
+from docwatch.ingest.sources import Candidate, list_folder, probe
+from docwatch.store import index as ix
 
 log = logging.getLogger("docwatch.scan")
 COUNT_KEYS = ("new", "indexed", "ignored", "deferred", "error", "docs_created", "docs_updated")

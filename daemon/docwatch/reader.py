@@ -12,9 +12,9 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import index as ix
-from .errors import DocumentNotFound
-from .layout import STAGES
+from docwatch.core.layout import STAGES
+from docwatch.errors import DocumentNotFound
+from docwatch.store import index as ix
 
 KINDS = ("raw", "parsed", "prompt")
 _DOC_ID = re.compile(r"^[0-9a-z]{12,16}$")

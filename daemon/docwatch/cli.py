@@ -15,10 +15,11 @@ from pathlib import Path
 
 import click
 
-from . import __version__, faults, logs
-from .config import ConfigError, load_config
-from .errors import DocwatchError
-from .layout import STAGES
+from docwatch import __version__, logs
+from docwatch.config import ConfigError, load_config
+from docwatch.core.layout import STAGES
+from docwatch.errors import DocwatchError
+from docwatch.store import faults
 
 log = logging.getLogger("docwatch")
 EXIT_INTERNAL = 70
@@ -106,8 +107,8 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
     Example:
       docwatch scan --data-root /srv/daydreaming/data --stage draft --json
     """
-    from .indexer import default_run_id
-    from .scan import scan as run_scan
+    from docwatch.ingest.indexer import default_run_id
+    from docwatch.ingest.scan import scan as run_scan
 
     cfg = make_config(config_file, **flags)
     run_id = cfg.run_id or default_run_id()
@@ -163,8 +164,8 @@ def status(config_file, as_json, **flags) -> None:
     Example:
       docwatch status --data-root data --json
     """
-    from .status import render
-    from .status import status as get_status
+    from docwatch.status import render
+    from docwatch.status import status as get_status
 
     cfg = make_config(config_file, **flags)
     emit(get_status(cfg.db), as_json, render)
@@ -196,7 +197,7 @@ def latest(config_file, stage, task_id, field, statuses, as_json, **flags) -> No
     Example:
       docwatch latest draft combo_v1_1f3a9c2b7d4e__creative-synthesis-v2__sonnet-4 --field parsed
     """
-    from .reader import DocumentsIndex
+    from docwatch.reader import DocumentsIndex
 
     cfg = make_config(config_file, **flags)
     with DocumentsIndex(cfg.db, cfg.docs_root) as idx:
@@ -221,7 +222,7 @@ def show(config_file, doc_id, field, as_json, **flags) -> None:
     Example:
       docwatch show 0k3x9q2m7v1c5b8a --json
     """
-    from .reader import DocumentsIndex
+    from docwatch.reader import DocumentsIndex
 
     cfg = make_config(config_file, **flags)
     with DocumentsIndex(cfg.db, cfg.docs_root) as idx:
@@ -259,9 +260,9 @@ def verify(config_file, no_checksums, repair, as_json, **flags) -> None:
     Example:
       docwatch verify --data-root data --repair
     """
-    from .indexer import default_run_id
-    from .verify import repair as run_repair
-    from .verify import verify as run_verify
+    from docwatch.ingest.indexer import default_run_id
+    from docwatch.ingest.verify import repair as run_repair
+    from docwatch.ingest.verify import verify as run_verify
 
     cfg = make_config(config_file, **flags)
     report = run_verify(cfg, checksums=not no_checksums)
@@ -292,8 +293,8 @@ def rebuild_index(config_file, as_json, **flags) -> None:
     Example:
       docwatch rebuild-index --data-root data
     """
-    from .locks import claim_daemon, writer_lock
-    from .rebuild import rebuild
+    from docwatch.store.locks import claim_daemon, writer_lock
+    from docwatch.store.rebuild import rebuild
 
     cfg = make_config(config_file, **flags)
     daemon_lock = claim_daemon(cfg.db)
@@ -332,7 +333,7 @@ def watch(config_file, **flags) -> None:
       docwatch watch --config /etc/docwatch/config.toml
       docwatch watch --data-root /mnt/nfs/data --observer polling --run-id exp-42
     """
-    from .watch import run_watch
+    from docwatch.live.watcher import run_watch
 
     cfg = make_config(config_file, **flags)
     run_watch(cfg)

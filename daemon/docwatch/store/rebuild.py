@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import index as ix
-from .layout import STAGES, parse_name
-from .model import Source
+from docwatch.core.layout import STAGES, parse_name
+from docwatch.core.model import Source
+from docwatch.store import index as ix
 
 
 @dataclass

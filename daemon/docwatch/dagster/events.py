@@ -1,15 +1,15 @@
 """Read the run records of a Dagster instance as plain JSON: the pipeline side of run records.
 
 Self-contained on purpose: this file imports only the standard library and ``dagster`` (lazily),
-never ``daemon.*``, so it runs under the *pipeline's* Python, whose Dagster wrote the instance
+never ``docwatch.*``, so it runs under the *pipeline's* Python, whose Dagster wrote the instance
 (the daemon's own venv cannot hold a current Dagster: Dagster >= 1.8.5 requires ``watchdog<7``,
-the daemon requires watchdog 7.1).  ``daemon.runrecords`` uses it in one of two ways:
+the daemon requires watchdog 7.1).  ``docwatch.dagster.runrecords`` uses it in one of two ways:
 
 * in process, ``read_events(dagster_home, cursor) -> (events, cursor)``, when Dagster imports
   in the daemon's venv and ``dagster_python`` is not configured;
 * by file path, with ``dagster_python`` (the pipeline venv's interpreter):
 
-      <pipeline-python> /path/to/daemon/dagster_events.py --dagster-home H --cursor '<json>'
+      <pipeline-python> .../docwatch/dagster/events.py --dagster-home H --cursor '<json>'
 
   prints one JSON document ``{"events": [...], "cursor": {...}, "dagster_version": "..."}``
   (``--cursor -`` reads the cursor from standard input; no ``--cursor``: from the start).
@@ -17,7 +17,7 @@ the daemon requires watchdog 7.1).  ``daemon.runrecords`` uses it in one of two 
   standard input gets a line with that document on standard output; the instance stays open
   between requests.  Any failure: the traceback on standard error and exit status 1.
 
-Events are the plain dicts ``daemon.runfacts.event_from_dict`` takes: ``asset``, ``event``
+Events are the plain dicts ``docwatch.dagster.runfacts.event_from_dict`` takes: ``asset``, ``event``
 (``materialization`` / ``step_failure``), ``run_id``, ``partition``, ``timestamp`` (seconds),
 ``storage_id``, ``metadata`` (plain values), ``step``, ``description``, ``error``.
 
@@ -48,6 +48,14 @@ import logging
 import os
 import sys
 import traceback
+
+if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(
+    os.path.abspath(__file__)
+):
+    # Run by path: this folder is not a place to import from (its module names could shadow
+    # the ones Dagster imports).
+    del sys.path[0]
+
 from datetime import datetime, timedelta, timezone
 
 #: The legacy pipeline's response assets (``/``-joined asset key paths).

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from daemon.layout import DEFAULT_FOLDERS, KINDS, STAGES, folder_roles
+from docwatch.core.layout import DEFAULT_FOLDERS, KINDS, STAGES, folder_roles
 
 ENV_PREFIX = "DOCWATCH_"
 CONFIG_ENV = "DOCWATCH_CONFIG"

@@ -46,10 +46,10 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
-from .layout import parse_name
+from docwatch.core.layout import parse_name
 
 if TYPE_CHECKING:
-    from .model import Attempt
+    from docwatch.core.model import Attempt
 
 log = logging.getLogger("docwatch.runrecords")
 

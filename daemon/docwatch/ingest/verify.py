@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import index as ix
-from .config import Config
-from .layout import STAGES
-from .model import ParentCandidate, choose_parent
-from .scan import list_candidates
-from .sources import DEFERRED, ERROR, NEW, probe
+from docwatch.config import Config
+from docwatch.core.layout import STAGES
+from docwatch.core.model import ParentCandidate, choose_parent
+from docwatch.ingest.scan import list_candidates
+from docwatch.ingest.sources import DEFERRED, ERROR, NEW, probe
+from docwatch.store import index as ix
 
 CHUNK = 1 << 20
 
@@ -95,7 +95,7 @@ def _check_document(cfg: Config, doc_id: str, stage: str, checksums: bool,
 
 def repair(cfg: Config, doc_ids: set[str], run_id: str) -> int:
     """Rewrite damaged documents from their sources (where the sources still hold the bytes)."""
-    from .indexer import Indexer
+    from docwatch.ingest.indexer import Indexer
 
     indexer = Indexer(cfg, run_id)
     try:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import faults
+from docwatch.store import faults
 
 CHUNK = 1 << 20
 _CONTINUATION = bytes(range(0x80, 0xC0))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from . import index as ix
-from .layout import STAGES
+from docwatch.core.layout import STAGES
+from docwatch.store import index as ix
 
 
 def status(db) -> dict:

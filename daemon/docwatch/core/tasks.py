@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, NamedTuple
 
-from .layout import TASKS_DIR, TEMPLATES_DIR, split_task_id
-from .model import TaskInfo
+from docwatch.core.layout import TASKS_DIR, TEMPLATES_DIR, split_task_id
+from docwatch.core.model import TaskInfo
 
 Row = dict[str, str]
 Table = dict[str, Row]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from .layout import FolderRole, ParsedName, parse_name
-from .model import Source
+from docwatch.core.layout import FolderRole, ParsedName, parse_name
+from docwatch.core.model import Source
 
 log = logging.getLogger("docwatch.sources")
 IN_MEMORY_MAX = 1 << 20  # smaller sources are kept in memory between hashing and copying

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import IndexCorrupt
-from .model import ParentCandidate, Source
+from docwatch.core.model import ParentCandidate, Source
+from docwatch.errors import IndexCorrupt
 
 DOCUMENT_COLUMNS = (
     "doc_id", "logical_key_id", "stage", "task_id", "parent_doc_id", "template_id", "model_id",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import IndexBusy
+from docwatch.errors import IndexBusy
 
 
 class FileLock:

@@ -1,5 +1,0 @@
-"""``python -m daemon`` runs the docwatch CLI."""
-
-from .cli import main
-
-main()

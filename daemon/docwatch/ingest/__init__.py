@@ -1,0 +1,1 @@
+"""Turning legacy files into documents: listing and probing, planning, writing, scanning."""

@@ -1,0 +1,1 @@
+"""The daemon: file events, readiness, the main loop, systemd notification."""

@@ -1,0 +1,1 @@
+"""Where documents live: the index, the document directories, locks, the fault seam."""
