@@ -40,8 +40,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/show_latest.py example-data
 
 ## test: lint, then the whole suite (fast default; the long fault campaign is `make test-long`)
-test: $(STAMP) $(PIPELINE_STAMP)
-	$(BIN)/ruff check daemon tests examples bench
+test: lint $(PIPELINE_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not long"
 
 test-long: $(STAMP) $(PIPELINE_STAMP)

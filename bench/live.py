@@ -75,13 +75,31 @@ link = {link}
 
 # Size presets: (default, --quick)
 PRESETS = {
-    "default": dict(rounds=3, lat_rate=200, lat_s=10.0, pair_rate=50, pair_s=5.0,
-                    ladder=(500, 1000, 2000), ladder_s=4.0, sustained=20_000, idle_s=10.0,
-                    ref_files=5_000),
-    "quick": dict(rounds=1, lat_rate=200, lat_s=3.0, pair_rate=50, pair_s=2.0,
-                  ladder=(500, 1000, 2000), ladder_s=2.0, sustained=3_000, idle_s=3.0,
-                  ref_files=3_000),
-}  # fmt: skip
+    "default": dict(
+        rounds=3,
+        lat_rate=200,
+        lat_s=10.0,
+        pair_rate=50,
+        pair_s=5.0,
+        ladder=(500, 1000, 2000),
+        ladder_s=4.0,
+        sustained=20_000,
+        idle_s=10.0,
+        ref_files=5_000,
+    ),
+    "quick": dict(
+        rounds=1,
+        lat_rate=200,
+        lat_s=3.0,
+        pair_rate=50,
+        pair_s=2.0,
+        ladder=(500, 1000, 2000),
+        ladder_s=2.0,
+        sustained=3_000,
+        idle_s=3.0,
+        ref_files=3_000,
+    ),
+}
 
 # The poller: its own process and read-only connection.  One line per newly visible ledger row,
 # "<time>\t<relpath>", time = time.time() when the poll that first returned it came back (an
@@ -144,18 +162,27 @@ def pct(sorted_vals: list[float], p: float) -> float | None:
 def lat_stats(ms: list[float]) -> dict:
     v = sorted(ms)
     return {
-        "n": len(v), "p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99),
-        "max": v[-1] if v else None, "mean": statistics.fmean(v) if v else None,
-        "over_250ms": sum(x > 250 for x in v), "over_1s": sum(x > 1000 for x in v),
-    }  # fmt: skip
+        "n": len(v),
+        "p50": pct(v, 50),
+        "p90": pct(v, 90),
+        "p99": pct(v, 99),
+        "max": v[-1] if v else None,
+        "mean": statistics.fmean(v) if v else None,
+        "over_250ms": sum(x > 250 for x in v),
+        "over_1s": sum(x > 1000 for x in v),
+    }
 
 
 def spread(values: list[float | None]) -> dict:
     vals = [v for v in values if v is not None]
     if not vals:
         return {"median": None, "min": None, "max": None, "samples": []}
-    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
-            "samples": [round(v, 3) for v in vals]}  # fmt: skip
+    return {
+        "median": statistics.median(vals),
+        "min": min(vals),
+        "max": max(vals),
+        "samples": [round(v, 3) for v in vals],
+    }
 
 
 # ---------------------------------------------------------------- systemd's side, the daemon
@@ -213,8 +240,16 @@ class Daemon:
         self.notify = NotifySocket()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
         env |= {"NOTIFY_SOCKET": self.notify.path, "WATCHDOG_USEC": "60000000"}
-        cmd = [sys.executable, "-m", "docwatch", "watch", "--data-root", str(data),
-               "--config", str(config)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "docwatch",
+            "watch",
+            "--data-root",
+            str(data),
+            "--config",
+            str(config),
+        ]
         with open(log_path, "ab") as err:
             self.started = time.time()
             self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=err, stderr=err)
@@ -224,8 +259,10 @@ class Daemon:
         deadline = time.time() + timeout
         while (t := self.notify.first("READY=1")) is None:
             if self.proc.poll() is not None:
-                raise BenchFailed(f"the daemon exited with {self.proc.returncode} before "
-                                  f"READY=1; see {self.log_path}")  # fmt: skip
+                raise BenchFailed(
+                    f"the daemon exited with {self.proc.returncode} before "
+                    f"READY=1; see {self.log_path}"
+                )
             if time.time() > deadline:
                 raise BenchFailed(f"no READY=1 after {timeout}s; see {self.log_path}")
             time.sleep(0.01)
@@ -268,8 +305,9 @@ class Poller:
 
     def __init__(self, db: Path, out: Path, interval: float) -> None:
         self.out = out
-        self.proc = subprocess.Popen([sys.executable, "-c", POLLER, str(db), str(out),
-                                      str(interval)], stdin=subprocess.PIPE)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", POLLER, str(db), str(out), str(interval)], stdin=subprocess.PIPE
+        )
         self.seen: dict[str, float] = {}
         self.stats: dict = {}
         self._pos = 0
@@ -360,8 +398,9 @@ def write_file(f: File) -> float:
     return time.time()
 
 
-def run_writers(files: list[File], rate: float | None, *, pairs: bool = False,
-                writers: int = WRITERS) -> tuple[float, list[float]]:  # fmt: skip
+def run_writers(
+    files: list[File], rate: float | None, *, pairs: bool = False, writers: int = WRITERS
+) -> tuple[float, list[float]]:
     """Write ``files`` from ``writers`` threads; at ``rate`` files/s in aggregate (file j due
     at start + j/rate), or as fast as they can.  With ``pairs`` a thread writes both files of
     a task, one right after the other.  Returns the start time and each file's close time."""
@@ -400,8 +439,15 @@ def run_writers(files: list[File], rate: float | None, *, pairs: bool = False,
 # ---------------------------------------------------------------- one phase
 
 
-def phase_result(name: str, files: list[File], rate: float | None, start: float,
-                 closed: list[float], poller: Poller, cpu: float) -> dict:  # fmt: skip
+def phase_result(
+    name: str,
+    files: list[File],
+    rate: float | None,
+    start: float,
+    closed: list[float],
+    poller: Poller,
+    cpu: float,
+) -> dict:
     seen = poller.seen
     lat = {"all": [], "raw": [], "parsed": []}
     for f, c in zip(files, closed, strict=True):
@@ -449,8 +495,15 @@ def phase_result(name: str, files: list[File], rate: float | None, start: float,
     return res
 
 
-def run_phase(name: str, files: list[File], rate: float | None, poller: Poller, daemon: Daemon,
-              *, pairs: bool = False) -> dict:  # fmt: skip
+def run_phase(
+    name: str,
+    files: list[File],
+    rate: float | None,
+    poller: Poller,
+    daemon: Daemon,
+    *,
+    pairs: bool = False,
+) -> dict:
     cpu0, over0 = proc_cpu_s(daemon.pid), daemon.overflows()
     start, closed = run_writers(files, rate, pairs=pairs)
     poller.wait_for([f.relpath for f in files], 60 + len(files) / 200, daemon)
@@ -458,10 +511,12 @@ def run_phase(name: str, files: list[File], rate: float | None, poller: Poller, 
     res = phase_result(name, files, rate, start, closed, poller, cpu)
     res["overflow_rescans"] = daemon.overflows() - over0
     lt, over = res["latency_ms"], res["overflow_rescans"]
-    log(f"    {name:<12} {len(files):6d} files  written {res['achieved_rate']:6.0f}/s  "
+    log(
+        f"    {name:<12} {len(files):6d} files  written {res['achieved_rate']:6.0f}/s  "
         f"visible {res['throughput'] or 0:6.0f}/s  lost {res['lost']}  p50 "
         f"{fmt_ms(lt['p50'])}  p99 {fmt_ms(lt['p99'])}  max {fmt_ms(lt['max'])} ms"
-        + (f"  ({over} overflow rescans)" if over else ""))  # fmt: skip
+        + (f"  ({over} overflow rescans)" if over else "")
+    )
     return res
 
 
@@ -491,18 +546,26 @@ def check_index(db: Path, phases: dict[str, tuple[list[File], bool]]) -> tuple[d
         missing = [f.relpath for f in files if ledger[f.relpath] != 1]
         wrong_n = [t for t in tasks if docs[t] != 1]
         wrong_s = [t for t, want in tasks.items() if docs[t] == 1 and status[t] != want]
-        counts[name] = {"files": len(files), "tasks": len(tasks), "ledger_missing": len(missing),
-                        "tasks_without_one_document": len(wrong_n),
-                        "wrong_status": len(wrong_s)}  # fmt: skip
+        counts[name] = {
+            "files": len(files),
+            "tasks": len(tasks),
+            "ledger_missing": len(missing),
+            "tasks_without_one_document": len(wrong_n),
+            "wrong_status": len(wrong_s),
+        }
         if missing:
             bad.append(f"{name}: {len(missing)} files not in the ledger, e.g. {missing[0]}")
         if wrong_n:
-            bad.append(f"{name}: {len(wrong_n)} tasks without exactly one document, e.g. "
-                       f"{wrong_n[0]} ({docs[wrong_n[0]]})")  # fmt: skip
+            bad.append(
+                f"{name}: {len(wrong_n)} tasks without exactly one document, e.g. "
+                f"{wrong_n[0]} ({docs[wrong_n[0]]})"
+            )
         if wrong_s:
             t = wrong_s[0]
-            bad.append(f"{name}: {len(wrong_s)} documents with an unexpected status, e.g. {t} "
-                       f"{status[t]!r} (expected {tasks[t]!r})")  # fmt: skip
+            bad.append(
+                f"{name}: {len(wrong_s)} documents with an unexpected status, e.g. {t} "
+                f"{status[t]!r} (expected {tasks[t]!r})"
+            )
     return counts, bad
 
 
@@ -571,15 +634,22 @@ def one_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) ->
         cpu1, sw1, t1 = proc_cpu_s(daemon.pid), proc_switches(daemon.pid), time.perf_counter()
         st = proc_status(daemon.pid)
         res["idle"] = {
-            "seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
-            "wakeups_per_s": (sw1 - sw0) / (t1 - t0), "rss_kib": st["VmRSS"],
-            "hwm_kib": st["VmHWM"], "threads": st["Threads"],
-        }  # fmt: skip
+            "seconds": t1 - t0,
+            "cpu_s": cpu1 - cpu0,
+            "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
+            "wakeups_per_s": (sw1 - sw0) / (t1 - t0),
+            "rss_kib": st["VmRSS"],
+            "hwm_kib": st["VmHWM"],
+            "threads": st["Threads"],
+        }
         res["daemon_cpu_total_s"] = proc_cpu_s(daemon.pid)
         rc, secs = daemon.stop()
-        res["stop"] = {"exit_code": rc, "seconds": secs,
-                       "stopping_sent": daemon.notify.count("STOPPING=1") > 0,
-                       "watchdog_pings": daemon.notify.count("WATCHDOG=1")}  # fmt: skip
+        res["stop"] = {
+            "exit_code": rc,
+            "seconds": secs,
+            "stopping_sent": daemon.notify.count("STOPPING=1") > 0,
+            "watchdog_pings": daemon.notify.count("WATCHDOG=1"),
+        }
         res["index"], res["checks"] = check_index(daemon.db, written)
         if rc != 0:
             res["checks"].append(f"exit code after SIGTERM was {rc}, expected 0")
@@ -606,8 +676,19 @@ def reference_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Pa
     writers_rate = len(files) / (max(closed) - start)
     time.sleep(a.settle_seconds + 0.2)  # the scan reads settled files only
     os.sync()  # the scan should not pay for the writers' dirty pages
-    cmd = [sys.executable, "-m", "docwatch", "scan", "--data-root", str(data), "--config",
-           str(config), "--run-id", "bench", "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "docwatch",
+        "scan",
+        "--data-root",
+        str(data),
+        "--config",
+        str(config),
+        "--run-id",
+        "bench",
+        "--json",
+    ]
     with open(logs / f"scan-ref{r}.log", "ab") as err:
         t0 = time.perf_counter()
         out = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err)
@@ -617,8 +698,13 @@ def reference_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Pa
     report = json.loads(out.stdout)
     created = sum(s.get("docs_created", 0) for s in report["stages"].values())
     rmtree(data.parent)
-    return {"writers_alone_rate": writers_rate, "scan_s": secs, "scan_rate": len(files) / secs,
-            "scan_docs_created": created, "files": len(files)}  # fmt: skip
+    return {
+        "writers_alone_rate": writers_rate,
+        "scan_s": secs,
+        "scan_rate": len(files) / secs,
+        "scan_docs_created": created,
+        "files": len(files),
+    }
 
 
 def rss_floor() -> int:
@@ -652,14 +738,19 @@ def summarise(rounds: list[dict], refs: list[dict]) -> dict:
             return each(lambda rr: rr["phases"][n][key][sub])
 
         phases[name] = {
-            "offered_rate": first["offered_rate"], "files": first["files"],
-            "p50": ph("latency_ms", "p50"), "p90": ph("latency_ms", "p90"),
-            "p99": ph("latency_ms", "p99"), "max": ph("latency_ms", "max"),
-            "raw_p50": ph("latency_raw_ms", "p50"), "raw_p99": ph("latency_raw_ms", "p99"),
+            "offered_rate": first["offered_rate"],
+            "files": first["files"],
+            "p50": ph("latency_ms", "p50"),
+            "p90": ph("latency_ms", "p90"),
+            "p99": ph("latency_ms", "p99"),
+            "max": ph("latency_ms", "max"),
+            "raw_p50": ph("latency_raw_ms", "p50"),
+            "raw_p99": ph("latency_raw_ms", "p99"),
             "parsed_p50": ph("latency_parsed_ms", "p50"),
             "parsed_p99": ph("latency_parsed_ms", "p99"),
             "pooled": pooled,
-            "achieved_rate": ph("achieved_rate"), "throughput": ph("throughput"),
+            "achieved_rate": ph("achieved_rate"),
+            "throughput": ph("throughput"),
             "drain_s": ph("last_visible_after_last_close_s"),
             "visibility_steps": ph("visibility_steps"),
             "cpu_ms_per_file": ph("daemon_cpu_ms_per_file"),
@@ -668,7 +759,7 @@ def summarise(rounds: list[dict], refs: list[dict]) -> dict:
             "latency_growth_ms": ph("latency_growth_ms"),
             "lost": sum(r["phases"][name]["lost"] for r in rounds),
             "kept_up": [r["phases"][name].get("kept_up") for r in rounds],
-        }  # fmt: skip
+        }
     out = {
         "phases": phases,
         "ready_s": each(lambda r: r["ready_s"]),
@@ -771,7 +862,7 @@ def table(res: dict) -> str:
                 f"{n} {p['overflow_rescans']}" for n, p in ph.items() if any(p["overflow_rescans"])
             )
             or "none"
-        ),  # fmt: skip
+        ),
         f"machine noise: other processes used {s['others_cores']} cores on average during "
         f"each round (of {env['nproc']}; VM steal {s['steal_cores']})",
         f"poller: query {mr(s['poll_query_mean_ms'], '{:.2f}')} ms mean, longest gap between "
@@ -829,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
             "link": a.link,
             "poll_ms": a.poll_ms,
             "writers": WRITERS,
-        },  # fmt: skip
+        },
         "docwatch_rev": git_rev(),
     }
     rounds: list[dict] = []
@@ -843,8 +934,10 @@ def main(argv: list[str] | None = None) -> int:
             if not a.no_reference:
                 log(f"round {r}/{params['rounds']}: references (writers alone, one-shot scan)")
                 refs.append(reference_round(r, a, params, work, logs))
-                log(f"    writers alone {refs[-1]['writers_alone_rate']:.0f} files/s, scan "
-                    f"{refs[-1]['scan_rate']:.0f} files/s")  # fmt: skip
+                log(
+                    f"    writers alone {refs[-1]['writers_alone_rate']:.0f} files/s, scan "
+                    f"{refs[-1]['scan_rate']:.0f} files/s"
+                )
             if not a.keep:
                 rmtree(work / f"r{r}")
     except BenchFailed as exc:
@@ -857,15 +950,17 @@ def main(argv: list[str] | None = None) -> int:
     res["checks"] = [f"round {r['round']}: {c}" for r in rounds for c in r["checks"]]
     for x in refs:
         if x["scan_docs_created"] != x["files"]:
-            res["checks"].append(f"reference scan created {x['scan_docs_created']} documents "
-                                 f"for {x['files']} files")  # fmt: skip
+            res["checks"].append(
+                f"reference scan created {x['scan_docs_created']} documents for {x['files']} files"
+            )
     res["round_results"] = rounds
     res["references"] = refs
     res["total_seconds"] = round(time.perf_counter() - started, 1)
     (out / "live.json").write_text(json.dumps(res, indent=1))
     print(table(res))
-    print(f"\n(total {res['total_seconds']} s; results in {out / 'live.json'}, daemon logs in "
-          f"{logs})")  # fmt: skip
+    print(
+        f"\n(total {res['total_seconds']} s; results in {out / 'live.json'}, daemon logs in {logs})"
+    )
     if not a.keep:
         rmtree(work)
     return 3 if res["checks"] else 0

@@ -181,8 +181,9 @@ def git_rev() -> str:
     try:
 
         def git(*args: str) -> str:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
-                                  check=True).stdout.strip()  # fmt: skip
+            return subprocess.run(
+                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout.strip()
 
         rev, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "daemon")
         return rev + ("+dirty(daemon/)" if dirty else "")
@@ -192,8 +193,13 @@ def git_rev() -> str:
 
 def docwatch_version() -> str:
     try:
-        out = subprocess.run([sys.executable, "-m", "docwatch", "--version"], cwd=REPO,
-                             capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-m", "docwatch", "--version"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
         msg = f"cannot run `{sys.executable} -m daemon` (use the venv's python): {exc}"
@@ -244,9 +250,21 @@ def build_tree(out: Path, files: int, seed: int, reuse: bool, logs: Path) -> dic
 
 
 def scan_cmd(src: Path, dst: Path, link: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "docwatch", "scan", "--data-root", str(src),
-           "--db", str(dst / "db" / "documents.sqlite"), "--docs-root", str(dst / "docs"),
-           "--run-id", "bench", "--json"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "docwatch",
+        "scan",
+        "--data-root",
+        str(src),
+        "--db",
+        str(dst / "db" / "documents.sqlite"),
+        "--docs-root",
+        str(dst / "docs"),
+        "--run-id",
+        "bench",
+        "--json",
+    ]
     return cmd + ["--link"] if link else cmd
 
 
@@ -304,15 +322,19 @@ def checks(reports: dict, tree: dict) -> list[str]:
     for k in ("scan_copy", "scan_link", "rescan"):
         for n, t in enumerate(reports[k]):
             if t["error"] or t["deferred"] or t["problems"]:
-                bad.append(f"{k} round {n}: error={t['error']} deferred={t['deferred']} "
-                           f"problems={t['problems']} (see the logs)")  # fmt: skip
+                bad.append(
+                    f"{k} round {n}: error={t['error']} deferred={t['deferred']} "
+                    f"problems={t['problems']} (see the logs)"
+                )
     for n, t in enumerate(reports["rescan"]):
         if t["new"] or t["docs_created"] or t["docs_updated"]:
             bad.append(f"rescan round {n} was not a no-op: {t}")
     walks = {(w["files"], w["bytes"]) for w in reports["walk"]}
     if len(walks) > 1 or reports["walk"][0]["files"] != tree["total_files"]:
-        bad.append(f"the source tree changed or differs from the generator: {walks} vs "
-                   f"{tree['total_files']} files")  # fmt: skip
+        bad.append(
+            f"the source tree changed or differs from the generator: {walks} vs "
+            f"{tree['total_files']} files"
+        )
     return bad
 
 
@@ -321,11 +343,13 @@ def summarise(samples: dict) -> dict:
     for key, s in samples.items():
         secs = s["seconds"]
         out[key] = {
-            "median_s": statistics.median(secs), "min_s": min(secs), "max_s": max(secs),
+            "median_s": statistics.median(secs),
+            "min_s": min(secs),
+            "max_s": max(secs),
             "samples_s": [round(x, 4) for x in secs],
             "peak_rss_mib": round(max(s["maxrss_kib"]) / 1024, 1),
             "median_rss_mib": round(statistics.median(s["maxrss_kib"]) / 1024, 1),
-        }  # fmt: skip
+        }
     return out
 
 
@@ -344,8 +368,9 @@ def table(res: dict) -> str:
     for key, label in MEASURES:
         m = s[key]
         rss = "" if key.endswith("+sync") else f"{m['peak_rss_mib']:.1f}"
-        lines.append(f"{label:<30} {m['median_s']:9.3f} {m['min_s']:8.3f} {m['max_s']:8.3f} "
-                     f"{rss:>13}")  # fmt: skip
+        lines.append(
+            f"{label:<30} {m['median_s']:9.3f} {m['min_s']:8.3f} {m['max_s']:8.3f} {rss:>13}"
+        )
     lines.append(
         f"(peak RSS floor: `true` spawned the same way reports {res['rss_floor_mib']} MiB)"
     )
@@ -375,9 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="work directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the tree and all outputs")
-    ap.add_argument("--reuse-tree", action="store_true",
-                    help="reuse <out>/tree when built with the same --files, --seed and "
-                    "generator (and keep it)")  # fmt: skip
+    ap.add_argument(
+        "--reuse-tree",
+        action="store_true",
+        help="reuse <out>/tree when built with the same --files, --seed and "
+        "generator (and keep it)",
+    )
     a = ap.parse_args(argv)
     if a.repeats < 1 or a.files < 1:
         ap.error("--files and --repeats must be >= 1")
@@ -417,11 +445,13 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: v["median_s"] for k, v in summary.items()}
     first, walk = reports["scan_copy"][0], reports["walk"][0]
     res["tree"] = {
-        "files": walk["files"], "bytes": walk["bytes"], "candidates": first["candidates"],
+        "files": walk["files"],
+        "bytes": walk["bytes"],
+        "candidates": first["candidates"],
         "documents_created": first["docs_created"],
         "expected_documents": sum(tree["expected_documents"].values()),
         "generator": tree,
-    }  # fmt: skip
+    }
     res["summary"] = summary
     res["ratios"] = {label: med[a_] / med[b_] for a_, b_, label in RATIOS}
     res["rates"] = {

@@ -16,10 +16,23 @@ import legacy_tree  # noqa: E402
 from docwatch.config import load_config  # noqa: E402
 
 SNAPSHOT_COLUMNS = (
-    "doc_id", "logical_key_id", "stage", "task_id", "parent_doc_id", "template_id", "model_id",
-    "prompt_path", "parser", "status", "created_at", "doc_dir", "raw_chars", "parsed_chars",
-    "meta_small", "lineage_prev_doc_id",
-)  # fmt: skip
+    "doc_id",
+    "logical_key_id",
+    "stage",
+    "task_id",
+    "parent_doc_id",
+    "template_id",
+    "model_id",
+    "prompt_path",
+    "parser",
+    "status",
+    "created_at",
+    "doc_dir",
+    "raw_chars",
+    "parsed_chars",
+    "meta_small",
+    "lineage_prev_doc_id",
+)
 
 
 def make_config(data_root: Path, **overrides):

@@ -34,8 +34,9 @@ def _probe() -> tuple[str | None, str | None]:
     if not PIPELINE_PYTHON.exists():
         return None, f"the pipeline venv's Python {PIPELINE_PYTHON} does not exist"
     code = "import dagster; from docwatch.dagster import DocumentsIndex; print(dagster.__version__)"
-    r = subprocess.run([str(PIPELINE_PYTHON), "-c", code], capture_output=True, text=True,
-                       timeout=120, cwd="/")  # fmt: skip  # the installed docwatch
+    r = subprocess.run(
+        [str(PIPELINE_PYTHON), "-c", code], capture_output=True, text=True, timeout=120, cwd="/"
+    )  # the installed docwatch
     if r.returncode != 0:
         return None, f"{PIPELINE_PYTHON} cannot import dagster and docwatch.dagster:\n{r.stderr}"
     return r.stdout.strip(), None
@@ -58,19 +59,32 @@ def dagster_version() -> str | None:
 class PipelineDriver:
     """``examples/dagster_pipeline/drive.py`` running under the pipeline venv's Python."""
 
-    def __init__(self, workdir: Path, dagster_home: Path, *, consolidated: bool = False,
-                 timeout: float = 120.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workdir: Path,
+        dagster_home: Path,
+        *,
+        consolidated: bool = False,
+        timeout: float = 120.0,
+    ) -> None:
         python = require_pipeline_python()
         self.timeout = timeout
         self.stderr_path = workdir / "driver.stderr"
-        cmd = [str(python), str(DRIVER), "--workdir", str(workdir),
-               "--dagster-home", str(dagster_home)]  # fmt: skip
+        cmd = [
+            str(python),
+            str(DRIVER),
+            "--workdir",
+            str(workdir),
+            "--dagster-home",
+            str(dagster_home),
+        ]
         if consolidated:
             cmd.append("--consolidated")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "DAGSTER_"))}
         with open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=err, env=env, bufsize=0)  # fmt: skip
+            self.proc = subprocess.Popen(
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env, bufsize=0
+            )
         self._buffer = b""
 
     def stderr(self) -> str:

@@ -89,8 +89,16 @@ def test_latest_with_failed_status_filter(indexed):
     data_root, summary, _ = indexed
     failed = next(a for a in summary.expected if a.status in ("parse_error", "gen_error"))
     ok_only = run("latest", failed.stage, failed.task_id, "--data-root", data_root)
-    with_failed = run("latest", failed.stage, failed.task_id, "--data-root", data_root,
-                      "--status", failed.status, "--json")  # fmt: skip
+    with_failed = run(
+        "latest",
+        failed.stage,
+        failed.task_id,
+        "--data-root",
+        data_root,
+        "--status",
+        failed.status,
+        "--json",
+    )
     assert with_failed.exit_code == 0, with_failed.output
     assert json.loads(with_failed.output)["status"] == failed.status
     assert ok_only.exit_code in (0, 1)
@@ -190,8 +198,13 @@ def test_progress_bar_only_on_a_terminal(tree, tmp_path):
     data_root, _ = tree
     cmd = f"{sys.executable} -m docwatch scan --data-root {data_root}"
     env = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0"}
-    on_tty = subprocess.run(["script", "-qec", cmd, str(tmp_path / "typescript")], env=env,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    on_tty = subprocess.run(
+        ["script", "-qec", cmd, str(tmp_path / "typescript")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert on_tty.returncode == 0 and "scanning" in on_tty.stdout
     piped = subprocess.run(cmd.split(), env=env, capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0 and "scanning" not in piped.stdout + piped.stderr

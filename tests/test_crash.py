@@ -84,8 +84,10 @@ def test_sigkill_at_random_instants(golden, copy_tree, tmp_path, seed):
     for delay in delays:
         proc = subprocess.Popen(
             [sys.executable, "-m", "docwatch", "scan", "--run-id", "r", "--data-root", str(victim)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -137,26 +137,33 @@ def test_pipeline_with_docwatch_watch(tmp_path, monkeypatch, notify):
     )
     driver = PipelineDriver(tmp_path, home)
     try:  # the task tables, the instance and its partitions, before the daemon starts
-        info = driver.ok("setup", drafts=[to_plain(d) for d in DRAFTS],
-                         essays=[to_plain(e) for e in ESSAYS],
-                         evaluations=[to_plain(v) for v in EVALS], script=SCRIPT)  # fmt: skip
+        info = driver.ok(
+            "setup",
+            drafts=[to_plain(d) for d in DRAFTS],
+            essays=[to_plain(e) for e in ESSAYS],
+            evaluations=[to_plain(v) for v in EVALS],
+            script=SCRIPT,
+        )
     except BaseException:
         driver.close()
         raise
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DOCWATCH_", "NOTIFY", "DAGSTER_"))}  # fmt: skip
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY", "DAGSTER_"))
+    }
     env["NOTIFY_SOCKET"] = notify.path
     log = tmp_path / "watch.log"
     with open(log, "wb") as out:
         watch = subprocess.Popen(
             [sys.executable, "-m", "docwatch", "watch", "--config", str(config)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_until(lambda: notify.seen("READY=1") or watch.poll() is not None, 60, what="READY=1")
         assert watch.poll() is None, log.read_text()
-        _run_pipeline_and_check(driver, info["max_tokens"]["draft"], data, db, config, log,
-                                watch)  # fmt: skip
+        _run_pipeline_and_check(driver, info["max_tokens"]["draft"], data, db, config, log, watch)
         watch.send_signal(signal.SIGTERM)
         assert watch.wait(15) == 0, log.read_text()
     finally:
@@ -168,8 +175,15 @@ def test_pipeline_with_docwatch_watch(tmp_path, monkeypatch, notify):
     assert f"via {python} (Dagster {info['dagster_version']})" in text, text  # the pipeline's
 
 
-def _run_pipeline_and_check(driver: PipelineDriver, max_tokens: int, data: Path, db: Path,
-                            config: Path, log: Path, watch: subprocess.Popen) -> None:  # fmt: skip
+def _run_pipeline_and_check(
+    driver: PipelineDriver,
+    max_tokens: int,
+    data: Path,
+    db: Path,
+    config: Path,
+    log: Path,
+    watch: subprocess.Popen,
+) -> None:
     runs: dict[tuple[str, int], dict] = {}  # (task_id, attempt) → the driver's answer
 
     def materialize(stage: str, task) -> dict:
@@ -184,8 +198,11 @@ def _run_pipeline_and_check(driver: PipelineDriver, max_tokens: int, data: Path,
     assert materialize("draft", D_TRUNC)["success"]
     assert not materialize("draft", D_BAD)["success"]
     for d in (D_OK, D_TRUNC):  # the daemon indexes them live; readers need them
-        wait_until(lambda d=d: latest_ok(db, "draft", d.task_id), 30,
-                   what=f"docwatch watch to index {d.task_id}\n{log.read_text()}")  # fmt: skip
+        wait_until(
+            lambda d=d: latest_ok(db, "draft", d.task_id),
+            30,
+            what=f"docwatch watch to index {d.task_id}\n{log.read_text()}",
+        )
 
     # Phase 2: essays read their draft through the DocumentsIndex resource
     llm_essay = materialize("essay", E_LLM)
@@ -202,8 +219,11 @@ def _run_pipeline_and_check(driver: PipelineDriver, max_tokens: int, data: Path,
 
     # Run records: the daemon polls the Dagster instance itself and fills the documents.
     dagster_runs = {r["run_id"] for r in runs.values()}
-    wait_until(lambda: all(r["run_id"] in dagster_runs for r in rows(db).values()), 30,
-               what=f"the daemon to apply the run records\n{log.read_text()}")  # fmt: skip
+    wait_until(
+        lambda: all(r["run_id"] in dagster_runs for r in rows(db).values()),
+        30,
+        what=f"the daemon to apply the run records\n{log.read_text()}",
+    )
     got = rows(db)
 
     def doc(stage, task, version=1) -> dict:
@@ -214,11 +234,15 @@ def _run_pipeline_and_check(driver: PipelineDriver, max_tokens: int, data: Path,
 
     # every document carries the Dagster run that produced it
     expected_runs = {
-        ("draft", D_OK, 1): run_id(D_OK), ("draft", D_TRUNC, 1): run_id(D_TRUNC, 1),
-        ("draft", D_TRUNC, 2): run_id(D_TRUNC, 2), ("draft", D_BAD, 1): run_id(D_BAD),
-        ("essay", E_LLM, 1): run_id(E_LLM), ("essay", E_COPY, 1): run_id(E_COPY),
-        ("evaluation", V_ESSAY, 1): run_id(V_ESSAY), ("evaluation", V_DRAFT, 1): run_id(V_DRAFT),
-    }  # fmt: skip
+        ("draft", D_OK, 1): run_id(D_OK),
+        ("draft", D_TRUNC, 1): run_id(D_TRUNC, 1),
+        ("draft", D_TRUNC, 2): run_id(D_TRUNC, 2),
+        ("draft", D_BAD, 1): run_id(D_BAD),
+        ("essay", E_LLM, 1): run_id(E_LLM),
+        ("essay", E_COPY, 1): run_id(E_COPY),
+        ("evaluation", V_ESSAY, 1): run_id(V_ESSAY),
+        ("evaluation", V_DRAFT, 1): run_id(V_DRAFT),
+    }
     for (stage, task, version), want in expected_runs.items():
         row = doc(stage, task, version)
         assert row["run_id"] == want, (stage, task.task_id, version, row["meta_small"])

@@ -21,8 +21,9 @@ from docwatch.store.docstore import DocStore, FileSource, SourceChanged
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True)  # fmt: skip
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
     return done.returncode == 0
 
 
@@ -41,8 +42,18 @@ def test_real_disk_full_backs_off_and_resumes_by_itself(tree, copy_tree, tmp_pat
     scan(golden_cfg, run_id="r")
     victim = copy_tree(data_root, tmp_path / "victim")
     env = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0", "DOCWATCH_BATCH_MAX_FILES": "40"}
-    cmd = [sys.executable, "-m", "docwatch", "scan", "--run-id", "r", "--data-root", str(victim),
-           "--docs-root", str(small_fs / "docs")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "docwatch",
+        "scan",
+        "--run-id",
+        "r",
+        "--data-root",
+        str(victim),
+        "--docs-root",
+        str(small_fs / "docs"),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     stderr_lines = []
@@ -67,13 +78,17 @@ def test_index_locked_by_another_process_waits_and_loses_nothing(tree):
     cfg = make_config(data_root)
     scan(cfg, run_id="r", stages=("draft",))
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sqlite3, sys, time\n"
-         f"con = sqlite3.connect({str(cfg.db)!r}, isolation_level=None)\n"
-         "con.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(3)\n"
-         "con.execute('COMMIT')"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            f"con = sqlite3.connect({str(cfg.db)!r}, isolation_level=None)\n"
+            "con.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(3)\n"
+            "con.execute('COMMIT')",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     result = scan(cfg, run_id="r")
     holder.wait(timeout=30)
@@ -89,8 +104,9 @@ def test_second_writer_waits_for_the_writer_lock(tree, copy_tree, tmp_path):
     data_root, summary = tree
     cfg = make_config(data_root, batch_max_files=20)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(scan(cfg, run_id="r")))
-               for _ in range(2)]  # fmt: skip
+    threads = [
+        threading.Thread(target=lambda: results.append(scan(cfg, run_id="r"))) for _ in range(2)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -107,8 +123,7 @@ def test_source_changed_between_hash_and_copy_is_refused(tmp_path):
     batch = store.begin()
     stale = hashlib.sha256(b"old bytes").hexdigest()
     with pytest.raises(SourceChanged):
-        batch.stage("abcdefabcdef1234", "draft", "create",
-                    {"raw.txt": FileSource(src, stale)})  # fmt: skip
+        batch.stage("abcdefabcdef1234", "draft", "create", {"raw.txt": FileSource(src, stale)})
     assert not any(batch.root.iterdir())
     batch.cleanup()
     assert not batch.root.exists()

@@ -27,15 +27,19 @@ from hypothesis import strategies as st
 S = 1_000_000_000
 TASK = "combo_v1_1f3a9c2b7d4e__deliberate-rolling-thread-v2__sonnet-4"
 INFO = TaskInfo("draft", TASK, "deliberate-rolling-thread-v2", "sonnet-4", parser="essay_idea_last")
-FOLDER = {"raw": "3_generation/draft_responses_raw", "parsed": "3_generation/draft_responses",
-          "prompt": "3_generation/draft_prompts"}  # fmt: skip
+FOLDER = {
+    "raw": "3_generation/draft_responses_raw",
+    "parsed": "3_generation/draft_responses",
+    "prompt": "3_generation/draft_prompts",
+}
 WINDOW = 600 * S
 
 
 def src(kind: str, version: int, t: float, task: str = TASK, content: str = "") -> Source:
     sha = hashlib.sha256(f"{kind}{version}{content}".encode()).hexdigest()
-    return Source("draft", kind, f"{FOLDER[kind]}/{task}_v{version}.txt", task, version,
-                  int(t * S), 100, sha)  # fmt: skip
+    return Source(
+        "draft", kind, f"{FOLDER[kind]}/{task}_v{version}.txt", task, version, int(t * S), 100, sha
+    )
 
 
 def plan(sources, now=10_000, info=INFO):
@@ -84,10 +88,15 @@ def test_raw_then_parsed_is_one_ok_attempt_with_prompt():
 
 
 def test_parse_failure_then_retry_pairs_parsed_v1_with_raw_v2():
-    attempts = plan([
-        src("prompt", 1, 0), src("raw", 1, 10), src("prompt", 2, 60), src("raw", 2, 70),
-        src("parsed", 1, 71),
-    ])  # fmt: skip
+    attempts = plan(
+        [
+            src("prompt", 1, 0),
+            src("raw", 1, 10),
+            src("prompt", 2, 60),
+            src("raw", 2, 70),
+            src("parsed", 1, 71),
+        ]
+    )
     first, second = attempts
     assert first.raw.version == 1 and first.parsed is None
     assert first.status == PARSE_ERROR and "newer attempt" in first.status_reason
@@ -146,13 +155,20 @@ def test_choose_parent_latest_ok_not_after_reference():
 
 
 def test_logical_key_unlinked_then_linked_and_row_shape():
-    essay = TaskInfo("essay", "combo_001__synthesis-plain__sonnet-4", "synthesis-plain", "sonnet-4",
-                     parent_stage="draft", parent_task_id="combo_001__x__sonnet-4")  # fmt: skip
+    essay = TaskInfo(
+        "essay",
+        "combo_001__synthesis-plain__sonnet-4",
+        "synthesis-plain",
+        "sonnet-4",
+        parent_stage="draft",
+        parent_task_id="combo_001__x__sonnet-4",
+    )
     assert logical_key(essay, None) != logical_key(essay, "abc")
     assert logical_key(essay, "abc") == logical_key(essay, "abc")
     (a,) = plan([src("raw", 1, 1), src("parsed", 1, 2)])
-    row = document_row(a, INFO, parent_doc_id=None, run_id="r", doc_dir="docs/draft/x",
-                       raw_chars=1, parsed_chars=2)  # fmt: skip
+    row = document_row(
+        a, INFO, parent_doc_id=None, run_id="r", doc_dir="docs/draft/x", raw_chars=1, parsed_chars=2
+    )
     assert row["created_at"] == iso_utc(1 * S) == "1970-01-01T00:00:01.000000Z"
     assert set(row["meta_small"]["sources"]) == {"raw", "parsed", "prompt"}
     assert row["meta_small"]["sources"]["prompt"] is None
@@ -161,10 +177,13 @@ def test_logical_key_unlinked_then_linked_and_row_shape():
 # --- properties ---------------------------------------------------------------------------
 
 events = st.lists(
-    st.tuples(st.sampled_from(["raw", "parsed", "prompt"]), st.integers(1, 4),
-              st.integers(0, 2000)),
-    min_size=1, max_size=14, unique_by=lambda e: (e[0], e[1]),
-)  # fmt: skip
+    st.tuples(
+        st.sampled_from(["raw", "parsed", "prompt"]), st.integers(1, 4), st.integers(0, 2000)
+    ),
+    min_size=1,
+    max_size=14,
+    unique_by=lambda e: (e[0], e[1]),
+)
 
 
 def _sources(evs):
@@ -172,8 +191,17 @@ def _sources(evs):
 
 
 def _summary(attempts):
-    return [(a.doc_id, a.status, a.raw and a.raw.key, a.parsed and a.parsed.key,
-             a.prompt and a.prompt.key, a.lineage_prev_doc_id) for a in attempts]  # fmt: skip
+    return [
+        (
+            a.doc_id,
+            a.status,
+            a.raw and a.raw.key,
+            a.parsed and a.parsed.key,
+            a.prompt and a.prompt.key,
+            a.lineage_prev_doc_id,
+        )
+        for a in attempts
+    ]
 
 
 @settings(max_examples=300)

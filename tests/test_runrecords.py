@@ -57,37 +57,84 @@ SEC = 1_000_000_000
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def ev(kind=MATERIALIZATION, stage="draft", task="t1", *, ts=100.0, sid=1, run=None,
-       raw_version: int | None = 1, data_root="data", partition=True, **metadata):  # fmt: skip
+def ev(
+    kind=MATERIALIZATION,
+    stage="draft",
+    task="t1",
+    *,
+    ts=100.0,
+    sid=1,
+    run=None,
+    raw_version: int | None = 1,
+    data_root="data",
+    partition=True,
+    **metadata,
+):
     """A plain event dict as the I/O part would build it."""
     md = dict(metadata)
     if raw_version is not None:
         md.setdefault("raw_path", f"{data_root}/{RAW[stage]}/{task}_v{raw_version}.txt")
     return {
-        "asset": ASSET[stage], "event": kind, "run_id": run or f"run-{kind}-{sid}",
-        "partition": task if partition else None, "timestamp": ts, "storage_id": sid,
-        "metadata": md, "step": ASSET[stage],
-    }  # fmt: skip
+        "asset": ASSET[stage],
+        "event": kind,
+        "run_id": run or f"run-{kind}-{sid}",
+        "partition": task if partition else None,
+        "timestamp": ts,
+        "storage_id": sid,
+        "metadata": md,
+        "step": ASSET[stage],
+    }
 
 
 def src(stage, kind, task, version, mtime_s: float) -> Source:
     folder = RAW[stage] if kind == "raw" else PARSED[stage]
-    return Source(stage, kind, f"{folder}/{task}_v{version}.txt", task, version,
-                  int(mtime_s * SEC), 10, f"{task}{kind}{version}")  # fmt: skip
+    return Source(
+        stage,
+        kind,
+        f"{folder}/{task}_v{version}.txt",
+        task,
+        version,
+        int(mtime_s * SEC),
+        10,
+        f"{task}{kind}{version}",
+    )
 
 
-def attempt(stage="draft", task="t1", *, raw: float | None = 99.0, parsed: float | None = None,
-            version=1, status="ok") -> Attempt:  # fmt: skip
+def attempt(
+    stage="draft",
+    task="t1",
+    *,
+    raw: float | None = 99.0,
+    parsed: float | None = None,
+    version=1,
+    status="ok",
+) -> Attempt:
     r = src(stage, "raw", task, version, raw) if raw is not None else None
     p = src(stage, "parsed", task, version, parsed) if parsed is not None else None
-    return Attempt(f"doc{stage[:2]}{task}{version}".ljust(12, "0")[:16], stage, task, version,
-                   r, p, None, status, None)  # fmt: skip
+    return Attempt(
+        f"doc{stage[:2]}{task}{version}".ljust(12, "0")[:16],
+        stage,
+        task,
+        version,
+        r,
+        p,
+        None,
+        status,
+        None,
+    )
 
 
 def row_for(a: Attempt, parser: str | None = "essay_idea_last") -> dict:
     info = TaskInfo(a.stage, a.task_id, "tpl", "model", parser=parser)
-    return document_row(a, info, parent_doc_id=None, run_id="backfill-x", doc_dir="docs/x",
-                        raw_chars=None, parsed_chars=None)  # fmt: skip
+    return document_row(
+        a,
+        info,
+        parent_doc_id=None,
+        run_id="backfill-x",
+        doc_dir="docs/x",
+        raw_chars=None,
+        parsed_chars=None,
+    )
 
 
 def book_of(*events: dict) -> RecordBook:
@@ -107,8 +154,10 @@ R1 = "3_generation/draft_responses_raw/t_v1.txt"
     [
         (f"data/{R1}", R1),
         (f"./data/{R1}", R1),
-        ("/srv/dd/data/3_generation/essay_responses_raw/t_v2.txt",
-         "3_generation/essay_responses_raw/t_v2.txt"),
+        (
+            "/srv/dd/data/3_generation/essay_responses_raw/t_v2.txt",
+            "3_generation/essay_responses_raw/t_v2.txt",
+        ),
         (f"other_root/{R1}", R1),
         (R1, R1),
         ("C:\\dd\\data\\3_generation\\draft_responses_raw\\t_v1.txt", R1),
@@ -116,7 +165,7 @@ R1 = "3_generation/draft_responses_raw/t_v1.txt"
         ("data/draft_responses_raw/t_v1.txt", None),  # the folder's parent is part of the rule
         ("t_v1.txt", None),
     ],
-)  # fmt: skip
+)
 def test_raw_path_is_matched_below_the_data_root(raw_path, expected):
     assert relpath_below_root(raw_path, FOLDERS) == expected
 
@@ -131,8 +180,15 @@ def test_longest_configured_folder_wins():
 
 
 def test_truncation_failure_gives_truncated_with_usage_and_reason():
-    d = ev(STEP_FAILURE, finish_reason="length", truncated=True, completion_tokens=4096,
-           requested_max_tokens=4096, raw_chars=9000, model_used="m/x")  # fmt: skip
+    d = ev(
+        STEP_FAILURE,
+        finish_reason="length",
+        truncated=True,
+        completion_tokens=4096,
+        requested_max_tokens=4096,
+        raw_chars=9000,
+        model_used="m/x",
+    )
     d["description"] = "draft truncated"
     f = facts_of(event_from_dict(d))
     assert (f.status, f.failed, f.finish_reason) == ("truncated", True, "length")
@@ -306,11 +362,19 @@ def scenarios(draw):
         kind = draw(st.sampled_from([MATERIALIZATION, STEP_FAILURE]))
         task = draw(st.sampled_from(TASKS))
         named = draw(st.booleans())
-        md = draw(st.fixed_dictionaries({}, optional={
-            "finish_reason": st.sampled_from(["stop", "length"]),
-            "truncated": st.booleans(), "parser": st.just("p"), "error": st.just("e"),
-            "completion_tokens": st.integers(1, 5000), "max_tokens": st.integers(1, 5000),
-        }))  # fmt: skip
+        md = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "finish_reason": st.sampled_from(["stop", "length"]),
+                    "truncated": st.booleans(),
+                    "parser": st.just("p"),
+                    "error": st.just("e"),
+                    "completion_tokens": st.integers(1, 5000),
+                    "max_tokens": st.integers(1, 5000),
+                },
+            )
+        )
         version = draw(st.sampled_from([1, 2])) if named else None
         ts = draw(st.floats(90.0, 400.0))
         events.append(ev(kind, task=task, ts=ts, sid=sid, raw_version=version, **md))
@@ -414,8 +478,9 @@ def test_the_resource_works_without_docwatchs_dependencies():
     """``pip install --no-deps docwatch`` in the pipeline venv: ``docwatch.dagster`` (the resource)
     imports only Dagster, the standard library and docwatch's stdlib-only reader."""
     python = require_pipeline_python()
-    r = subprocess.run([str(python), "-c", RESOURCE_IMPORTS], capture_output=True, text=True,
-                       cwd="/", timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [str(python), "-c", RESOURCE_IMPORTS], capture_output=True, text=True, cwd="/", timeout=120
+    )
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert Path(got["file"]).resolve() == REPO / "daemon" / "docwatch" / "__init__.py"
@@ -498,15 +563,21 @@ for line in sys.stdin:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("import sys\nsys.stderr.write('no module named dagster\\n')\nsys.exit(3)",
-         ["exited without an answer", "exited with status 3", "no module named dagster"]),
-        ("import sys, time\nsys.stdin.readline()\ntime.sleep(60)",
-         ["no answer within 1s", "exited with status -9"]),
-        ("import sys\nsys.stdin.readline()\nprint('Traceback? not JSON', flush=True)\n"
-         "sys.stdin.readline()",
-         ["unexpected answer", "not JSON"]),
+        (
+            "import sys\nsys.stderr.write('no module named dagster\\n')\nsys.exit(3)",
+            ["exited without an answer", "exited with status 3", "no module named dagster"],
+        ),
+        (
+            "import sys, time\nsys.stdin.readline()\ntime.sleep(60)",
+            ["no answer within 1s", "exited with status -9"],
+        ),
+        (
+            "import sys\nsys.stdin.readline()\nprint('Traceback? not JSON', flush=True)\n"
+            "sys.stdin.readline()",
+            ["unexpected answer", "not JSON"],
+        ),
     ],
-)  # fmt: skip
+)
 def test_subprocess_failures_name_the_command_status_and_stderr(tmp_path, body, expected):
     from docwatch.dagster.runrecords import RunRecords, RunRecordsError
 
@@ -549,8 +620,11 @@ def test_a_missing_interpreter_is_logged_and_retried_never_fatal(tmp_path, caplo
 
     caplog.set_level(logging.INFO, logger="docwatch.runrecords")
     (tmp_path / "data").mkdir()
-    cfg = make_config(tmp_path / "data", dagster_home=tmp_path / "home",
-                      dagster_python=tmp_path / "no-venv" / "bin" / "python")  # fmt: skip
+    cfg = make_config(
+        tmp_path / "data",
+        dagster_home=tmp_path / "home",
+        dagster_python=tmp_path / "no-venv" / "bin" / "python",
+    )
     indexer = Indexer(cfg, "watch")
     records = runrecords.attach(indexer, cfg)  # the first read fails: logged, not raised
     assert records is not None and records.failures == 1
@@ -598,8 +672,9 @@ def test_poll_reads_only_new_events(driver, tmp_path):
     from docwatch.dagster.runrecords import RunRecords
 
     python = require_pipeline_python()
-    info = _setup(driver, OK1, TRUNC1, BOOM1, OK2,
-                  script={TRUNC1.task_id: "truncate", BOOM1.task_id: "error"})  # fmt: skip
+    info = _setup(
+        driver, OK1, TRUNC1, BOOM1, OK2, script={TRUNC1.task_id: "truncate", BOOM1.task_id: "error"}
+    )
     max_tokens = info["max_tokens"]["draft"]
     first = _run(driver, OK1)  # draft_prompt is materialised too: not ours, ignored
     assert first["success"]
@@ -659,20 +734,37 @@ def test_the_script_by_path_and_in_process_read_the_same(driver, tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert [(e["event"], e["partition"]) for e in doc["events"]] == [
-        ("materialization", OK1.task_id), ("step_failure", TRUNC1.task_id)]  # fmt: skip
+        ("materialization", OK1.task_id),
+        ("step_failure", TRUNC1.task_id),
+    ]
     assert all(event_from_dict(e) is not None for e in doc["events"])
-    r = subprocess.run([*script, "--cursor", json.dumps(doc["cursor"])], capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [*script, "--cursor", json.dumps(doc["cursor"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["events"] == [], r.stderr
-    r = subprocess.run([*script, "--cursor", "-"], input=json.dumps(doc["cursor"]),
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [*script, "--cursor", "-"],
+        input=json.dumps(doc["cursor"]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and json.loads(r.stdout)["events"] == [], r.stderr
-    r = subprocess.run([*script[:-1], str(tmp_path / "nowhere")], capture_output=True,
-                       text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [*script[:-1], str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 1 and r.stdout == "" and "not a directory" in r.stderr
 
-    r = subprocess.run([str(python), "-c", ONE_SHOT, home, json.dumps(FOLDERS)],
-                       capture_output=True, text=True, timeout=120, cwd="/")  # fmt: skip
+    r = subprocess.run(
+        [str(python), "-c", ONE_SHOT, home, json.dumps(FOLDERS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
     assert r.returncode == 0, r.stderr
     inside = json.loads(r.stdout)
     assert inside["events"] == doc["events"] and inside["again"] == []
@@ -692,8 +784,7 @@ def test_in_process_without_dagster_is_a_configuration_error(tmp_path):
     assert "DocwatchError" in r.stderr and "set dagster_python" in r.stderr
 
 
-def test_refresh_applies_facts_to_documents_indexed_before_the_event(driver, tmp_path,
-                                                                     monkeypatch):  # fmt: skip
+def test_refresh_applies_facts_to_documents_indexed_before_the_event(driver, tmp_path, monkeypatch):
     """What ``watch`` does live: a raw file is indexed (pending) before the run records say
     it was truncated; ``refresh`` re-plans the task and the row gets the true status."""
     from conftest import make_config
@@ -705,8 +796,9 @@ def test_refresh_applies_facts_to_documents_indexed_before_the_event(driver, tmp
     monkeypatch.chdir(tmp_path)
     info = _setup(driver, TRUNC1, script={TRUNC1.task_id: "truncate"})
     max_tokens = info["max_tokens"]["draft"]
-    cfg = make_config(tmp_path / "data", dagster_home=tmp_path / "home",
-                      dagster_python=require_pipeline_python())  # fmt: skip
+    cfg = make_config(
+        tmp_path / "data", dagster_home=tmp_path / "home", dagster_python=require_pipeline_python()
+    )
     indexer = Indexer(cfg, "watch")
     records = runrecords.attach(indexer, cfg)  # nothing recorded yet
     assert records is not None and records.failures == 0 and len(records.book) == 0

@@ -65,8 +65,9 @@ class DocwatchMachine(RuleBasedStateMachine):
 
     # -- the pipeline --------------------------------------------------------------------
 
-    def _write(self, stage: str, kind: str, task: str, data: bytes, new_version: bool,
-               young: bool = False) -> Path:  # fmt: skip
+    def _write(
+        self, stage: str, kind: str, task: str, data: bytes, new_version: bool, young: bool = False
+    ) -> Path:
         key = (stage, kind, task)
         if new_version or key not in self.versions:
             self.versions[key] = self.versions.get(key, 0) + 1
@@ -110,11 +111,15 @@ class DocwatchMachine(RuleBasedStateMachine):
 
     @rule(drop=st.booleans())
     def rewrite_task_table(self, drop):
-        rows = "" if drop else "".join(
-            f"{e},combo_00{i},deliberate-rolling-thread-v2,synthesis-theme-narrative-v19,"
-            f"sonnet-4,Sonnet 4,{d}\n"
-            for i, (e, d) in enumerate(zip(ESSAYS, DRAFTS, strict=True))
-        )  # fmt: skip
+        rows = (
+            ""
+            if drop
+            else "".join(
+                f"{e},combo_00{i},deliberate-rolling-thread-v2,synthesis-theme-narrative-v19,"
+                f"sonnet-4,Sonnet 4,{d}\n"
+                for i, (e, d) in enumerate(zip(ESSAYS, DRAFTS, strict=True))
+            )
+        )
         path = self.data / "2_tasks" / "essay_generation_tasks.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(ESSAY_TABLE + rows)
@@ -129,8 +134,9 @@ class DocwatchMachine(RuleBasedStateMachine):
     def ingest(self, n):
         self._ingest_some(n)
 
-    @rule(point=st.sampled_from([p for p in faults.POINTS if p != "recovered"]),
-          n=st.integers(1, 40))  # fmt: skip
+    @rule(
+        point=st.sampled_from([p for p in faults.POINTS if p != "recovered"]), n=st.integers(1, 40)
+    )
     def crash_during_ingest(self, point, n):
         def hook(reached):
             if reached == point:
@@ -226,7 +232,9 @@ class QuiescentMachine(DocwatchMachine):
 
 
 QuiescentMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=25, deadline=None,
+    max_examples=25,
+    stateful_step_count=25,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)  # fmt: skip
+)
 TestDocwatchStateful = QuiescentMachine.TestCase

@@ -126,10 +126,14 @@ def test_watchdog_71_delivers_what_the_watcher_relies_on(tmp_path):
     obs = InotifyObserver(generate_full_events=True)
     obs.start()
     watch = obs.schedule(rec, str(watched), recursive=False, event_filter=EVENT_FILTER)
-    seen = lambda cls, **kw: lambda: [  # noqa: E731
-        e for e in rec.events
-        if type(e) is cls and all(getattr(e, k) == str(v) for k, v in kw.items())
-    ]  # fmt: skip
+
+    def seen(cls, **kw):
+        return lambda: [
+            e
+            for e in rec.events
+            if type(e) is cls and all(getattr(e, k) == str(v) for k, v in kw.items())
+        ]
+
     try:
         raw = watched / "t_v1.txt"  # in place, as the raw side write does
         with open(raw, "wb") as f:
@@ -438,8 +442,11 @@ def _source_state(root: Path) -> dict[str, tuple]:
     out = {}
     for path in sorted(root.rglob("*")):
         st = path.lstat()
-        body = os.readlink(path) if path.is_symlink() else (
-            path.read_bytes() if path.is_file() else None)  # fmt: skip
+        body = (
+            os.readlink(path)
+            if path.is_symlink()
+            else (path.read_bytes() if path.is_file() else None)
+        )
         out[str(path.relative_to(root))] = (st.st_mode, st.st_mtime_ns, st.st_size, body)
     return out
 
@@ -457,8 +464,10 @@ def test_bad_input_live_is_reported_never_stops_the_daemon_and_sources_stay_unto
         write_atomic(parsed / "bytes__t__m_v1.txt", b"caf\xc3\xa9 \xff\xfe \x80\n")
         write_atomic(parsed / f"{good}_v1.txt", b"good\n")
         written = _source_state(data)  # the pipeline is done; from here only docwatch acts
-        wait_until(lambda: documents(cfg, good) and documents(cfg, "bytes__t__m"),
-                   what="the good files indexed next to the bad ones")  # fmt: skip
+        wait_until(
+            lambda: documents(cfg, good) and documents(cfg, "bytes__t__m"),
+            what="the good files indexed next to the bad ones",
+        )
         con = sqlite3.connect(f"file:{cfg.db}?mode=ro", uri=True)
         query = "SELECT relpath, reason FROM problems"
         problems = wait_until(lambda: con.execute(query).fetchall(), what="the symlink reported")
@@ -472,7 +481,8 @@ def test_bad_input_live_is_reported_never_stops_the_daemon_and_sources_stay_unto
         )
     ]
     assert doc_file(cfg, documents(cfg, "bytes__t__m")[0], "parsed.txt") == (
-        b"caf\xc3\xa9 \xff\xfe \x80\n")  # fmt: skip
+        b"caf\xc3\xa9 \xff\xfe \x80\n"
+    )
     assert not list(Path(cfg.docs_root).rglob("*passwd*"))
     assert all(d["task_id"] not in ("evil__t__m", "left__t__m") for d in documents(cfg, None))
     assert _source_state(data) == written

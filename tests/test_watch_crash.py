@@ -32,8 +32,7 @@ def test_watch_dies_at_a_durable_step_then_restart_converges(env, notify, point)
 
     def pipeline():
         try:
-            legacy_tree.run_pipeline(env.data, combos=2, seed=21, writers=10,
-                                     raw_write_delay=0.05)  # fmt: skip
+            legacy_tree.run_pipeline(env.data, combos=2, seed=21, writers=10, raw_write_delay=0.05)
         finally:
             done.set()
 

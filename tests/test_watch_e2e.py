@@ -61,11 +61,24 @@ class Env:
         self.procs: list[subprocess.Popen] = []
 
     def args(self, data: Path, db: Path, docs: Path) -> list[str]:
-        return ["--config", str(self.config), "--data-root", str(data), "--db", str(db),
-                "--docs-root", str(docs)]  # fmt: skip
+        return [
+            "--config",
+            str(self.config),
+            "--data-root",
+            str(data),
+            "--db",
+            str(db),
+            "--docs-root",
+            str(docs),
+        ]
 
-    def start(self, notify: NotifySocket | None, *, name: str = "watch",
-              extra_env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+    def start(
+        self,
+        notify: NotifySocket | None,
+        *,
+        name: str = "watch",
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.Popen:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
         env |= extra_env or {}
         if notify is not None:
@@ -73,8 +86,11 @@ class Env:
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "docwatch", "watch", *self.args(self.data, self.db, self.docs)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         proc.log_path = log.name
         log.close()
         self.procs.append(proc)
@@ -136,8 +152,11 @@ def scan_of_copy(env: Env) -> set[tuple]:
     db, docs = env.tmp / "scan-index" / "documents.sqlite", env.tmp / "scan-index" / "docs"
     out = subprocess.run(
         [sys.executable, "-m", "docwatch", "scan", *env.args(copy, db, docs), "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     return rows(db)
 
@@ -156,8 +175,11 @@ def assert_verified_and_same_as_scan(env: Env) -> None:
     """`docwatch verify` is clean and the index equals a scan of the finished tree."""
     verify = subprocess.run(
         [sys.executable, "-m", "docwatch", "verify", *env.args(env.data, env.db, env.docs)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert_same(rows(env.db), scan_of_copy(env))
 
@@ -195,8 +217,7 @@ def test_kill_9_in_the_middle_then_restart_converges(env, notify):
 
     def pipeline():
         try:
-            legacy_tree.run_pipeline(env.data, combos=6, seed=13, writers=10,
-                                     raw_write_delay=0.15)  # fmt: skip
+            legacy_tree.run_pipeline(env.data, combos=6, seed=13, writers=10, raw_write_delay=0.15)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -330,8 +351,12 @@ def _burst_test(env: Env, notify: NotifySocket, n: int, timeout: float) -> None:
     proc = env.start(notify)
     wait_ready(env, proc, notify)
     _burst(env, n)
-    wait_until(lambda: len(rows(env.db)) >= n or proc.poll() is not None, timeout, interval=0.5,
-               what=f"{n} documents")  # fmt: skip
+    wait_until(
+        lambda: len(rows(env.db)) >= n or proc.poll() is not None,
+        timeout,
+        interval=0.5,
+        what=f"{n} documents",
+    )
     wait_until(env.caught_up, 60, interval=0.5, what="nothing left to index")
     stop(env, proc, notify)
     assert len(rows(env.db)) == n  # none lost, none twice

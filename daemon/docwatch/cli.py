@@ -28,17 +28,31 @@ EXIT_INTERNAL = 70
 def config_options(func):
     """--config and the path flags every command shares; flags left unset don't override."""
     options = [
-        click.option("--config", "config_file", type=click.Path(path_type=Path),
-                     help="TOML config file (see config.example.toml)."),
-        click.option("--data-root", type=click.Path(path_type=Path),
-                     help="Legacy data root (default: data)."),
-        click.option("--db", type=click.Path(path_type=Path),
-                     help="Index file (default: <data-root>/db/documents.sqlite)."),
-        click.option("--docs-root", type=click.Path(path_type=Path),
-                     help="Document directories (default: <data-root>/docs)."),
-        click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"],
-                     case_sensitive=False), help="Log verbosity (default: INFO)."),
-    ]  # fmt: skip
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path),
+            help="TOML config file (see config.example.toml).",
+        ),
+        click.option(
+            "--data-root", type=click.Path(path_type=Path), help="Legacy data root (default: data)."
+        ),
+        click.option(
+            "--db",
+            type=click.Path(path_type=Path),
+            help="Index file (default: <data-root>/db/documents.sqlite).",
+        ),
+        click.option(
+            "--docs-root",
+            type=click.Path(path_type=Path),
+            help="Document directories (default: <data-root>/docs).",
+        ),
+        click.option(
+            "--log-level",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+            help="Log verbosity (default: INFO).",
+        ),
+    ]
     for option in reversed(options):
         func = option(func)
     return func
@@ -93,8 +107,12 @@ def main() -> None:
 
 @main.command()
 @config_options
-@click.option("--stage", type=click.Choice(STAGES), multiple=True,
-              help="Only this stage (repeatable; default: all).")  # fmt: skip
+@click.option(
+    "--stage",
+    type=click.Choice(STAGES),
+    multiple=True,
+    help="Only this stage (repeatable; default: all).",
+)
 @click.option("--run-id", help="Label stored in run_id (default: backfill-YYYYMMDD).")
 @click.option("--link/--copy", "link", default=None, help="Hard-link sources instead of copying.")
 @click.option("--dry-run", is_flag=True, help="Report counts, write nothing.")
@@ -113,8 +131,13 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
     cfg = make_config(config_file, **flags)
     run_id = cfg.run_id or default_run_id()
     with ProgressBar(enabled=sys.stderr.isatty() and not as_json) as bar:
-        result = run_scan(cfg, stages=stage or STAGES, run_id=run_id, dry_run=dry_run,
-                          progress=bar.start if bar.enabled else None)  # fmt: skip
+        result = run_scan(
+            cfg,
+            stages=stage or STAGES,
+            run_id=run_id,
+            dry_run=dry_run,
+            progress=bar.start if bar.enabled else None,
+        )
     emit(result.as_dict(), as_json, _render_scan)
 
 
@@ -141,8 +164,10 @@ class ProgressBar:
 def _render_scan(d: dict) -> str:
     head = "dry run (nothing written)" if d["dry_run"] else f"run_id {d['run_id']}"
     lines = [f"scan: {head}, {d['seconds']:.2f}s"]
-    lines.append(f"  {'stage':<11}{'new':>7}{'indexed':>9}{'ignored':>9}{'deferred':>10}"
-                 f"{'errors':>8}{'docs+':>8}{'docs~':>8}")  # fmt: skip
+    lines.append(
+        f"  {'stage':<11}{'new':>7}{'indexed':>9}{'ignored':>9}{'deferred':>10}"
+        f"{'errors':>8}{'docs+':>8}{'docs~':>8}"
+    )
     for stage, c in d["stages"].items():
         lines.append(
             f"  {stage:<11}{c['new']:>7}{c['indexed']:>9}{c['ignored']:>9}{c['deferred']:>10}"
@@ -189,7 +214,7 @@ def status(config_file, as_json, **flags) -> None:
     help="Accepted statuses (repeatable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the row as JSON.")
-@handle_errors  # fmt: skip
+@handle_errors
 def latest(config_file, stage, task_id, field, statuses, as_json, **flags) -> None:
     """The latest document of a task (ok by default); exit 1 when there is none.
 
@@ -214,7 +239,7 @@ def latest(config_file, stage, task_id, field, statuses, as_json, **flags) -> No
     help="Print only the directory path, or the text of raw/parsed/prompt.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the row as JSON.")
-@handle_errors  # fmt: skip
+@handle_errors
 def show(config_file, doc_id, field, as_json, **flags) -> None:
     """One document's row (and its directory); exit 1 when the id is unknown.
 
@@ -252,7 +277,7 @@ def _print_document(idx, row: dict, field: str | None, as_json: bool) -> None:
     "--repair", is_flag=True, help="Rewrite damaged documents from their sources, then check again."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@handle_errors  # fmt: skip
+@handle_errors
 def verify(config_file, no_checksums, repair, as_json, **flags) -> None:
     """Check the index against document directories and sources; exit 1 on problems.
 
@@ -303,11 +328,15 @@ def rebuild_index(config_file, as_json, **flags) -> None:
             report = rebuild(cfg.db, cfg.docs_root)
     finally:
         daemon_lock.release()
-    emit(report.as_dict(), as_json, lambda d: (
-        f"rebuilt {d['documents']} documents and {d['sources']} sources"
-        + (f"; old index moved to {d['moved_aside']}" if d["moved_aside"] else "")
-        + "".join(f"\n  problem: {p['path']}: {p['reason']}" for p in d["problems"])
-    ))  # fmt: skip
+    emit(
+        report.as_dict(),
+        as_json,
+        lambda d: (
+            f"rebuilt {d['documents']} documents and {d['sources']} sources"
+            + (f"; old index moved to {d['moved_aside']}" if d["moved_aside"] else "")
+            + "".join(f"\n  problem: {p['path']}: {p['reason']}" for p in d["problems"])
+        ),
+    )
 
 
 @main.command()

@@ -54,8 +54,7 @@ class DocumentsIndex:
             raise DocumentNotFound(f"no document {doc_id!r} in {self.db_path}")
         return row
 
-    def get_latest_by_task(self, stage: str, task_id: str,
-                           status: Iterable[str] = ("ok",)) -> dict:  # fmt: skip
+    def get_latest_by_task(self, stage: str, task_id: str, status: Iterable[str] = ("ok",)) -> dict:
         """Latest document of a task (by created_at, then version) whose status is in ``status``."""
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")

@@ -52,8 +52,10 @@ def render(s: dict) -> str:
     for stage, by_status in s["by_stage"].items():
         detail = ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())) or "none"
         lines.append(f"  {stage:<10} {detail}")
-    lines.append(f"pending: {s['pending']}   unlinked: {s['unlinked']}   "
-                 f"source problems: {s['source_problems']}")  # fmt: skip
+    lines.append(
+        f"pending: {s['pending']}   unlinked: {s['unlinked']}   "
+        f"source problems: {s['source_problems']}"
+    )
     if s["newest"]:
         n = s["newest"]
         lines.append(f"newest: {n['doc_id']} {n['stage']} {n['task_id']} ({n['created_at']})")

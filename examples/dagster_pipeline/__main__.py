@@ -32,9 +32,13 @@ _VENV_DOCWATCH = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "docwat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", type=Path)
-    parser.add_argument("--docwatch", default=str(_VENV_DOCWATCH) if _VENV_DOCWATCH.exists()
-                        else shutil.which("docwatch") or "docwatch",
-                        help="docwatch's command, from its own venv")  # fmt: skip
+    parser.add_argument(
+        "--docwatch",
+        default=str(_VENV_DOCWATCH)
+        if _VENV_DOCWATCH.exists()
+        else shutil.which("docwatch") or "docwatch",
+        help="docwatch's command, from its own venv",
+    )
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(args.workdir)  # the pipeline writes data/... relative to its working directory
@@ -42,28 +46,42 @@ def main() -> None:
     home.mkdir(exist_ok=True)
     config = Path("docwatch.toml").resolve()
     data = Path("data").resolve()
-    config.write_text(f'data_root = "{data}"\nsettle_seconds = 0\ndagster_home = "{home}"\n'
-                      f'dagster_python = "{sys.executable}"\n')  # fmt: skip
+    config.write_text(
+        f'data_root = "{data}"\nsettle_seconds = 0\ndagster_home = "{home}"\n'
+        f'dagster_python = "{sys.executable}"\n'
+    )
 
     ok = Draft("combo_v1_1f3a9c2b7d4e", "deliberate-rolling-thread-v2", "sonnet-4")
     cut = Draft("combo_v1_2a4b6c8d0e1f", "deliberate-rolling-thread-v2", "sonnet-4")
     bad = Draft("combo_v1_3c5e7a9b1d2f", "deliberate-rolling-thread-v2", "sonnet-4")
-    essays = [Essay(ok, "synthesis-theme-narrative-v19", "sonnet-4"),
-              Essay(cut, "parsed-from-links-v1", "sonnet-4")]  # fmt: skip
-    evals = [Evaluation(essays[0], "novelty", "sonnet-4"),
-             Evaluation(ok, "style-coherence-v3", "gemini_25_pro")]  # fmt: skip
+    essays = [
+        Essay(ok, "synthesis-theme-narrative-v19", "sonnet-4"),
+        Essay(cut, "parsed-from-links-v1", "sonnet-4"),
+    ]
+    evals = [
+        Evaluation(essays[0], "novelty", "sonnet-4"),
+        Evaluation(ok, "style-coherence-v3", "gemini_25_pro"),
+    ]
     script = {cut.task_id: "truncate,ok", bad.task_id: "unparsable", evals[1].task_id: "truncate"}
     write_tables(Path("data"), [ok, cut, bad], essays, evals)
     res = resources("data", script=script)
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         register_partitions(instance, [ok, cut, bad], essays, evals)
-        phases = [(A.DRAFT_ASSETS, [ok, cut, cut, bad]), (A.ESSAY_ASSETS, essays),
-                  (A.EVALUATION_ASSETS, evals)]  # fmt: skip
+        phases = [
+            (A.DRAFT_ASSETS, [ok, cut, cut, bad]),
+            (A.ESSAY_ASSETS, essays),
+            (A.EVALUATION_ASSETS, evals),
+        ]
         for assets, tasks in phases:
             for task in tasks:
-                result = dg.materialize(assets, partition_key=task.task_id, instance=instance,
-                                        resources=res, raise_on_error=False)  # fmt: skip
+                result = dg.materialize(
+                    assets,
+                    partition_key=task.task_id,
+                    instance=instance,
+                    resources=res,
+                    raise_on_error=False,
+                )
                 print(f"{'ok    ' if result.success else 'FAILED'} {task.task_id}  {result.run_id}")
             subprocess.run([args.docwatch, "scan", "--config", str(config)], check=True)
 

@@ -73,18 +73,24 @@ def _model(data: DataRoot, model_id: str) -> str:
     return model_names(data.root()).get(model_id, model_id)
 
 
-def _raise_truncated(stage_fn: str, key: str, task_id: str, model: str, raw: str, resp,
-                     raw_path: Path) -> None:  # fmt: skip
+def _raise_truncated(
+    stage_fn: str, key: str, task_id: str, model: str, raw: str, resp, raw_path: Path
+) -> None:
     raise dg.Failure(
         description=f"{stage_fn}: response for {task_id} was truncated at the token limit "
         f"({resp.completion_tokens}/{resp.max_tokens} tokens)",
         metadata={
-            "function": stage_fn, key: task_id, "model_used": model,
-            "finish_reason": resp.finish_reason, "truncated": True, "raw_chars": len(raw),
+            "function": stage_fn,
+            key: task_id,
+            "model_used": model,
+            "finish_reason": resp.finish_reason,
+            "truncated": True,
+            "raw_chars": len(raw),
             "completion_tokens": resp.completion_tokens,
-            "requested_max_tokens": resp.max_tokens, "raw_path": str(raw_path),
+            "requested_max_tokens": resp.max_tokens,
+            "raw_path": str(raw_path),
         },
-    )  # fmt: skip
+    )
 
 
 # -- drafts ---------------------------------------------------------------------------------
@@ -102,17 +108,24 @@ def draft_prompt(context: dg.AssetExecutionContext, data_root: DataRoot) -> str:
 
 
 @dg.asset(partitions_def=draft_tasks, io_manager_key="draft_response_io_manager")
-def draft_response(context: dg.AssetExecutionContext, draft_prompt: str, data_root: DataRoot,
-                   llm: FakeLLMClient) -> str:  # fmt: skip
+def draft_response(
+    context: dg.AssetExecutionContext, draft_prompt: str, data_root: DataRoot, llm: FakeLLMClient
+) -> str:
     task_id = context.partition_key
     row = task_row(data_root.root(), "draft", task_id)
-    parser = (template_row(data_root.root(), "draft", row["draft_template"]).get("parser")
-              or "").strip()  # fmt: skip
+    parser = (
+        template_row(data_root.root(), "draft", row["draft_template"]).get("parser") or ""
+    ).strip()
     model = row.get("generation_model_name") or _model(data_root, row["generation_model"])
     raw_dir = data_root.folder(GEN, "draft_responses_raw")
-    resp = llm.generate(draft_prompt, stage="draft", task_id=task_id,
-                        attempt=next_version(raw_dir, task_id), model=model,
-                        max_tokens=DRAFT_MAX_TOKENS)  # fmt: skip
+    resp = llm.generate(
+        draft_prompt,
+        stage="draft",
+        task_id=task_id,
+        attempt=next_version(raw_dir, task_id),
+        model=model,
+        max_tokens=DRAFT_MAX_TOKENS,
+    )
     raw_path = save_versioned_raw_text(raw_dir, task_id, resp.text)
     if resp.truncated:
         _raise_truncated("draft_response", "task_id", task_id, model, resp.text, resp, raw_path)
@@ -121,14 +134,26 @@ def draft_response(context: dg.AssetExecutionContext, draft_prompt: str, data_ro
     except ValueError as exc:
         raise dg.Failure(
             description=f"draft_response: parsing {task_id} with {parser!r} failed",
-            metadata={"function": "draft_response", "task_id": task_id, "parser": parser,
-                      "error": str(exc), "raw_path": str(raw_path)},
-        ) from exc  # fmt: skip
-    context.add_output_metadata({
-        "function": "draft_response", "raw_line_count": len(resp.text.splitlines()),
-        "model_used": model, "max_tokens": resp.max_tokens, "parser": parser or "identity",
-        "parsed_chars": len(parsed), "raw_chars": len(resp.text), "raw_path": str(raw_path),
-    })  # fmt: skip
+            metadata={
+                "function": "draft_response",
+                "task_id": task_id,
+                "parser": parser,
+                "error": str(exc),
+                "raw_path": str(raw_path),
+            },
+        ) from exc
+    context.add_output_metadata(
+        {
+            "function": "draft_response",
+            "raw_line_count": len(resp.text.splitlines()),
+            "model_used": model,
+            "max_tokens": resp.max_tokens,
+            "parser": parser or "identity",
+            "parsed_chars": len(parsed),
+            "raw_chars": len(resp.text),
+            "raw_path": str(raw_path),
+        }
+    )
     return parsed
 
 
@@ -142,16 +167,18 @@ def _essay_task(data_root: DataRoot, task_id: str) -> tuple[dict, str]:
 
 
 @dg.asset(partitions_def=essay_tasks, io_manager_key="essay_prompt_io_manager")
-def essay_prompt(context: dg.AssetExecutionContext, data_root: DataRoot,
-                 documents_index: DocumentsIndex) -> str:  # fmt: skip
+def essay_prompt(
+    context: dg.AssetExecutionContext, data_root: DataRoot, documents_index: DocumentsIndex
+) -> str:
     """Phase-2 prompt: built from the latest ok draft, resolved through the index."""
     row, generator = _essay_task(data_root, context.partition_key)
     if generator == "copy":
         return COPY_PROMPT
     draft = documents_index.get_latest_by_task("draft", row["draft_task_id"])  # fails fast
     draft_text = documents_index.read_text(draft, "parsed")
-    context.add_output_metadata({"draft_task_id": row["draft_task_id"],
-                                 "draft_doc_id": draft["doc_id"]})  # fmt: skip
+    context.add_output_metadata(
+        {"draft_task_id": row["draft_task_id"], "draft_doc_id": draft["doc_id"]}
+    )
     return (
         f"# Essay ({row['essay_template']})\nWrite an essay that develops this idea:\n\n"
         f"{draft_text}"
@@ -159,32 +186,54 @@ def essay_prompt(context: dg.AssetExecutionContext, data_root: DataRoot,
 
 
 @dg.asset(partitions_def=essay_tasks, io_manager_key="essay_response_io_manager")
-def essay_response(context: dg.AssetExecutionContext, essay_prompt: str, data_root: DataRoot,
-                   llm: FakeLLMClient, documents_index: DocumentsIndex) -> str:  # fmt: skip
+def essay_response(
+    context: dg.AssetExecutionContext,
+    essay_prompt: str,
+    data_root: DataRoot,
+    llm: FakeLLMClient,
+    documents_index: DocumentsIndex,
+) -> str:
     task_id = context.partition_key
     row, generator = _essay_task(data_root, task_id)
     if generator == "copy":  # no LLM, no raw: the parsed essay is the draft
         draft = documents_index.get_latest_by_task("draft", row["draft_task_id"])
         text = documents_index.read_text(draft, "parsed")
-        context.add_output_metadata({
-            "function": "essay_response", "mode": "copy", "essay_task_id": task_id,
-            "source_draft_task_id": row["draft_task_id"], "chars": len(text),
-            "lines": len(text.splitlines()),
-        })  # fmt: skip
+        context.add_output_metadata(
+            {
+                "function": "essay_response",
+                "mode": "copy",
+                "essay_task_id": task_id,
+                "source_draft_task_id": row["draft_task_id"],
+                "chars": len(text),
+                "lines": len(text.splitlines()),
+            }
+        )
         return text
     model = row.get("generation_model_name") or _model(data_root, row["generation_model"])
     raw_dir = data_root.folder(GEN, "essay_responses_raw")
-    resp = llm.generate(essay_prompt, stage="essay", task_id=task_id,
-                        attempt=next_version(raw_dir, task_id), model=model,
-                        max_tokens=ESSAY_MAX_TOKENS)  # fmt: skip
+    resp = llm.generate(
+        essay_prompt,
+        stage="essay",
+        task_id=task_id,
+        attempt=next_version(raw_dir, task_id),
+        model=model,
+        max_tokens=ESSAY_MAX_TOKENS,
+    )
     raw_path = save_versioned_raw_text(raw_dir, task_id, resp.text)
     if resp.truncated:
-        _raise_truncated("essay_response", "essay_task_id", task_id, model, resp.text, resp,
-                         raw_path)  # fmt: skip
-    context.add_output_metadata({
-        "function": "essay_response", "essay_task_id": task_id, "model_used": model,
-        "chars": len(resp.text), "truncated": False, "raw_path": str(raw_path),
-    })  # fmt: skip
+        _raise_truncated(
+            "essay_response", "essay_task_id", task_id, model, resp.text, resp, raw_path
+        )
+    context.add_output_metadata(
+        {
+            "function": "essay_response",
+            "essay_task_id": task_id,
+            "model_used": model,
+            "chars": len(resp.text),
+            "truncated": False,
+            "raw_path": str(raw_path),
+        }
+    )
     return resp.text  # essays are not parsed: parsed == raw
 
 
@@ -192,8 +241,9 @@ def essay_response(context: dg.AssetExecutionContext, essay_prompt: str, data_ro
 
 
 @dg.asset(partitions_def=evaluation_tasks, io_manager_key="evaluation_prompt_io_manager")
-def evaluation_prompt(context: dg.AssetExecutionContext, data_root: DataRoot,
-                      documents_index: DocumentsIndex) -> str:  # fmt: skip
+def evaluation_prompt(
+    context: dg.AssetExecutionContext, data_root: DataRoot, documents_index: DocumentsIndex
+) -> str:
     """Reads the evaluated document (essay or draft, per evaluation_tasks.csv) via the index."""
     row = task_row(data_root.root(), "evaluation", context.partition_key)
     stage = "essay" if row["stage"] == "essay2p" else "draft"
@@ -204,18 +254,28 @@ def evaluation_prompt(context: dg.AssetExecutionContext, data_root: DataRoot,
 
 
 @dg.asset(partitions_def=evaluation_tasks, io_manager_key="evaluation_response_io_manager")
-def evaluation_response(context: dg.AssetExecutionContext, evaluation_prompt: str,
-                        data_root: DataRoot, llm: FakeLLMClient) -> str:  # fmt: skip
+def evaluation_response(
+    context: dg.AssetExecutionContext,
+    evaluation_prompt: str,
+    data_root: DataRoot,
+    llm: FakeLLMClient,
+) -> str:
     """No raw file and no truncation guard: a truncated evaluation is still written."""
     task_id = context.partition_key
     row = task_row(data_root.root(), "evaluation", task_id)
     model = row.get("evaluation_model_name") or _model(data_root, row["evaluation_model"])
     parsed_dir = data_root.folder(EVAL, "evaluation_responses")
-    resp = llm.generate(evaluation_prompt, stage="evaluation", task_id=task_id,
-                        attempt=next_version(parsed_dir, task_id), model=model,
-                        max_tokens=EVALUATION_MAX_TOKENS)  # fmt: skip
-    context.add_output_metadata({"evaluation_task_id": task_id, "model_used": model,
-                                 "finish_reason": resp.finish_reason})  # fmt: skip
+    resp = llm.generate(
+        evaluation_prompt,
+        stage="evaluation",
+        task_id=task_id,
+        attempt=next_version(parsed_dir, task_id),
+        model=model,
+        max_tokens=EVALUATION_MAX_TOKENS,
+    )
+    context.add_output_metadata(
+        {"evaluation_task_id": task_id, "model_used": model, "finish_reason": resp.finish_reason}
+    )
     return resp.text
 
 

@@ -38,8 +38,10 @@ def resources(
 ) -> dict:
     """Every resource the assets need; paths relative to the working directory, as in the
     pipeline (so ``raw_path`` metadata reads ``data/3_generation/...``)."""
-    io = {key: VersionedTextIOManager(root=str(Path(data_root, folder)))
-          for key, folder in IO_FOLDERS.items()}  # fmt: skip
+    io = {
+        key: VersionedTextIOManager(root=str(Path(data_root, folder)))
+        for key, folder in IO_FOLDERS.items()
+    }
     return {
         "data_root": DataRoot(path=data_root),
         "llm": FakeLLMClient(script=script or {}),

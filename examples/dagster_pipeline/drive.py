@@ -48,10 +48,12 @@ from dagster_pipeline import assets as A  # noqa: E402
 from dagster_pipeline.definitions import resources  # noqa: E402
 from dagster_pipeline.tables import from_plain, register_partitions, write_tables  # noqa: E402
 
-STAGE_ASSETS = {"draft": A.DRAFT_ASSETS, "essay": A.ESSAY_ASSETS,
-                "evaluation": A.EVALUATION_ASSETS}  # fmt: skip
-MAX_TOKENS = {"draft": A.DRAFT_MAX_TOKENS, "essay": A.ESSAY_MAX_TOKENS,
-              "evaluation": A.EVALUATION_MAX_TOKENS}  # fmt: skip
+STAGE_ASSETS = {"draft": A.DRAFT_ASSETS, "essay": A.ESSAY_ASSETS, "evaluation": A.EVALUATION_ASSETS}
+MAX_TOKENS = {
+    "draft": A.DRAFT_MAX_TOKENS,
+    "essay": A.ESSAY_MAX_TOKENS,
+    "evaluation": A.EVALUATION_MAX_TOKENS,
+}
 OPS = ("setup", "materialize", "resource")
 CONSOLIDATED = """event_log_storage:
   module: dagster._core.storage.event_log
@@ -80,8 +82,9 @@ class Driver:
         self.instance.dispose()
 
     def setup(self, drafts=(), essays=(), evaluations=(), script=None) -> dict:
-        drafts, essays, evaluations = ([from_plain(t) for t in ts]
-                                       for ts in (drafts, essays, evaluations))  # fmt: skip
+        drafts, essays, evaluations = (
+            [from_plain(t) for t in ts] for ts in (drafts, essays, evaluations)
+        )
         write_tables(Path(self.data_root), drafts, essays, evaluations)
         register_partitions(self.instance, drafts, essays, evaluations)
         self.resources = resources(self.data_root, script=script or {})
@@ -89,8 +92,13 @@ class Driver:
 
     def materialize(self, stage: str, task_id: str) -> dict:
         assets = STAGE_ASSETS[stage]
-        result = dg.materialize(assets, partition_key=task_id, instance=self.instance,
-                                resources=self.resources, raise_on_error=False)  # fmt: skip
+        result = dg.materialize(
+            assets,
+            partition_key=task_id,
+            instance=self.instance,
+            resources=self.resources,
+            raise_on_error=False,
+        )
         metadata = {}
         for a in assets:
             for mat in result.asset_materializations_for_node(a.key.to_user_string()):

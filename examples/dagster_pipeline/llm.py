@@ -60,8 +60,16 @@ class FakeLLMClient(dg.ConfigurableResource):
             raise ValueError(f"unknown behaviour {chosen!r} for {task_id} (one of {BEHAVIOURS})")
         return chosen
 
-    def generate(self, prompt: str, *, stage: str, task_id: str, attempt: int, model: str,
-                 max_tokens: int | None = None) -> LLMResponse:  # fmt: skip
+    def generate(
+        self,
+        prompt: str,
+        *,
+        stage: str,
+        task_id: str,
+        attempt: int,
+        model: str,
+        max_tokens: int | None = None,
+    ) -> LLMResponse:
         limit = max_tokens or self.max_tokens
         seed = hashlib.sha256(f"{model}\0{attempt}\0{prompt}".encode()).digest()
         rng = random.Random(seed)

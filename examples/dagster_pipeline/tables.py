@@ -18,15 +18,33 @@ _GEN = ["generation_model", "generation_model_name"]
 COLUMNS = {
     "draft_generation_tasks.csv": ["draft_task_id", "combo_id", "draft_template", *_GEN],
     "essay_generation_tasks.csv": [
-        "essay_task_id", "combo_id", "draft_template", "essay_template", *_GEN, "draft_task_id",
+        "essay_task_id",
+        "combo_id",
+        "draft_template",
+        "essay_template",
+        *_GEN,
+        "draft_task_id",
     ],
     "evaluation_tasks.csv": [
-        "evaluation_task_id", "document_id", "stage", "origin", "file_path", "combo_id",
-        "draft_template", "essay_template", *_GEN, "draft_task_id", "essay_task_id",
-        "source_asset", "source_dir", "evaluation_template", "evaluation_model",
-        "evaluation_model_name", "parser",
+        "evaluation_task_id",
+        "document_id",
+        "stage",
+        "origin",
+        "file_path",
+        "combo_id",
+        "draft_template",
+        "essay_template",
+        *_GEN,
+        "draft_task_id",
+        "essay_task_id",
+        "source_asset",
+        "source_dir",
+        "evaluation_template",
+        "evaluation_model",
+        "evaluation_model_name",
+        "parser",
     ],
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -95,16 +113,20 @@ def template_row(data_root: Path, stage: str, template_id: str) -> dict[str, str
 
 
 def task_row(data_root: Path, stage: str, task_id: str) -> dict[str, str]:
-    name = {"draft": "draft_generation_tasks.csv", "essay": "essay_generation_tasks.csv",
-            "evaluation": "evaluation_tasks.csv"}[stage]  # fmt: skip
+    name = {
+        "draft": "draft_generation_tasks.csv",
+        "essay": "essay_generation_tasks.csv",
+        "evaluation": "evaluation_tasks.csv",
+    }[stage]
     table = _read(data_root / "2_tasks" / name)
     if task_id not in table:
         raise KeyError(f"task {task_id!r} is not in 2_tasks/{name}")
     return table[task_id]
 
 
-def write_tables(data_root: Path, drafts: list[Draft], essays: list[Essay],
-                 evaluations: list[Evaluation]) -> None:  # fmt: skip
+def write_tables(
+    data_root: Path, drafts: list[Draft], essays: list[Essay], evaluations: list[Evaluation]
+) -> None:
     """Copy the template tables to ``1_raw`` and write the three task tables to ``2_tasks``."""
     raw = data_root / "1_raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -113,33 +135,53 @@ def write_tables(data_root: Path, drafts: list[Draft], essays: list[Essay],
     names = model_names(data_root)
     rows: dict[str, list[dict[str, str]]] = {name: [] for name in COLUMNS}
     for d in drafts:
-        rows["draft_generation_tasks.csv"].append({
-            "draft_task_id": d.task_id, "combo_id": d.combo_id, "draft_template": d.template,
-            "generation_model": d.model, "generation_model_name": names.get(d.model, d.model),
-        })  # fmt: skip
+        rows["draft_generation_tasks.csv"].append(
+            {
+                "draft_task_id": d.task_id,
+                "combo_id": d.combo_id,
+                "draft_template": d.template,
+                "generation_model": d.model,
+                "generation_model_name": names.get(d.model, d.model),
+            }
+        )
     for e in essays:
-        rows["essay_generation_tasks.csv"].append({
-            "essay_task_id": e.task_id, "combo_id": e.draft.combo_id,
-            "draft_template": e.draft.template, "essay_template": e.template,
-            "generation_model": e.model, "generation_model_name": names.get(e.model, e.model),
-            "draft_task_id": e.draft.task_id,
-        })  # fmt: skip
+        rows["essay_generation_tasks.csv"].append(
+            {
+                "essay_task_id": e.task_id,
+                "combo_id": e.draft.combo_id,
+                "draft_template": e.draft.template,
+                "essay_template": e.template,
+                "generation_model": e.model,
+                "generation_model_name": names.get(e.model, e.model),
+                "draft_task_id": e.draft.task_id,
+            }
+        )
     for v in evaluations:
         t = v.target
         draft = t.draft if isinstance(t, Essay) else t
         is_essay = isinstance(t, Essay)
-        rows["evaluation_tasks.csv"].append({
-            "evaluation_task_id": v.task_id, "document_id": t.task_id,
-            "stage": "essay2p" if is_essay else "essay1p", "origin": "example",
-            "file_path": "", "combo_id": draft.combo_id, "draft_template": draft.template,
-            "essay_template": t.template if is_essay else "", "generation_model": t.model,
-            "generation_model_name": names.get(t.model, t.model), "draft_task_id": draft.task_id,
-            "essay_task_id": t.task_id if is_essay else "",
-            "source_asset": "essay_response" if is_essay else "draft_response",
-            "source_dir": "essay_responses" if is_essay else "draft_responses",
-            "evaluation_template": v.template, "evaluation_model": v.model,
-            "evaluation_model_name": names.get(v.model, v.model), "parser": "in_last_line",
-        })  # fmt: skip
+        rows["evaluation_tasks.csv"].append(
+            {
+                "evaluation_task_id": v.task_id,
+                "document_id": t.task_id,
+                "stage": "essay2p" if is_essay else "essay1p",
+                "origin": "example",
+                "file_path": "",
+                "combo_id": draft.combo_id,
+                "draft_template": draft.template,
+                "essay_template": t.template if is_essay else "",
+                "generation_model": t.model,
+                "generation_model_name": names.get(t.model, t.model),
+                "draft_task_id": draft.task_id,
+                "essay_task_id": t.task_id if is_essay else "",
+                "source_asset": "essay_response" if is_essay else "draft_response",
+                "source_dir": "essay_responses" if is_essay else "draft_responses",
+                "evaluation_template": v.template,
+                "evaluation_model": v.model,
+                "evaluation_model_name": names.get(v.model, v.model),
+                "parser": "in_last_line",
+            }
+        )
     tasks = data_root / "2_tasks"
     tasks.mkdir(parents=True, exist_ok=True)
     for name, columns in COLUMNS.items():
@@ -149,8 +191,9 @@ def write_tables(data_root: Path, drafts: list[Draft], essays: list[Essay],
             writer.writerows(rows[name])
 
 
-def register_partitions(instance, drafts: list[Draft], essays: list[Essay],
-                        evaluations: list[Evaluation]) -> None:  # fmt: skip
+def register_partitions(
+    instance, drafts: list[Draft], essays: list[Essay], evaluations: list[Evaluation]
+) -> None:
     """Add every task id to its stage's dynamic partitions (one partition per task)."""
     for stage, items in (("draft", drafts), ("essay", essays), ("evaluation", evaluations)):
         if items:

@@ -55,9 +55,16 @@ class TaskInfo:
 
     def fingerprint(self) -> str:
         """Changes exactly when what the tables say about this task changes."""
-        return hash36(self.template_id, self.model_id, self.parser, self.generator,
-                      self.parent_stage, self.parent_task_id, self.provider,
-                      str(self.from_tables))  # fmt: skip
+        return hash36(
+            self.template_id,
+            self.model_id,
+            self.parser,
+            self.generator,
+            self.parent_stage,
+            self.parent_task_id,
+            self.provider,
+            str(self.from_tables),
+        )
 
 
 @dataclass(frozen=True)

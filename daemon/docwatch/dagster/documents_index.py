@@ -76,8 +76,7 @@ class DocumentsIndex(dg.ConfigurableResource):
 
     # -- the API (Resource API Sketch) -----------------------------------------------------
 
-    def get_latest_by_task(self, stage: str, task_id: str,
-                           status: Iterable[str] = ("ok",)) -> dict:  # fmt: skip
+    def get_latest_by_task(self, stage: str, task_id: str, status: Iterable[str] = ("ok",)) -> dict:
         """The latest document of ``(stage, task_id)`` whose status is in ``status``.
 
         Raises ``DocumentNotFound`` when there is none.

@@ -49,8 +49,10 @@ import os
 import sys
 import traceback
 
-if __name__ == "__main__" and sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(
-    os.path.abspath(__file__)
+if (
+    __name__ == "__main__"
+    and sys.path
+    and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__))
 ):
     # Run by path: this folder is not a place to import from (its module names could shadow
     # the ones Dagster imports).
@@ -82,8 +84,13 @@ def dagster_version() -> str:
 
 def new_cursor() -> dict:
     """The cursor of a first read: everything from the start."""
-    return {"version": CURSOR_VERSION, "materializations": {}, "runs": {}, "open_runs": [],
-            "runs_updated_after": None}  # fmt: skip
+    return {
+        "version": CURSOR_VERSION,
+        "materializations": {},
+        "runs": {},
+        "open_runs": [],
+        "runs_updated_after": None,
+    }
 
 
 def _checked_cursor(cursor: dict | None) -> dict:
@@ -101,7 +108,7 @@ def _checked_cursor(cursor: dict | None) -> dict:
     out["open_runs"] = sorted({str(r) for r in cursor.get("open_runs") or ()})
     after = cursor.get("runs_updated_after")
     out["runs_updated_after"] = None if after is None else _parse_time(after).isoformat()
-    return out  # fmt: skip
+    return out
 
 
 def _parse_time(text: str) -> datetime:
@@ -122,8 +129,9 @@ def open_instance(dagster_home: str | os.PathLike):
     return _dagster().DagsterInstance.from_config(home)
 
 
-def read_events(dagster_home: str | os.PathLike, cursor: dict | None = None, *,
-                assets=ASSETS, instance=None) -> tuple[list[dict], dict]:  # fmt: skip
+def read_events(
+    dagster_home: str | os.PathLike, cursor: dict | None = None, *, assets=ASSETS, instance=None
+) -> tuple[list[dict], dict]:
     """The events recorded after ``cursor``, and the cursor after them.
 
     ``instance``: an open instance to use (else one is opened from ``dagster_home`` and disposed
@@ -168,11 +176,17 @@ def _materialization(rec, asset: str) -> dict:
     mat = rec.asset_materialization
     partition = getattr(rec, "partition_key", None) or (mat.partition if mat else None)
     return {
-        "asset": asset, "event": MATERIALIZATION, "run_id": entry.run_id,
-        "partition": partition, "timestamp": float(entry.timestamp),
-        "storage_id": rec.storage_id, "metadata": _metadata(mat.metadata if mat else None),
-        "step": entry.step_key, "description": None, "error": None,
-    }  # fmt: skip
+        "asset": asset,
+        "event": MATERIALIZATION,
+        "run_id": entry.run_id,
+        "partition": partition,
+        "timestamp": float(entry.timestamp),
+        "storage_id": rec.storage_id,
+        "metadata": _metadata(mat.metadata if mat else None),
+        "step": entry.step_key,
+        "description": None,
+        "error": None,
+    }
 
 
 # -- step failures -------------------------------------------------------------------------
@@ -187,9 +201,10 @@ def _read_failures(instance, cur: dict, assets) -> list[dict]:
         r.dagster_run.run_id: r
         for r in instance.get_run_records(
             filters=dg.RunsFilter(updated_after=after and _parse_time(after), statuses=not_success),
-            order_by="update_timestamp", ascending=True,
+            order_by="update_timestamp",
+            ascending=True,
         )
-    }  # fmt: skip
+    }
     missing = set(cur["open_runs"]) - set(runs)
     if missing:
         runs.update(
@@ -227,15 +242,18 @@ def _read_failures(instance, cur: dict, assets) -> list[dict]:
     return out
 
 
-def _run_failures(instance, cur: dict, run_id: str, partition: str | None,
-                  steps: dict) -> list[dict]:  # fmt: skip
+def _run_failures(
+    instance, cur: dict, run_id: str, partition: str | None, steps: dict
+) -> list[dict]:
     dg = _dagster()
     out = []
     while True:
         conn = instance.get_records_for_run(
-            run_id, cursor=cur["runs"].get(run_id),
-            of_type=dg.DagsterEventType.STEP_FAILURE, limit=PAGE,
-        )  # fmt: skip
+            run_id,
+            cursor=cur["runs"].get(run_id),
+            of_type=dg.DagsterEventType.STEP_FAILURE,
+            limit=PAGE,
+        )
         for rec in conn.records:
             event = _failure(rec, run_id, partition, steps)
             if event is not None:
@@ -257,13 +275,17 @@ def _failure(rec, run_id: str, partition: str | None, steps: dict) -> dict | Non
     data = event.step_failure_data
     user = getattr(data, "user_failure_data", None)
     return {
-        "asset": asset, "event": STEP_FAILURE, "run_id": run_id,
+        "asset": asset,
+        "event": STEP_FAILURE,
+        "run_id": run_id,
         "partition": partition or getattr(event, "partition", None),
-        "timestamp": float(entry.timestamp), "storage_id": rec.storage_id,
-        "metadata": _metadata(getattr(user, "metadata", None)), "step": step,
+        "timestamp": float(entry.timestamp),
+        "storage_id": rec.storage_id,
+        "metadata": _metadata(getattr(user, "metadata", None)),
+        "step": step,
         "description": getattr(user, "description", None),
         "error": _error_text(getattr(data, "error", None)),
-    }  # fmt: skip
+    }
 
 
 # -- plain values --------------------------------------------------------------------------
@@ -345,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--serve", action="store_true", help="answer one cursor per stdin line with one JSON line"
     )
-    args = parser.parse_args(argv)  # fmt: skip
+    args = parser.parse_args(argv)
     assets = tuple(args.assets or ASSETS)
     out = sys.stdout
     try:

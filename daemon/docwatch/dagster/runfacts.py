@@ -139,11 +139,18 @@ def event_from_dict(d: Mapping[str, Any], assets: Mapping[str, str] = ASSETS) ->
     if kind not in (MATERIALIZATION, STEP_FAILURE):
         raise ValueError(f"event must be {MATERIALIZATION} or {STEP_FAILURE}, not {kind!r}")
     return RunEvent(
-        kind=kind, asset=asset, stage=stage, run_id=str(d["run_id"]),
-        partition=d.get("partition") or None, timestamp=float(d["timestamp"]),
-        storage_id=int(d["storage_id"]), metadata=dict(d.get("metadata") or {}),
-        step=d.get("step"), description=d.get("description"), error=d.get("error"),
-    )  # fmt: skip
+        kind=kind,
+        asset=asset,
+        stage=stage,
+        run_id=str(d["run_id"]),
+        partition=d.get("partition") or None,
+        timestamp=float(d["timestamp"]),
+        storage_id=int(d["storage_id"]),
+        metadata=dict(d.get("metadata") or {}),
+        step=d.get("step"),
+        description=d.get("description"),
+        error=d.get("error"),
+    )
 
 
 @dataclass(frozen=True)
@@ -212,17 +219,26 @@ def facts_of(event: RunEvent) -> Facts:
         finish_reason=finish,
         model_used=_text(md.get("model_used")) or _text(md.get("model_name")),
         dagster={
-            "run_id": event.run_id, "partition": event.partition, "asset": event.asset,
-            "step": event.step, "event": event.kind,
-            "timestamp": datetime.fromtimestamp(event.timestamp, UTC).isoformat(
-                timespec="microseconds").replace("+00:00", "Z"),
+            "run_id": event.run_id,
+            "partition": event.partition,
+            "asset": event.asset,
+            "step": event.step,
+            "event": event.kind,
+            "timestamp": datetime.fromtimestamp(event.timestamp, UTC)
+            .isoformat(timespec="microseconds")
+            .replace("+00:00", "Z"),
             "metadata": {k: _small(v) for k, v in sorted(md.items())},
         },
-    )  # fmt: skip
+    )
 
 
-def _reason(event: RunEvent, status: str | None, finish: str | None, completion: int | None,
-            max_tokens: int | None) -> str | None:  # fmt: skip
+def _reason(
+    event: RunEvent,
+    status: str | None,
+    finish: str | None,
+    completion: int | None,
+    max_tokens: int | None,
+) -> str | None:
     """``status_reason``: what the run's own record says (its Failure's description and error)."""
     if status is None:
         return None
@@ -304,8 +320,13 @@ def relpath_below_root(raw_path: str, folders: Iterable[str]) -> str | None:
     return None if best is None else "/".join((*best, parts[-1]))
 
 
-def choose(events: Iterable[RunEvent], ref_s: float, *, lag_s: float | None = None,
-           skew_s: float = SKEW_SECONDS) -> RunEvent | None:  # fmt: skip
+def choose(
+    events: Iterable[RunEvent],
+    ref_s: float,
+    *,
+    lag_s: float | None = None,
+    skew_s: float = SKEW_SECONDS,
+) -> RunEvent | None:
     """The event nearest after ``ref_s`` (within ``lag_s``), else the nearest up to ``skew_s``
     before it; ties by storage id and run id.  Pure and order-independent."""
     after, before = [], []
@@ -348,16 +369,18 @@ class RecordBook:
                 rel = relpath_below_root(e.raw_path, self.folders)
                 if rel is None:
                     self.unmatched_paths.add(e.raw_path)
-                    log.debug("run %s: raw_path %r is under no configured folder",
-                              e.run_id, e.raw_path)  # fmt: skip
+                    log.debug(
+                        "run %s: raw_path %r is under no configured folder", e.run_id, e.raw_path
+                    )
                     continue
                 self._by_path.setdefault(rel, {})[e.key] = e
             elif e.kind == MATERIALIZATION and e.partition:
                 self._by_task.setdefault((e.stage, e.partition), {})[e.key] = e
         return touched
 
-    def match(self, stage: str, task_id: str, raw_relpath: str | None,
-              created_ns: int) -> RunEvent | None:  # fmt: skip
+    def match(
+        self, stage: str, task_id: str, raw_relpath: str | None, created_ns: int
+    ) -> RunEvent | None:
         """The event of one attempt (see the module docstring), or None."""
         ref = created_ns / 1e9
         if raw_relpath is not None:

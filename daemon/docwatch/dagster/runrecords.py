@@ -103,8 +103,9 @@ class InProcess:
                 self._instance = dagster_events.open_instance(self.dagster_home)
             except NotADirectoryError as exc:
                 raise DocwatchError(str(exc)) from None
-        return dagster_events.read_events(self.dagster_home, cursor, assets=self.assets,
-                                          instance=self._instance)  # fmt: skip
+        return dagster_events.read_events(
+            self.dagster_home, cursor, assets=self.assets, instance=self._instance
+        )
 
     def close(self) -> None:
         if self._instance is not None and self._owns_instance:
@@ -125,17 +126,32 @@ class Subprocess:
     command, its exit status and the tail of its stderr; the next read starts a new child.
     """
 
-    def __init__(self, python: Path, dagster_home: Path, assets: Iterable[str], *,
-                 timeout: float = SUBPROCESS_TIMEOUT) -> None:  # fmt: skip
+    def __init__(
+        self,
+        python: Path,
+        dagster_home: Path,
+        assets: Iterable[str],
+        *,
+        timeout: float = SUBPROCESS_TIMEOUT,
+    ) -> None:
         self.python = Path(os.path.abspath(python))  # a venv's python is a symlink: keep it
         self.dagster_home = Path(dagster_home)
         self.timeout = timeout
         script = Path(dagster_events.__file__).resolve()
         assets = tuple(assets)
-        asset_args = [] if set(assets) == set(dagster_events.ASSETS) else [
-            a for asset in assets for a in ("--asset", asset)]  # fmt: skip
-        self.command = [os.fspath(self.python), os.fspath(script), "--dagster-home",
-                        os.fspath(self.dagster_home), *asset_args, "--serve"]  # fmt: skip
+        asset_args = (
+            []
+            if set(assets) == set(dagster_events.ASSETS)
+            else [a for asset in assets for a in ("--asset", asset)]
+        )
+        self.command = [
+            os.fspath(self.python),
+            os.fspath(script),
+            "--dagster-home",
+            os.fspath(self.dagster_home),
+            *asset_args,
+            "--serve",
+        ]
         self.dagster_version: str | None = None
         self._proc: subprocess.Popen | None = None
         self._stderr: deque[str] = deque(maxlen=_STDERR_LINES)
@@ -170,17 +186,22 @@ class Subprocess:
         self._buffer = b""
         try:
             proc = subprocess.Popen(
-                self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, bufsize=0, start_new_session=True,  # not our ^C
-            )  # fmt: skip
+                self.command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,  # not our ^C
+            )
         except OSError as exc:
             raise RunRecordsError(
                 f"cannot start {shlex.join(self.command)}: {exc.strerror or exc} "
                 "(dagster_python must be the Python of the pipeline's venv)"
             ) from None
         self._proc = proc
-        self._drain = threading.Thread(target=self._drain_stderr, args=(proc,),
-                                       name="dagster-events-stderr", daemon=True)  # fmt: skip
+        self._drain = threading.Thread(
+            target=self._drain_stderr, args=(proc,), name="dagster-events-stderr", daemon=True
+        )
         self._drain.start()
         return proc
 
@@ -257,16 +278,24 @@ class RunRecords:
     ``read(cursor) -> (events, cursor)``, ``describe()`` and ``close()``.
     """
 
-    def __init__(self, dagster_home: Path | str, folders: Iterable[str], *,
-                 assets: Mapping[str, str] = ASSETS, dagster_python: Path | str | None = None,
-                 instance: Any = None, transport: Any = None,
-                 timeout: float = SUBPROCESS_TIMEOUT) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dagster_home: Path | str,
+        folders: Iterable[str],
+        *,
+        assets: Mapping[str, str] = ASSETS,
+        dagster_python: Path | str | None = None,
+        instance: Any = None,
+        transport: Any = None,
+        timeout: float = SUBPROCESS_TIMEOUT,
+    ) -> None:
         self.dagster_home = Path(dagster_home)
         self.assets = dict(assets)
         self.book = RecordBook(folders)
         if transport is None and dagster_python is not None:
-            transport = Subprocess(Path(dagster_python), self.dagster_home, self.assets,
-                                   timeout=timeout)  # fmt: skip
+            transport = Subprocess(
+                Path(dagster_python), self.dagster_home, self.assets, timeout=timeout
+            )
         elif transport is None:
             transport = InProcess(self.dagster_home, self.assets, instance)
         self.transport = transport
@@ -329,14 +358,21 @@ class RunRecords:
             if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
                 self._warned_at = now
                 again = f" ({self.failures} failed reads in a row)" if self.failures > 1 else ""
-                log.warning("reading Dagster run records from %s failed%s; retrying at the next "
-                            "poll: %s", self.dagster_home, again, exc)  # fmt: skip
+                log.warning(
+                    "reading Dagster run records from %s failed%s; retrying at the next poll: %s",
+                    self.dagster_home,
+                    again,
+                    exc,
+                )
             else:
                 log.debug("reading Dagster run records failed again: %r", exc)
             return None
         if self.failures:
-            log.info("run records: reading again from %s after %d failed reads",
-                     self.dagster_home, self.failures)  # fmt: skip
+            log.info(
+                "run records: reading again from %s after %d failed reads",
+                self.dagster_home,
+                self.failures,
+            )
             self.failures, self._warned_at = 0, None
         return tasks
 
@@ -353,16 +389,23 @@ def attach(indexer: Indexer, cfg: Config) -> RunRecords | None:
     """
     if cfg.dagster_home is None:
         return None
-    records = RunRecords(cfg.dagster_home, [r.folder for r in folder_roles(cfg.folders)],
-                         dagster_python=cfg.dagster_python)  # fmt: skip
+    records = RunRecords(
+        cfg.dagster_home,
+        [r.folder for r in folder_roles(cfg.folders)],
+        dagster_python=cfg.dagster_python,
+    )
     started = time.monotonic()
     tasks = records.poll_logged()
     records._pending |= tasks or set()
     indexer.ingestor.enrich = records.enrich
     if tasks is not None:
-        log.info("run records: %d Dagster events read from %s via %s in %.1fs",
-                 len(records.book), cfg.dagster_home, records.transport.describe(),
-                 time.monotonic() - started)  # fmt: skip
+        log.info(
+            "run records: %d Dagster events read from %s via %s in %.1fs",
+            len(records.book),
+            cfg.dagster_home,
+            records.transport.describe(),
+            time.monotonic() - started,
+        )
     return records
 
 
@@ -385,8 +428,13 @@ def refresh(indexer: Indexer, records: RunRecords | None) -> BatchReport:
     return report
 
 
-_ROW_FIELDS = ("run_id", "status", "usage_prompt_tokens", "usage_completion_tokens",
-               "usage_max_tokens")  # fmt: skip
+_ROW_FIELDS = (
+    "run_id",
+    "status",
+    "usage_prompt_tokens",
+    "usage_completion_tokens",
+    "usage_max_tokens",
+)
 _META_FIELDS = ("status_reason", "finish_reason", "model_used", "dagster")
 _STORED = (
     "SELECT d.*, a.created_at_ns AS _created_at_ns, a.raw_key AS _raw_key"
@@ -394,8 +442,9 @@ _STORED = (
 )
 
 
-def stale_tasks(con: sqlite3.Connection, book: RecordBook,
-                tasks: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:  # fmt: skip
+def stale_tasks(
+    con: sqlite3.Connection, book: RecordBook, tasks: Iterable[tuple[str, str]]
+) -> set[tuple[str, str]]:
     """The tasks with a stored document that does not carry its run's facts yet.
 
     Read-only and cheap (one indexed query per task, no planning), so a re-scan with
@@ -422,7 +471,19 @@ def stale_tasks(con: sqlite3.Connection, book: RecordBook,
 
 
 __all__ = [
-    "ASSETS", "Facts", "InProcess", "RecordBook", "RunEvent", "RunRecords", "RunRecordsError",
-    "Subprocess", "attach", "choose", "event_from_dict", "facts_of", "refresh",
-    "relpath_below_root", "stale_tasks",
-]  # fmt: skip
+    "ASSETS",
+    "Facts",
+    "InProcess",
+    "RecordBook",
+    "RunEvent",
+    "RunRecords",
+    "RunRecordsError",
+    "Subprocess",
+    "attach",
+    "choose",
+    "event_from_dict",
+    "facts_of",
+    "refresh",
+    "relpath_below_root",
+    "stale_tasks",
+]

@@ -85,8 +85,13 @@ class _Change:
 class Ingestor:
     """Turns probed sources into committed documents, one batch at a time."""
 
-    def __init__(self, con: sqlite3.Connection, store: DocStore, settings: IngestSettings,
-                 tables: Callable[[], TaskTables]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        con: sqlite3.Connection,
+        store: DocStore,
+        settings: IngestSettings,
+        tables: Callable[[], TaskTables],
+    ) -> None:
         self.con = con
         self.store = store
         self.settings = settings
@@ -107,15 +112,24 @@ class Ingestor:
         seen: dict[str, Outcome] = {}
         for cand in candidates:
             seen[cand.relpath] = probe(
-                cand, known=self.known, now_ns=now, settle_ns=self.settings.settle_ns,
-                max_bytes=self.settings.max_bytes, ready=ready,
-            )  # fmt: skip
+                cand,
+                known=self.known,
+                now_ns=now,
+                settle_ns=self.settings.settle_ns,
+                max_bytes=self.settings.max_bytes,
+                ready=ready,
+            )
         return list(seen.values())
 
     # -- the batch ---------------------------------------------------------------------
 
-    def run_batch(self, candidates: Iterable[Candidate], *, ready: bool = False,
-                  extra_tasks: Iterable[tuple[str, str]] = ()) -> BatchReport:  # fmt: skip
+    def run_batch(
+        self,
+        candidates: Iterable[Candidate],
+        *,
+        ready: bool = False,
+        extra_tasks: Iterable[tuple[str, str]] = (),
+    ) -> BatchReport:
         """Probe, plan, write and commit; returns what happened, per stage and outcome."""
         report = BatchReport()
         outcomes = self.probe_all(candidates, ready=ready)
@@ -158,8 +172,9 @@ class Ingestor:
                         todo[child_stage].add(child_id)
         return changes
 
-    def _plan_task(self, task: tuple[str, str], tables: TaskTables, new_by_task: dict,
-                   overlay: dict, now: int) -> list[_Change]:  # fmt: skip
+    def _plan_task(
+        self, task: tuple[str, str], tables: TaskTables, new_by_task: dict, overlay: dict, now: int
+    ) -> list[_Change]:
         """Plan one task from all its known sources and diff it against its documents."""
         info = task_info(tables, *task)
         existing = ix.task_documents(self.con, *task)
@@ -167,8 +182,9 @@ class Ingestor:
         plan = plan_task(info, sources, now_ns=now, pair_window_ns=self.settings.pair_window_ns)
         overlay[task] = [
             ParentCandidate(a.doc_id, a.created_at_ns, a.version)
-            for a in plan.attempts if a.status == "ok"
-        ]  # fmt: skip
+            for a in plan.attempts
+            if a.status == "ok"
+        ]
         changes = []
         for attempt in plan.attempts:
             change = self._diff(attempt, info, existing.pop(attempt.doc_id, None), overlay)
@@ -178,13 +194,23 @@ class Ingestor:
             changes.append(_retirement(old, info))
         return changes
 
-    def _diff(self, attempt: Attempt, info: TaskInfo, old: dict | None,
-              overlay: dict[tuple[str, str], list[ParentCandidate]]) -> _Change | None:  # fmt: skip
+    def _diff(
+        self,
+        attempt: Attempt,
+        info: TaskInfo,
+        old: dict | None,
+        overlay: dict[tuple[str, str], list[ParentCandidate]],
+    ) -> _Change | None:
         parent_stage, parent_doc_id = self._parent(info, attempt, overlay)
         row = document_row(
-            attempt, info, parent_doc_id=parent_doc_id, run_id=self.settings.run_id,
-            doc_dir=self._doc_dir(attempt), raw_chars=None, parsed_chars=None,
-        )  # fmt: skip
+            attempt,
+            info,
+            parent_doc_id=parent_doc_id,
+            run_id=self.settings.run_id,
+            doc_dir=self._doc_dir(attempt),
+            raw_chars=None,
+            parsed_chars=None,
+        )
         wanted = {k: s for k, s in attempt.sources().items() if s is not None}
         if not self.settings.prompt_copy:
             wanted.pop("prompt", None)
@@ -200,9 +226,10 @@ class Ingestor:
         for key in ("usage_prompt_tokens", "usage_completion_tokens", "usage_max_tokens"):
             row[key] = old[key] if row[key] is None else row[key]
         files = {
-            kind: s for kind, s in wanted.items()
+            kind: s
+            for kind, s in wanted.items()
             if old[f"_{kind}_key"] != ix.source_key(s.relpath, s.sha256)
-        }  # fmt: skip
+        }
         remove = tuple(
             f"{k}.txt" for k in ("parsed", "prompt") if old[f"_{k}_key"] and k not in wanted
         )
@@ -215,8 +242,9 @@ class Ingestor:
         """``doc_dir`` as stored: relative to the data root (SPEC "Output")."""
         return f"{self._docs_base}/{attempt.stage}/{attempt.doc_id}"
 
-    def _parent(self, info: TaskInfo, attempt: Attempt,
-                overlay: dict) -> tuple[str | None, str | None]:  # fmt: skip
+    def _parent(
+        self, info: TaskInfo, attempt: Attempt, overlay: dict
+    ) -> tuple[str | None, str | None]:
         if info.parent_task_id is None:
             return info.parent_stage, None
         stages = [info.parent_stage] if info.parent_stage else ["essay", "draft"]
@@ -232,8 +260,13 @@ class Ingestor:
 
     # -- writing -----------------------------------------------------------------------
 
-    def write(self, changes: list[_Change], new: list[Outcome],
-              contents: dict[tuple, bytes], report: BatchReport) -> None:  # fmt: skip
+    def write(
+        self,
+        changes: list[_Change],
+        new: list[Outcome],
+        contents: dict[tuple, bytes],
+        report: BatchReport,
+    ) -> None:
         """Stage, sync, publish and commit ``changes``; tasks whose sources moved are retried."""
         batch = self.store.begin()
         try:
@@ -259,16 +292,20 @@ class Ingestor:
                 for c in kept:
                     if c.op == "retire":
                         ix.delete_document(self.con, c.attempt.doc_id)
-                        log.warning("retired %s: its files now belong to a newer attempt of %s",
-                                    c.attempt.doc_id, c.info.task_id)  # fmt: skip
+                        log.warning(
+                            "retired %s: its files now belong to a newer attempt of %s",
+                            c.attempt.doc_id,
+                            c.info.task_id,
+                        )
                     else:
                         ix.put_document(self.con, c.row, _attempt_facts(c))
                 ix.clear_intents(self.con, [c.attempt.doc_id for c in kept if not _removes(c)])
                 if kept:
                     ix.set_state(self.con, "last_ingest", ix.now_iso())
                     # Age of the freshest source at commit: the live ingest lag.
-                    ages = [time.time_ns() - c.attempt.created_at_ns for c in kept
-                            if c.op != "retire"]  # fmt: skip
+                    ages = [
+                        time.time_ns() - c.attempt.created_at_ns for c in kept if c.op != "retire"
+                    ]
                     lag = min(ages, default=0) / 1e9
                     ix.set_state(self.con, "last_lag_seconds", f"{lag:.6f}")
             faults.point("committed")
@@ -283,8 +320,13 @@ class Ingestor:
                 (report.created if c.op == "create" else report.updated).append(c.attempt.doc_id)
             report.counts[(c.info.stage, "docs_" + c.op + "d")] += 1
 
-    def _stage_all(self, batch: Batch, changes: list[_Change], contents: dict[tuple, bytes],
-                   report: BatchReport) -> set[tuple[str, str]]:  # fmt: skip
+    def _stage_all(
+        self,
+        batch: Batch,
+        changes: list[_Change],
+        contents: dict[tuple, bytes],
+        report: BatchReport,
+    ) -> set[tuple[str, str]]:
         dropped: set[tuple[str, str]] = set()
         staged_by_task: dict[tuple[str, str], list] = {}
         for c in changes:
@@ -324,12 +366,17 @@ class Ingestor:
 
     def _metadata(self, c: _Change) -> dict:
         provenance = {
-            kind: None if s is None else {
-                "path": s.relpath, "size": s.size, "sha256": s.sha256,
-                "mtime_ns": s.mtime_ns, "mtime": iso_utc(s.mtime_ns),
+            kind: None
+            if s is None
+            else {
+                "path": s.relpath,
+                "size": s.size,
+                "sha256": s.sha256,
+                "mtime_ns": s.mtime_ns,
+                "mtime": iso_utc(s.mtime_ns),
             }
             for kind, s in c.attempt.sources().items()
-        }  # fmt: skip
+        }
         return {
             "row": c.row,
             "attempt": _attempt_facts(c),
@@ -350,18 +397,30 @@ def _attempt_facts(c: _Change) -> dict:
         return ix.source_key(s.relpath, s.sha256) if s else None
 
     return {
-        "doc_id": a.doc_id, "version": a.version, "created_at_ns": a.created_at_ns,
-        "parent_stage": c.parent_stage, "parent_task_id": c.info.parent_task_id,
-        "parent_ref_ns": a.parent_ref_ns, "raw_key": key(a.raw), "parsed_key": key(a.parsed),
-        "prompt_key": key(a.prompt), "info_hash": c.info.fingerprint(),
-    }  # fmt: skip
+        "doc_id": a.doc_id,
+        "version": a.version,
+        "created_at_ns": a.created_at_ns,
+        "parent_stage": c.parent_stage,
+        "parent_task_id": c.info.parent_task_id,
+        "parent_ref_ns": a.parent_ref_ns,
+        "raw_key": key(a.raw),
+        "parsed_key": key(a.parsed),
+        "prompt_key": key(a.prompt),
+        "info_hash": c.info.fingerprint(),
+    }
 
 
 def _retirement(old: dict, info: TaskInfo) -> _Change:
     """A document whose sources now belong to another attempt (a raw that arrived late)."""
     attempt = Attempt(
-        doc_id=old["doc_id"], stage=old["stage"], task_id=old["task_id"],
-        version=old["_version"], raw=None, parsed=None, prompt=None,
-        status=old["status"], status_reason=None,
-    )  # fmt: skip
+        doc_id=old["doc_id"],
+        stage=old["stage"],
+        task_id=old["task_id"],
+        version=old["_version"],
+        raw=None,
+        parsed=None,
+        prompt=None,
+        status=old["status"],
+        status_reason=None,
+    )
     return _Change(attempt, info, old, "retire", {}, old["_parent_stage"])

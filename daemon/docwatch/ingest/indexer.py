@@ -32,8 +32,9 @@ def default_run_id(prefix: str = "backfill") -> str:
 class Indexer:
     """Everything a writer needs, opened once; ``close`` releases it."""
 
-    def __init__(self, cfg: Config, run_id: str, *,
-                 sleep: Callable[[float], None] = time.sleep) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: Config, run_id: str, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.cfg = cfg
         self.con = ix.connect(cfg.db)
         self.store = DocStore(
@@ -92,13 +93,17 @@ class Indexer:
         if intents:
             with ix.transaction(self.con):
                 ix.clear_intents(self.con)
-            log.warning("recovered %d unfinished document writes from a previous run",
-                        len(intents))  # fmt: skip
+            log.warning("recovered %d unfinished document writes from a previous run", len(intents))
         return removed
 
-    def ingest(self, candidates: list[Candidate], *, ready: bool = False,
-               extra_tasks: Iterable[tuple[str, str]] = (),
-               give_up_after: float | None = None) -> BatchReport:  # fmt: skip
+    def ingest(
+        self,
+        candidates: list[Candidate],
+        *,
+        ready: bool = False,
+        extra_tasks: Iterable[tuple[str, str]] = (),
+        give_up_after: float | None = None,
+    ) -> BatchReport:
         """Run one batch under the writer lock, retrying transient failures with backoff."""
         delay, started = 0.5, time.monotonic()
         self.tables()  # notices rewritten task tables: their tasks are re-planned
@@ -118,8 +123,11 @@ class Indexer:
                     raise
                 if give_up_after is not None and time.monotonic() - started > give_up_after:
                     raise
-                log.warning("%s; retrying in %.1fs (nothing was lost; the batch is redone)",
-                            _explain(exc, self.cfg), delay)  # fmt: skip
+                log.warning(
+                    "%s; retrying in %.1fs (nothing was lost; the batch is redone)",
+                    _explain(exc, self.cfg),
+                    delay,
+                )
                 self.sleep(delay)
                 delay = min(delay * 2, 30.0)
 

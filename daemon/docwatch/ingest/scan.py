@@ -79,8 +79,14 @@ def task_batches(cands: list[Candidate], size: int) -> Iterable[list[Candidate]]
         yield batch
 
 
-def scan(cfg: Config, *, stages: Iterable[str] = STAGES, run_id: str, dry_run: bool = False,
-         progress: Callable[[int], Callable[[int], None]] | None = None) -> ScanResult:  # fmt: skip
+def scan(
+    cfg: Config,
+    *,
+    stages: Iterable[str] = STAGES,
+    run_id: str,
+    dry_run: bool = False,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+) -> ScanResult:
     """Index everything settled under the data root; safe to run any number of times.
 
     ``progress(total)`` is called once the folders are listed and returns ``update(n)``.
@@ -103,8 +109,12 @@ def scan(cfg: Config, *, stages: Iterable[str] = STAGES, run_id: str, dry_run: b
     return result
 
 
-def _scan_into(indexer: Indexer, cands: list[Candidate], result: ScanResult,
-               progress: Callable[[int], None] | None) -> None:  # fmt: skip
+def _scan_into(
+    indexer: Indexer,
+    cands: list[Candidate],
+    result: ScanResult,
+    progress: Callable[[int], None] | None,
+) -> None:
     indexer.recover()
     records = runrecords.attach(indexer, indexer.cfg)  # None unless dagster_home is set
     try:
@@ -115,12 +125,17 @@ def _scan_into(indexer: Indexer, cands: list[Candidate], result: ScanResult,
             records.close()
 
 
-def _scan_batches(indexer: Indexer, cands: list[Candidate], result: ScanResult,
-                  progress: Callable[[int], None] | None) -> None:  # fmt: skip
+def _scan_batches(
+    indexer: Indexer,
+    cands: list[Candidate],
+    result: ScanResult,
+    progress: Callable[[int], None] | None,
+) -> None:
     repair = missing_document_tasks(indexer)
     if repair:
-        log.warning("%d document directories are missing; rebuilding them from the sources",
-                    len(repair))  # fmt: skip
+        log.warning(
+            "%d document directories are missing; rebuilding them from the sources", len(repair)
+        )
         result.add(indexer.ingest([], extra_tasks=repair))
     stats = ix.ledger_stats(indexer.con)
     indexer.ingestor.known = lambda r, s, m: ix.in_ledger_stats(stats, r, s, m)
@@ -144,8 +159,9 @@ def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
     return {(r[0], r[2]) for r in rows if (r[0], r[1]) not in present}
 
 
-def _dry_run(cfg: Config, cands: list[Candidate], result: ScanResult,
-             progress: Callable[[int], None] | None) -> None:  # fmt: skip
+def _dry_run(
+    cfg: Config, cands: list[Candidate], result: ScanResult, progress: Callable[[int], None] | None
+) -> None:
     """Probe without writing anything (the index is only read, if it exists)."""
     stats: dict = {}
     if Path(cfg.db).exists():
@@ -155,9 +171,12 @@ def _dry_run(cfg: Config, cands: list[Candidate], result: ScanResult,
     now = time.time_ns()
     for c in cands:
         o = probe(
-            c, known=lambda r, s, m: ix.in_ledger_stats(stats, r, s, m), now_ns=now,
-            settle_ns=int(cfg.settle_seconds * 1e9), max_bytes=cfg.max_file_bytes,
-        )  # fmt: skip
+            c,
+            known=lambda r, s, m: ix.in_ledger_stats(stats, r, s, m),
+            now_ns=now,
+            settle_ns=int(cfg.settle_seconds * 1e9),
+            max_bytes=cfg.max_file_bytes,
+        )
         result.counts[c.role.stage][o.status] += 1
         if o.status == "error":
             result.problems.append((o.relpath, o.reason or "error"))

@@ -73,8 +73,11 @@ def list_folder(data_root: Path, role: FolderRole) -> Iterator[Candidate]:
     except (FileNotFoundError, NotADirectoryError):
         return
     except OSError as exc:  # unreadable folder: say so, keep going with the others
-        log.error("%s: cannot list the folder (%s); its files are not indexed until fixed",
-                  folder, exc.strerror)  # fmt: skip
+        log.error(
+            "%s: cannot list the folder (%s); its files are not indexed until fixed",
+            folder,
+            exc.strerror,
+        )
         return
     for entry in entries:
         try:

@@ -63,8 +63,9 @@ def verify(cfg: Config, *, checksums: bool = True) -> VerifyReport:
     return report
 
 
-def _check_document(cfg: Config, doc_id: str, stage: str, checksums: bool,
-                    report: VerifyReport) -> None:  # fmt: skip
+def _check_document(
+    cfg: Config, doc_id: str, stage: str, checksums: bool, report: VerifyReport
+) -> None:
     doc_dir = cfg.docs_root / stage / doc_id
     where = str(doc_dir)
     try:
@@ -173,9 +174,12 @@ def _check_sources(cfg: Config, con, report: VerifyReport) -> None:
     stats = ix.ledger_stats(con)  # one read of the ledger, as scan does
     for c in cands:
         o = probe(
-            c, known=lambda r, s, m: ix.in_ledger_stats(stats, r, s, m), now_ns=now,
-            settle_ns=int(cfg.settle_seconds * 1e9), max_bytes=cfg.max_file_bytes,
-        )  # fmt: skip
+            c,
+            known=lambda r, s, m: ix.in_ledger_stats(stats, r, s, m),
+            now_ns=now,
+            settle_ns=int(cfg.settle_seconds * 1e9),
+            max_bytes=cfg.max_file_bytes,
+        )
         if o.status == NEW and c.role.kind == "prompt":
             report.notes.append((c.relpath, "prompt not in the ledger (no document uses it)"))
         elif o.status == NEW:

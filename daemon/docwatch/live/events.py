@@ -163,8 +163,14 @@ class WatchSet:
     """One observer with a non-recursive watch on every existing target folder, and on the
     nearest existing ancestor of each target that does not exist yet."""
 
-    def __init__(self, targets: Iterable[str], make_handler: Callable[[], EnqueueHandler], *,
-                 polling: bool, poll_interval: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        targets: Iterable[str],
+        make_handler: Callable[[], EnqueueHandler],
+        *,
+        polling: bool,
+        poll_interval: float,
+    ) -> None:
         self.targets = sorted(set(targets))
         self.make_handler = make_handler
         self.polling = polling
@@ -231,8 +237,13 @@ class WatchSet:
                 if exc.errno == errno.ENOSPC and not self.polling:
                     hint = "; raise fs.inotify.max_user_watches or use observer = polling"
                 reason = exc.strerror or exc
-                log.warning("cannot watch %s (%s); retrying every second, and the periodic "
-                            "reconcile still indexes it%s", path, reason, hint)  # fmt: skip
+                log.warning(
+                    "cannot watch %s (%s); retrying every second, and the periodic "
+                    "reconcile still indexes it%s",
+                    path,
+                    reason,
+                    hint,
+                )
             return False
         self.watches[path] = (watch, (st.st_dev, st.st_ino))
         self._warned.discard(path)
@@ -335,8 +346,17 @@ class PendingTable:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, path: str, due: float, *, ready: bool = False, awaiting_close: bool = False,
-            keep: bool = False, tries: int = 0, first: float | None = None) -> None:  # fmt: skip
+    def put(
+        self,
+        path: str,
+        due: float,
+        *,
+        ready: bool = False,
+        awaiting_close: bool = False,
+        keep: bool = False,
+        tries: int = 0,
+        first: float | None = None,
+    ) -> None:
         """Add a path, or merge into its entry (earliest due, ready wins); ``keep`` leaves an
         existing entry alone.  Paths outside the watched folders or not pipeline names are
         ignored."""
@@ -355,9 +375,16 @@ class PendingTable:
             task = (role.stage, name.task_id)
         self._seq += 1
         self._entries[path] = Pending(
-            path, role, task, due, ready, awaiting_close and not ready,
-            time.monotonic() if first is None else first, self._seq, tries,
-        )  # fmt: skip
+            path,
+            role,
+            task,
+            due,
+            ready,
+            awaiting_close and not ready,
+            time.monotonic() if first is None else first,
+            self._seq,
+            tries,
+        )
         heapq.heappush(self._heap, (due, self._seq, path))
         if role.kind == "raw":
             self._raws.setdefault(task, set()).add(path)

@@ -90,8 +90,9 @@ class _Stopping(Exception):
 class Watcher:
     """The daemon.  ``run()`` blocks until ``stop()`` (or a signal); tests run it in a thread."""
 
-    def __init__(self, cfg: Config, *, run_id: str | None = None,
-                 notifier: Notifier | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: Config, *, run_id: str | None = None, notifier: Notifier | None = None
+    ) -> None:
         self.cfg = cfg
         self.run_id = run_id or cfg.run_id or DEFAULT_RUN_ID
         self.notifier = notifier if notifier is not None else Notifier.from_env()
@@ -163,8 +164,9 @@ class Watcher:
         os.set_blocking(write_fd, False)
         old = {signum: signal.signal(signum, _ignore) for signum in (signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        threading.Thread(target=self._signal_loop, args=(read_fd,), name="docwatch-signals",
-                         daemon=True).start()  # fmt: skip
+        threading.Thread(
+            target=self._signal_loop, args=(read_fd,), name="docwatch-signals", daemon=True
+        ).start()
         self._restore_signals = (old_wakeup, write_fd)
         return old
 
@@ -203,10 +205,14 @@ class Watcher:
         self._catch_up("start-up")
         if self.stop_requested.is_set():
             return
-        log.info("watching %d of %d folders (%s); catch-up took %.1fs: %s",
-                 len(self.watches.watched_targets), len(self.roles),
-                 "polling" if self.polling else "inotify", time.monotonic() - started,
-                 self._status_text())  # fmt: skip
+        log.info(
+            "watching %d of %d folders (%s); catch-up took %.1fs: %s",
+            len(self.watches.watched_targets),
+            len(self.roles),
+            "polling" if self.polling else "inotify",
+            time.monotonic() - started,
+            self._status_text(),
+        )
         self.notifier.ready(self._status_text())
         self.ready.set()
         self._loop()
@@ -338,8 +344,11 @@ class Watcher:
         cands: list[Candidate] = []
         for e in entries:
             relpath = f"{e.role.folder}/{os.path.basename(e.path)}"
-            if (e.role.kind == "parsed" and self.pending.raw_pending(e.task)
-                    and now - e.first < self.hold_max):  # fmt: skip
+            if (
+                e.role.kind == "parsed"
+                and self.pending.raw_pending(e.task)
+                and now - e.first < self.hold_max
+            ):
                 self._requeue(e, now + 0.1)
                 continue
             if e.ready:
@@ -352,8 +361,12 @@ class Watcher:
             except OSError:
                 cands.append(Candidate(Path(e.path), e.role, relpath))  # probe reports it
                 continue
-            if (e.awaiting_close and stat.S_ISREG(st.st_mode) and st.st_size == 0
-                    and st.st_nlink == 1):  # fmt: skip
+            if (
+                e.awaiting_close
+                and stat.S_ISREG(st.st_mode)
+                and st.st_size == 0
+                and st.st_nlink == 1
+            ):
                 if e.tries < EMPTY_CHECKS:  # created, still empty, not closed: keep waiting
                     self._requeue(e, now + max(self.cfg.settle_seconds, 0.1), tries=e.tries + 1)
                 continue
@@ -395,16 +408,25 @@ class Watcher:
                         st = os.lstat(path)
                     except OSError:
                         break
-                    if (stat.S_ISREG(st.st_mode) and st.st_mtime_ns <= parsed_mtime
-                            and path not in queued):  # fmt: skip
+                    if (
+                        stat.S_ISREG(st.st_mode)
+                        and st.st_mtime_ns <= parsed_mtime
+                        and path not in queued
+                    ):
                         queued.add(path)
                         relpath = f"{role.folder}/{os.path.basename(path)}"
                         extra.append(Candidate(Path(path), role, relpath))
         return extra
 
     def _requeue(self, e: Pending, due: float, *, tries: int | None = None) -> None:
-        self.pending.put(e.path, due, ready=e.ready, awaiting_close=e.awaiting_close,
-                         tries=e.tries if tries is None else tries, first=e.first)  # fmt: skip
+        self.pending.put(
+            e.path,
+            due,
+            ready=e.ready,
+            awaiting_close=e.awaiting_close,
+            tries=e.tries if tries is None else tries,
+            first=e.first,
+        )
 
     def _ingest(self, cands: list[Candidate]) -> None:
         assert self.indexer is not None
@@ -453,8 +475,10 @@ class Watcher:
         try:
             done = 0
             if why == "start-up" and (repair := missing_document_tasks(self.indexer)):
-                log.warning("%d document directories are missing; rebuilding them from the "
-                            "sources", len(repair))  # fmt: skip
+                log.warning(
+                    "%d document directories are missing; rebuilding them from the sources",
+                    len(repair),
+                )
                 self._account(self.indexer.ingest([], extra_tasks=repair), 0)
             for batch in task_batches(cands, self.cfg.batch_max_files):
                 if self.stop_requested.is_set():
@@ -472,8 +496,14 @@ class Watcher:
         self._account(runrecords.refresh(self.indexer, self.records), 0)
         changed = self.stats["docs_created"] + self.stats["docs_updated"] - before
         level = logging.INFO if why == "start-up" or changed else logging.DEBUG
-        log.log(level, "%s pass: %d files listed, %d documents written, %.2fs", why,
-                len(cands), changed, time.monotonic() - started)  # fmt: skip
+        log.log(
+            level,
+            "%s pass: %d files listed, %d documents written, %.2fs",
+            why,
+            len(cands),
+            changed,
+            time.monotonic() - started,
+        )
 
     def _expire(self) -> None:
         assert self.indexer is not None
@@ -511,8 +541,10 @@ class Watcher:
 
     def _status_text(self) -> str:
         s = self.stats
-        text = (f"{s['docs_created']} documents created, {s['docs_updated']} updated, "
-                f"{len(self.pending) + self.events.qsize()} queued")  # fmt: skip
+        text = (
+            f"{s['docs_created']} documents created, {s['docs_updated']} updated, "
+            f"{len(self.pending) + self.events.qsize()} queued"
+        )
         if self._last_batch:
             files, at = self._last_batch
             text += f", last batch {files} files {time.monotonic() - at:.0f}s ago"

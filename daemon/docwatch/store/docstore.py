@@ -59,8 +59,9 @@ class StagedDocument:
 class DocStore:
     """Owns ``<docs_root>``: document directories and the ``.tmp`` staging area."""
 
-    def __init__(self, docs_root: Path, *, link: bool = False, file_mode: int = 0o644,
-                 dir_mode: int = 0o755) -> None:  # fmt: skip
+    def __init__(
+        self, docs_root: Path, *, link: bool = False, file_mode: int = 0o644, dir_mode: int = 0o755
+    ) -> None:
         self.docs_root = docs_root
         self.staging_root = docs_root / ".tmp"
         self.link = link
@@ -117,8 +118,9 @@ class Batch:
         self._files_to_sync: list[Path] = []
         root.mkdir(mode=store.dir_mode)
 
-    def stage(self, doc_id: str, stage: str, op: str,
-              files: dict[str, FileSource]) -> StagedDocument:  # fmt: skip
+    def stage(
+        self, doc_id: str, stage: str, op: str, files: dict[str, FileSource]
+    ) -> StagedDocument:
         """Write a document's new files under staging; raises SourceChanged on a hash mismatch.
 
         The caller adds ``metadata.json`` with ``write_metadata`` once the row is final.

@@ -17,20 +17,51 @@ from docwatch.core.model import ParentCandidate, Source
 from docwatch.errors import IndexCorrupt
 
 DOCUMENT_COLUMNS = (
-    "doc_id", "logical_key_id", "stage", "task_id", "parent_doc_id", "template_id", "model_id",
-    "run_id", "prompt_path", "parser", "status", "usage_prompt_tokens",
-    "usage_completion_tokens", "usage_max_tokens", "created_at", "doc_dir", "raw_chars",
-    "parsed_chars", "meta_small", "lineage_prev_doc_id",
-)  # fmt: skip
+    "doc_id",
+    "logical_key_id",
+    "stage",
+    "task_id",
+    "parent_doc_id",
+    "template_id",
+    "model_id",
+    "run_id",
+    "prompt_path",
+    "parser",
+    "status",
+    "usage_prompt_tokens",
+    "usage_completion_tokens",
+    "usage_max_tokens",
+    "created_at",
+    "doc_dir",
+    "raw_chars",
+    "parsed_chars",
+    "meta_small",
+    "lineage_prev_doc_id",
+)
 
 ATTEMPT_COLUMNS = (
-    "doc_id", "version", "created_at_ns", "parent_stage", "parent_task_id", "parent_ref_ns",
-    "raw_key", "parsed_key", "prompt_key", "info_hash",
-)  # fmt: skip
+    "doc_id",
+    "version",
+    "created_at_ns",
+    "parent_stage",
+    "parent_task_id",
+    "parent_ref_ns",
+    "raw_key",
+    "parsed_key",
+    "prompt_key",
+    "info_hash",
+)
 
 SOURCE_COLUMNS = (
-    "relpath", "sha256", "stage", "kind", "task_id", "version", "size", "mtime_ns",
-)  # fmt: skip
+    "relpath",
+    "sha256",
+    "stage",
+    "kind",
+    "task_id",
+    "version",
+    "size",
+    "mtime_ns",
+)
 
 # Each entry migrates from user_version == index to index + 1.
 MIGRATIONS: tuple[str, ...] = (
@@ -233,9 +264,15 @@ def task_sources(con: sqlite3.Connection, stage: str, task_id: str) -> list[Sour
 
 def _source(r: sqlite3.Row) -> Source:
     return Source(
-        stage=r["stage"], kind=r["kind"], relpath=r["relpath"], task_id=r["task_id"],
-        version=r["version"], mtime_ns=r["mtime_ns"], size=r["size"], sha256=r["sha256"],
-    )  # fmt: skip
+        stage=r["stage"],
+        kind=r["kind"],
+        relpath=r["relpath"],
+        task_id=r["task_id"],
+        version=r["version"],
+        mtime_ns=r["mtime_ns"],
+        size=r["size"],
+        sha256=r["sha256"],
+    )
 
 
 def put_sources(con: sqlite3.Connection, sources: Iterable[Source]) -> None:
@@ -246,11 +283,20 @@ def put_sources(con: sqlite3.Connection, sources: Iterable[Source]) -> None:
         " ON CONFLICT (relpath, sha256) DO UPDATE SET size = excluded.size,"
         " mtime_ns = excluded.mtime_ns",
         [
-            (s.relpath, s.sha256, s.stage, s.kind, s.task_id, s.version, s.size, s.mtime_ns,
-             ingested)
+            (
+                s.relpath,
+                s.sha256,
+                s.stage,
+                s.kind,
+                s.task_id,
+                s.version,
+                s.size,
+                s.mtime_ns,
+                ingested,
+            )
             for s in sources
         ],
-    )  # fmt: skip
+    )
     con.executemany("DELETE FROM problems WHERE relpath = ?", [(s.relpath,) for s in sources])
 
 

@@ -22,8 +22,9 @@ class FileLock:
         self.path = path
         self._fd: int | None = None
 
-    def acquire(self, timeout: float | None = None,
-                sleep: Callable[[float], None] = time.sleep) -> bool:  # fmt: skip
+    def acquire(
+        self, timeout: float | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> bool:
         """Take the lock, waiting up to ``timeout`` seconds (None = forever); False on timeout.
 
         ``sleep`` lets a daemon keep its watchdog fed (and honour a stop) while it waits.

@@ -96,6 +96,6 @@ def _sources(row: dict, provenance: dict) -> list[Source]:
                 mtime_ns=s["mtime_ns"],
                 size=s["size"],
                 sha256=s["sha256"],
-            )  # fmt: skip
+            )
         )
     return out
