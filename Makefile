@@ -14,7 +14,7 @@ DAGSTER_SPEC    ?= dagster==1.13.29
 # The Dagster tests fail (never skip) when the pipeline venv is missing.
 TEST_ENV := REQUIRE_DAGSTER=1 TEST_PIPELINE_PYTHON=$(PIPELINE_PYTHON)
 
-.PHONY: demo test test-long lint format bench clean
+.PHONY: demo test test-long lint format bench clean system-deps
 
 # --clear: a venv left from an older layout (which held Dagster 1.8.4) is rebuilt from scratch.
 $(STAMP): pyproject.toml
@@ -31,19 +31,21 @@ $(PIPELINE_STAMP): pyproject.toml Makefile
 	$(PIPELINE_PYTHON) -c 'import dagster; print("pipeline venv: Dagster", dagster.__version__)'
 	touch $(PIPELINE_STAMP)
 
-## demo: build the bundled example legacy tree, index it, show status and one latest essay
+## demo: `docwatch watch` on an empty example-data/ while the example pipeline writes into it
+## live (~1 minute): documents appear, pending -> ok, parse failures, copy-mode links; then
+## SIGTERM, `docwatch status` and one `docwatch latest` (examples/demo.py recreates example-data/)
 demo: $(STAMP)
-	rm -rf example-data
-	$(BIN)/python examples/legacy_tree.py example-data --combos 6 --seed 1
-	$(BIN)/docwatch scan --data-root example-data
-	$(BIN)/docwatch status --data-root example-data
-	$(BIN)/python examples/show_latest.py example-data
+	$(BIN)/python examples/demo.py --data-root example-data
+
+## system-deps: Debian's postgresql (the tests run their own server) and strace, when missing
+system-deps:
+	.ci/install-system-deps
 
 ## test: lint, then the whole suite (fast default; the long fault campaign is `make test-long`)
-test: lint $(PIPELINE_STAMP)
+test: lint system-deps $(PIPELINE_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not long"
 
-test-long: $(STAMP) $(PIPELINE_STAMP)
+test-long: lint system-deps $(PIPELINE_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 lint: $(STAMP)

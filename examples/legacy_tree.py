@@ -561,19 +561,34 @@ def run_pipeline(
     raw_write_delay: float = 0.02,
     stop: threading.Event | None = None,
     quirks: bool = True,
+    before_write: Callable[[Op], None] | None = None,
 ) -> TreeSummary:
-    """Replay the plan in real time on ``writers`` threads with the pipeline's writer patterns."""
+    """Replay the plan in real time on ``writers`` threads with the pipeline's writer patterns.
+
+    ``before_write(op)``, when given, is called in the writing thread just before each file of
+    the replay is written (task tables and older files included): it may sleep to pace the
+    replay (examples/demo.py) or count files.
+    """
     plan, root = make_plan(combos, seed, quirks=quirks), Path(data_root)
     _copy_templates(root, None)
     for op in [Op(rel, "other", 0, partial(bytes, b)) for rel, b in plan.tables.items()] + plan.pre:
+        if before_write is not None:
+            before_write(op)
         _live_op(root, op, 0)
     if quirks:
         (root / EMPTY_DIR).mkdir(parents=True, exist_ok=True)
-    plan.summary.complete = _run_mats(root, plan, writers, raw_write_delay, stop)
+    plan.summary.complete = _run_mats(root, plan, writers, raw_write_delay, stop, before_write)
     return plan.summary
 
 
-def _run_mats(root: Path, plan: Plan, writers: int, delay: float, stop: threading.Event | None):
+def _run_mats(
+    root: Path,
+    plan: Plan,
+    writers: int,
+    delay: float,
+    stop: threading.Event | None,
+    before_write: Callable[[Op], None] | None = None,
+):
     """Run materialisations in planned order as soon as their dependencies are done."""
     cond, todo, done, errors = threading.Condition(), list(plan.order), set(), []
 
@@ -590,6 +605,8 @@ def _run_mats(root: Path, plan: Plan, writers: int, delay: float, stop: threadin
         while (i := take()) is not None:
             try:
                 for op in plan.mats[i].ops:
+                    if before_write is not None:
+                        before_write(op)
                     _live_op(root, op, delay)
             except BaseException as exc:  # re-raised in the caller's thread
                 errors.append(exc)
