@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import sys
@@ -13,6 +14,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
 
 import legacy_tree  # noqa: E402
+from conftest_pg import pg_server, pg_url  # noqa: E402, F401  (fixtures)
 from docwatch.config import load_config  # noqa: E402
 
 SNAPSHOT_COLUMNS = (
@@ -42,22 +44,59 @@ def make_config(data_root: Path, **overrides):
 
 
 def snapshot(db: Path, columns=SNAPSHOT_COLUMNS) -> dict[str, tuple]:
-    """doc_id → the row's comparable columns (run_id excluded: it names who ingested)."""
+    """doc_id → the row's comparable columns (run_id excluded: it names who ingested), of
+    every visible document.  Superseded documents (tombstones a scan of the finished tree never
+    makes) are checked by ``assert_tombstones`` instead."""
     con = sqlite3.connect(db)
     try:
-        rows = con.execute(f"SELECT {', '.join(columns)} FROM documents").fetchall()
+        rows = con.execute(
+            f"SELECT {', '.join(columns)} FROM documents WHERE status <> 'superseded'"
+        ).fetchall()
     finally:
         con.close()
     return {r[0]: r for r in rows}
 
 
 def docs_tree(docs_root: Path) -> dict[str, bytes]:
-    """relative path → bytes of every document file except metadata.json (which has times)."""
-    out = {}
-    for path in sorted(docs_root.rglob("*")):
-        if path.is_file() and path.name != "metadata.json":
-            out[str(path.relative_to(docs_root))] = path.read_bytes()
+    """relative path → bytes of every file of the visible documents except metadata.json
+    (which has times); staging under .tmp excluded, superseded documents too."""
+    out: dict[str, bytes] = {}
+    if not docs_root.is_dir():
+        return out
+    for stage_dir in sorted(p for p in docs_root.iterdir() if p.is_dir() and p.name != ".tmp"):
+        for doc_dir in sorted(stage_dir.iterdir()):
+            meta = doc_dir / "metadata.json"
+            if meta.exists() and json.loads(meta.read_text())["row"]["status"] == "superseded":
+                continue
+            for path in sorted(doc_dir.rglob("*")):
+                if path.is_file() and path.name != "metadata.json":
+                    out[str(path.relative_to(docs_root))] = path.read_bytes()
     return out
+
+
+def assert_tombstones(db: Path, docs_root: Path) -> int:
+    """Every superseded document still resolves (row and directory) and names the visible
+    document that now holds its parsed file.  Returns how many there are."""
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        rows = con.execute(
+            "SELECT d.doc_id, d.stage, d.meta_small, a.parsed_key FROM documents d"
+            " JOIN attempts a USING (doc_id) WHERE d.status = 'superseded'"
+        ).fetchall()
+        for r in rows:
+            by = json.loads(r["meta_small"])["superseded_by"]
+            holder = con.execute(
+                "SELECT d.status, a.parsed_key FROM documents d JOIN attempts a USING (doc_id)"
+                " WHERE d.doc_id = ?",
+                (by,),
+            ).fetchone()
+            assert holder is not None and holder[0] != "superseded", (r["doc_id"], by)
+            assert holder[1] == r["parsed_key"], (r["doc_id"], by)
+            assert (docs_root / r["stage"] / r["doc_id"] / "metadata.json").exists()
+    finally:
+        con.close()
+    return len(rows)
 
 
 @pytest.fixture
@@ -74,3 +113,8 @@ def copy_tree():
         return dst
 
     return copy
+
+
+def staged_batches(docs_root: Path) -> list[Path]:
+    """Batch directories under ``docs/.tmp/<index>/<writer>/`` (leftovers after a crash)."""
+    return sorted((docs_root / ".tmp").glob("*/*/*"))

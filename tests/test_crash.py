@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from conftest import docs_tree, make_config, snapshot
+from conftest import docs_tree, make_config, snapshot, staged_batches
 from docwatch.ingest.verify import verify
 from docwatch.store.faults import EXIT_CODE, POINTS
 
@@ -44,8 +44,7 @@ def assert_same_as_golden(data_root, golden_rows, golden_docs):
     cfg = make_config(data_root)
     assert snapshot(cfg.db) == golden_rows
     assert docs_tree(cfg.docs_root) == golden_docs
-    staging = cfg.docs_root / ".tmp"
-    assert not staging.exists() or not any(staging.iterdir()), "staging leftovers"
+    assert not staged_batches(cfg.docs_root), "staging leftovers"
     report = verify(cfg)
     assert report.ok, report.problems
 

@@ -6,15 +6,16 @@ import sqlite3
 
 import pytest
 from docwatch.errors import IndexCorrupt
-from docwatch.store import index as ix
+from docwatch.store.schema import DOCUMENT_COLUMNS, MIGRATIONS, SCHEMA_VERSION, statements
+from docwatch.store.sqlite import open_sqlite
 
 
 def test_fresh_index_has_the_seed_table_wal_and_current_version(tmp_path):
-    con = ix.connect(tmp_path / "db.sqlite")
-    assert con.execute("PRAGMA user_version").fetchone()[0] == ix.SCHEMA_VERSION
+    con = open_sqlite(tmp_path / "db.sqlite").con
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     columns = [r[1] for r in con.execute("PRAGMA table_info(documents)")]
-    assert tuple(columns) == ix.DOCUMENT_COLUMNS
+    assert tuple(columns) == DOCUMENT_COLUMNS
     indexes = {r[1] for r in con.execute("PRAGMA index_list(documents)")}
     assert {"idx_documents_logical", "idx_documents_stage"} <= indexes
 
@@ -22,43 +23,68 @@ def test_fresh_index_has_the_seed_table_wal_and_current_version(tmp_path):
 def test_v1_index_is_migrated_in_place(tmp_path):
     db = tmp_path / "db.sqlite"
     con = sqlite3.connect(db, isolation_level=None)
-    for statement in ix.MIGRATIONS[0].split(";"):
-        if statement.strip():
-            con.execute(statement)
+    for statement in statements(MIGRATIONS[0]):
+        con.execute(statement)
     con.execute("PRAGMA user_version = 1")
     con.execute("INSERT INTO attempts (doc_id, version, created_at_ns) VALUES ('a', 1, 5)")
     con.close()
-    con = ix.connect(db)
-    assert con.execute("PRAGMA user_version").fetchone()[0] == ix.SCHEMA_VERSION
+    con = open_sqlite(db).con
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     row = con.execute("SELECT doc_id, info_hash FROM attempts").fetchone()
     assert tuple(row) == ("a", None)
+
+
+def test_v2_index_keeps_its_sources_pinned_and_learns_its_task_facts(tmp_path):
+    """An index written by docwatch 0.1 (schema v2): the ledger's stat cache starts at the
+    pinned facts, and each task's sticky facts come from its documents."""
+    db = tmp_path / "db.sqlite"
+    con = sqlite3.connect(db, isolation_level=None)
+    for step in (0, 1):
+        for statement in statements(MIGRATIONS[step]):
+            con.execute(statement)
+    con.execute("PRAGMA user_version = 2")
+    con.execute(
+        "INSERT INTO sources VALUES ('p/t_v1.txt', 'ab', 'draft', 'raw', 't', 1, 9, 77, 'x')"
+    )
+    con.execute(
+        "INSERT INTO documents (doc_id, stage, task_id, template_id, model_id, status,"
+        " meta_small) VALUES ('d', 'draft', 't', 'tpl', 'm', 'ok', '{\"provider\": \"p\"}')"
+    )
+    con.execute(
+        "INSERT INTO attempts (doc_id, version, created_at_ns, info_hash) VALUES ('d', 1, 5, 'h')"
+    )
+    con.close()
+    con = open_sqlite(db).con
+    assert tuple(con.execute("SELECT seen_size, seen_mtime_ns FROM sources").fetchone()) == (9, 77)
+    task = con.execute("SELECT template_id, model_id, provider, info_hash FROM tasks").fetchone()
+    assert tuple(task) == ("tpl", "m", "p", "h")
 
 
 def test_newer_schema_is_refused_with_a_message(tmp_path):
     db = tmp_path / "db.sqlite"
     con = sqlite3.connect(db)
-    con.execute(f"PRAGMA user_version = {ix.SCHEMA_VERSION + 1}")
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     con.close()
     with pytest.raises(IndexCorrupt, match="newer"):
-        ix.connect(db)
+        open_sqlite(db)
     with pytest.raises(IndexCorrupt, match="upgrade docwatch"):
-        ix.connect(db, readonly=True)
+        open_sqlite(db, readonly=True)
 
 
 def test_not_a_database_is_refused_with_the_recovery_command(tmp_path):
     db = tmp_path / "db.sqlite"
     db.write_bytes(b"\x00garbage" * 512)
     with pytest.raises(IndexCorrupt, match="rebuild-index"):
-        ix.connect(db)
+        open_sqlite(db)
 
 
 def test_reader_sees_committed_rows_while_a_writer_holds_a_transaction(tmp_path):
     db = tmp_path / "db.sqlite"
-    writer = ix.connect(db)
-    ix.set_state(writer, "k", "v1")
-    reader = ix.connect(db, readonly=True)
-    writer.execute("BEGIN IMMEDIATE")
-    ix.set_state(writer, "k", "v2")
-    assert ix.get_state(reader, "k") == "v1"  # WAL: readers never wait for the writer
-    writer.execute("COMMIT")
-    assert ix.get_state(reader, "k") == "v2"
+    writer = open_sqlite(db)
+    writer.set_state("k", "v1")
+    reader = open_sqlite(db, readonly=True)
+    writer.con.execute("BEGIN IMMEDIATE")
+    writer.set_state("k", "v2")
+    assert reader.get_state("k") == "v1"  # WAL: readers never wait for the writer
+    writer.con.execute("COMMIT")
+    assert reader.get_state("k") == "v2"

@@ -816,7 +816,7 @@ def test_refresh_applies_facts_to_documents_indexed_before_the_event(driver, tmp
     assert (row["usage_completion_tokens"], row["usage_max_tokens"]) == (max_tokens, max_tokens)
     assert row["meta_small"]["status_reason"].startswith("response truncated")
     task = {("draft", TRUNC1.task_id)}
-    assert runrecords.stale_tasks(indexer.con, records.book, task) == set()
+    assert runrecords.stale_tasks(indexer.index, records.book, task) == set()
     assert runrecords.refresh(indexer, records).updated == []  # idempotent
     records.close()
     indexer.close()

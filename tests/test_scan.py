@@ -268,6 +268,7 @@ def test_unreadable_task_table_falls_back_to_ids(tmp_path):
 
 
 def test_missing_folders_are_fine(tmp_path):
+    (tmp_path / "empty").mkdir()  # the data root exists; none of its folders do
     cfg, result = run_scan(tmp_path / "empty")
     assert sum(stage_totals(result, "new").values()) == 0
 

@@ -50,6 +50,7 @@ class DocwatchMachine(RuleBasedStateMachine):
         super().__init__()
         self.tmp = Path(tempfile.mkdtemp(prefix="docwatch-state-"))
         self.data = self.tmp / "data"
+        self.data.mkdir()
         self.clock = 1_700_000_000.0
         self.versions: dict[tuple[str, str, str], int] = {}
         # Files are dated in the past, except raw files caught half-written, which are "now":
@@ -208,12 +209,33 @@ class DocwatchMachine(RuleBasedStateMachine):
                 if source is not None:
                     assert (self.data / doc_dir / f"{kind}.txt").exists(), (doc_dir, kind)
 
+    def write_sticky_table(self, root: Path) -> None:
+        """The model's essay table: what the index remembers of each task (sticky facts: a
+        task the current table dropped keeps the facts it was indexed with), else the table."""
+        con = sqlite3.connect(self.cfg.db)
+        stored = con.execute(
+            "SELECT task_id, template_id, model_id, parent_task_id FROM tasks"
+            " WHERE stage = 'essay' AND from_tables = 1"
+        ).fetchall()
+        con.close()
+        rows = {
+            task: f"{task},x,deliberate-rolling-thread-v2,{tpl},{model},M,{parent}\n"
+            for task, tpl, model, parent in stored
+        }
+        path = root / "2_tasks" / "essay_generation_tasks.csv"
+        if path.exists():
+            for line in path.read_text().splitlines()[1:]:
+                rows[line.split(",")[0]] = line + "\n"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(ESSAY_TABLE + "".join(rows[k] for k in sorted(rows)))
+
     def check_quiescent_equals_model(self):
         self.finish_raw_writes() if self.half_written else None
         self.restart()
         scan(self.cfg, run_id="state")
         model_root = self.tmp / "model"
         shutil.copytree(self.data, model_root, ignore=shutil.ignore_patterns("db", "docs"))
+        self.write_sticky_table(model_root)
         model_cfg = make_config(model_root)
         scan(model_cfg, run_id="state")
         assert snapshot(self.cfg.db) == snapshot(model_cfg.db)

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from docwatch.core import tasks
-from docwatch.core.tasks import TaskTableReader, TaskTables, parse_bool, parse_table, task_info
+from docwatch.core.tasks import TaskTables, parse_bool, parse_table, task_info
+from docwatch.ingest import tables as tasks
+from docwatch.ingest.tables import TaskTableReader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

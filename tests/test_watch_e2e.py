@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import assert_tombstones, docs_tree, staged_batches
 from docwatch.config import load_config
 from docwatch.ingest.scan import scan
 from docwatch.store.locks import writer_lock
@@ -28,15 +29,20 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 import legacy_tree  # noqa: E402
 
+# No periodic reconcile during a test: file events alone must carry the daemon to a scan's
+# result (a reconcile would hide a watcher that lost events).
 CONFIG = """\
 settle_seconds = 0.5
 pair_window = 2
-reconcile_interval = 5
+reconcile_interval = "1h"
 log_level = "INFO"
 """
+#: Every column but run_id (who ingested); doc_dir by its stage/doc_id tail (the two indexes'
+#: docs roots differ); meta_small as stored (sorted keys).
 COMPARED = (
-    "doc_id, stage, task_id, status, parent_doc_id, logical_key_id, lineage_prev_doc_id, "
-    "prompt_path"
+    "doc_id, logical_key_id, stage, task_id, parent_doc_id, template_id, model_id, prompt_path, "
+    "parser, status, usage_prompt_tokens, usage_completion_tokens, usage_max_tokens, created_at, "
+    "raw_chars, parsed_chars, meta_small, lineage_prev_doc_id, doc_dir"
 )
 
 
@@ -59,6 +65,13 @@ class Env:
         self.config = tmp_path / "docwatch.toml"
         self.config.write_text(CONFIG)
         self.procs: list[subprocess.Popen] = []
+        self.history: list[Path] = []  # earlier states of the tree the daemon indexed
+
+    def remember(self) -> None:
+        """Keep a copy of the tree as it is now (its task tables), for the scan reference."""
+        keep = self.tmp / f"history-{len(self.history)}"
+        shutil.copytree(self.data, keep, symlinks=True)
+        self.history.append(keep)
 
     def args(self, data: Path, db: Path, docs: Path) -> list[str]:
         return [
@@ -125,12 +138,14 @@ def env(tmp_path):
     e.cleanup()
 
 
-def rows(db: Path, where: str = "") -> set[tuple]:
+def rows(db: Path, where: str = "WHERE status <> 'superseded'") -> set[tuple]:
+    """The visible documents, every column compared (superseded ones: ``assert_tombstones``)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return set(con.execute(f"SELECT {COMPARED} FROM documents {where}"))
+        found = con.execute(f"SELECT {COMPARED} FROM documents {where}").fetchall()
     finally:
         con.close()
+    return {(*r[:-1], "/".join(r[-1].split("/")[-2:])) for r in found}
 
 
 def stop(env: Env, proc: subprocess.Popen, notify: NotifySocket | None) -> None:
@@ -146,18 +161,24 @@ def stop(env: Env, proc: subprocess.Popen, notify: NotifySocket | None) -> None:
 
 
 def scan_of_copy(env: Env) -> set[tuple]:
-    """``docwatch scan`` of a copy of the finished tree (mtimes kept) on an empty index."""
+    """``docwatch scan`` of a copy of the finished tree (mtimes kept) on an empty index, after
+    a scan of each earlier state the daemon saw (``env.history``: the task tables are rewritten
+    per experiment, and a task keeps the facts it was indexed with).  Returns the rows; the
+    files of both indexes are compared too."""
     copy = env.tmp / "copy"
-    shutil.copytree(env.data, copy, symlinks=True)  # copy2: mtimes preserved to the ns
     db, docs = env.tmp / "scan-index" / "documents.sqlite", env.tmp / "scan-index" / "docs"
-    out = subprocess.run(
-        [sys.executable, "-m", "docwatch", "scan", *env.args(copy, db, docs), "--json"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
+    for state in [*env.history, env.data]:
+        shutil.copytree(state, copy, symlinks=True, dirs_exist_ok=True)  # copy2: mtimes kept
+        out = subprocess.run(
+            [sys.executable, "-m", "docwatch", "scan", *env.args(copy, db, docs), "--json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+    assert docs_tree(env.docs) == docs_tree(docs), "document files differ from the scan's"
+    assert_tombstones(env.db, env.docs)
     return rows(db)
 
 
@@ -191,6 +212,7 @@ def wait_ready(env: Env, proc: subprocess.Popen, notify: NotifySocket, n: int = 
 
 def test_live_pipeline_converges_with_a_scan_of_the_finished_tree(env, notify):
     pre = legacy_tree.build_tree(env.data, combos=1, seed=11, quirks=False)  # an older tree
+    env.remember()  # its task tables are rewritten by the next experiment
     proc = env.start(notify)
     wait_ready(env, proc, notify)
     assert env.caught_up(), "READY=1 came before the catch-up finished"
@@ -282,8 +304,7 @@ def test_signal_while_waiting_for_the_writer_lock_exits_0_and_loses_nothing(env,
 
 
 def _staged(env: Env) -> bool:
-    staging = env.docs / ".tmp"
-    return staging.is_dir() and any(any(b.iterdir()) for b in staging.iterdir() if b.is_dir())
+    return any(any(b.iterdir()) for b in staged_batches(env.docs))
 
 
 def _hold_index(env: Env) -> sqlite3.Connection:

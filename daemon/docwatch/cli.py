@@ -1,8 +1,10 @@
 """The ``docwatch`` command line: parse, call, and turn errors into messages (once, here).
 
 Exit codes: 0 success; 1 nothing found (latest/show) or problems found (verify);
-2 bad usage or configuration; 3 unusable index (corrupt, wrong version); 4 index held by
-another daemon; 70 unexpected internal error.
+2 bad usage or configuration (a data root that does not exist included); 3 unusable index
+(missing, corrupt, newer version); 4 index held by another daemon (or being rebuilt);
+77 a permission problem (the message names the path and the missing permission);
+70 unexpected internal error.
 """
 
 from __future__ import annotations
@@ -125,6 +127,7 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
     Example:
       docwatch scan --data-root /srv/daydreaming/data --stage draft --json
     """
+    from docwatch.dagster.runrecords import attach
     from docwatch.ingest.indexer import default_run_id
     from docwatch.ingest.scan import scan as run_scan
 
@@ -137,6 +140,7 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
             run_id=run_id,
             dry_run=dry_run,
             progress=bar.start if bar.enabled else None,
+            run_facts=(lambda indexer: attach(indexer, cfg)) if cfg.dagster_home else None,
         )
     emit(result.as_dict(), as_json, _render_scan)
 
@@ -166,12 +170,13 @@ def _render_scan(d: dict) -> str:
     lines = [f"scan: {head}, {d['seconds']:.2f}s"]
     lines.append(
         f"  {'stage':<11}{'new':>7}{'indexed':>9}{'ignored':>9}{'deferred':>10}"
-        f"{'errors':>8}{'docs+':>8}{'docs~':>8}"
+        f"{'errors':>8}{'docs+':>8}{'docs~':>8}{'superseded':>12}"
     )
     for stage, c in d["stages"].items():
         lines.append(
             f"  {stage:<11}{c['new']:>7}{c['indexed']:>9}{c['ignored']:>9}{c['deferred']:>10}"
             f"{c['error']:>8}{c['docs_created']:>8}{c['docs_updated']:>8}"
+            f"{c['docs_superseded']:>12}"
         )
     for p in d["problems"]:
         lines.append(f"  problem: {p['path']}: {p['reason']}")
@@ -318,14 +323,18 @@ def rebuild_index(config_file, as_json, **flags) -> None:
     Example:
       docwatch rebuild-index --data-root data
     """
-    from docwatch.store.locks import claim_daemon, writer_lock
+    from docwatch.store.locks import claim_daemon, claim_index_alone, writer_lock
     from docwatch.store.rebuild import rebuild
 
     cfg = make_config(config_file, **flags)
     daemon_lock = claim_daemon(cfg.db)
     try:
-        with writer_lock(cfg.db):
-            report = rebuild(cfg.db, cfg.docs_root)
+        alone = claim_index_alone(cfg.db)  # no scan, watch or repair has it open
+        try:
+            with writer_lock(cfg.db):
+                report = rebuild(cfg.db, cfg.docs_root)
+        finally:
+            alone.release()
     finally:
         daemon_lock.release()
     emit(
@@ -362,7 +371,8 @@ def watch(config_file, **flags) -> None:
       docwatch watch --config /etc/docwatch/config.toml
       docwatch watch --data-root /mnt/nfs/data --observer polling --run-id exp-42
     """
+    from docwatch.dagster.runrecords import live_records
     from docwatch.live.watcher import run_watch
 
     cfg = make_config(config_file, **flags)
-    run_watch(cfg)
+    run_watch(cfg, run_facts=live_records(cfg))

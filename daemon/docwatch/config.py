@@ -355,3 +355,16 @@ def _build(layers: _Layers) -> Config:
     keys = [*_FIELDS, *(f"folders.{stage}.{kind}" for stage in STAGES for kind in KINDS)]
     sources = {key: layers.sources.get(key, "default") for key in keys}
     return Config(**values, folders=layers.folders, sources=sources)  # type: ignore[arg-type]
+
+
+def require_data_root(cfg: Config) -> None:
+    """A data root that does not exist is a configuration error, never a new empty index."""
+    root = cfg.data_root
+    if not root.is_dir():
+        why = "is not a directory" if root.exists() else "does not exist"
+        raise ConfigError(
+            [
+                f"data_root = {_show(str(root))} (from {cfg.sources.get('data_root', 'default')}): "
+                f"{why}; check the path (nothing was created)"
+            ]
+        )

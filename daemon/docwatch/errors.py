@@ -16,7 +16,7 @@ class DocumentNotFound(DocwatchError, LookupError):
 
 
 class IndexCorrupt(DocwatchError):
-    """The index file is not a usable SQLite database."""
+    """The index is missing, not a usable database, or from a newer docwatch."""
 
     exit_code = 3
 
@@ -31,3 +31,14 @@ class ConfigInvalid(DocwatchError):
     """The configuration has problems (every one is listed)."""
 
     exit_code = 2
+
+
+class PermissionProblem(DocwatchError):
+    """A path docwatch must read or write is not allowed to this user (or is read-only);
+    the message names the path and the missing permission (exit 77, sysexits' EX_NOPERM)."""
+
+    exit_code = 77
+
+
+class IndexUnreadable(PermissionProblem):
+    """The index exists but this user may not open it (a permission, never corruption)."""

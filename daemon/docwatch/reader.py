@@ -7,34 +7,37 @@ writes (WAL).  Nothing found is a ``DocumentNotFound`` that says what was asked.
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from docwatch.core.layout import STAGES
+from docwatch.core.layout import KINDS, STAGES
 from docwatch.errors import DocumentNotFound
-from docwatch.store import index as ix
+from docwatch.store.backend import is_url, open_index
 
-KINDS = ("raw", "parsed", "prompt")
 _DOC_ID = re.compile(r"^[0-9a-z]{12,16}$")
-_LATEST = (
-    "SELECT d.* FROM documents d JOIN attempts a USING (doc_id) WHERE {where}"
-    " AND d.status IN ({marks}) ORDER BY d.created_at DESC, a.version DESC, d.doc_id DESC LIMIT 1"
-)
 
 
 class DocumentsIndex:
-    """Read-only access to ``documents.sqlite`` and the document directories."""
+    """Read-only access to the index and the document directories.
+
+    ``db_path``: the SQLite file, or a ``postgresql://`` URL (then ``docs_root`` is needed).
+    Works as any user who may read the data root: no write access is needed anywhere.
+    """
 
     def __init__(self, db_path: str | Path, docs_root: str | Path | None = None) -> None:
-        self.db_path = Path(db_path)
-        self.docs_root = Path(docs_root) if docs_root else self.db_path.parent.parent / "docs"
-        self._con = ix.connect(self.db_path, readonly=True)
+        if is_url(db_path):
+            if docs_root is None:
+                raise ValueError("docs_root is required with a postgresql:// index")
+            self.db_path: str | Path = str(db_path)
+        else:
+            self.db_path = Path(db_path)
+        self.docs_root = Path(docs_root) if docs_root else Path(db_path).parent.parent / "docs"
+        self._index = open_index(self.db_path, readonly=True)
         self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._con.close()
+        self._index.close()
 
     def __enter__(self) -> DocumentsIndex:
         return self
@@ -42,36 +45,40 @@ class DocumentsIndex:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _one(self, sql: str, params: Iterable) -> dict | None:
-        with self._lock:
-            row = self._con.execute(sql, tuple(params)).fetchone()
-        return ix.row_to_dict(row) if row is not None else None
-
     def get(self, doc_id: str) -> dict:
-        """The row of one document (meta_small decoded)."""
-        row = self._one("SELECT * FROM documents WHERE doc_id = ?", [doc_id])
+        """The row of one document (meta_small decoded), superseded ones included."""
+        with self._lock:
+            row = self._index.get(doc_id)
         if row is None:
             raise DocumentNotFound(f"no document {doc_id!r} in {self.db_path}")
         return row
 
-    def get_latest_by_task(self, stage: str, task_id: str, status: Iterable[str] = ("ok",)) -> dict:
-        """Latest document of a task (by created_at, then version) whose status is in ``status``."""
+    def get_latest_by_task(
+        self, stage: str, task_id: str, status: str | Iterable[str] = ("ok",)
+    ) -> dict:
+        """Latest document of a task whose status is in ``status`` (never a superseded one).
+
+        "Latest" is the model's order: by created_at, then version; an unversioned legacy
+        file is older than every versioned one of its task.
+        """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
-        statuses = sorted(set(status))
-        sql = _LATEST.format(where="d.stage = ? AND d.task_id = ?", marks=_marks(statuses))
-        row = self._one(sql, [stage, task_id, *statuses])
+        statuses = _statuses(status)
+        with self._lock:
+            row = self._index.latest_by_task(stage, task_id, statuses)
         if row is None:
             raise DocumentNotFound(
                 f"no {'/'.join(statuses)} {stage} document for task {task_id!r} in {self.db_path}"
             )
         return row
 
-    def get_latest_by_logical(self, logical_key_id: str, status: Iterable[str] = ("ok",)) -> dict:
+    def get_latest_by_logical(
+        self, logical_key_id: str, status: str | Iterable[str] = ("ok",)
+    ) -> dict:
         """Latest document of a logical key (the seed's reader contract)."""
-        statuses = sorted(set(status))
-        sql = _LATEST.format(where="d.logical_key_id = ?", marks=_marks(statuses))
-        row = self._one(sql, [logical_key_id, *statuses])
+        statuses = _statuses(status)
+        with self._lock:
+            row = self._index.latest_by_logical(logical_key_id, statuses)
         if row is None:
             raise DocumentNotFound(
                 f"no {'/'.join(statuses)} document with logical key {logical_key_id!r}"
@@ -101,11 +108,13 @@ class DocumentsIndex:
         """The document's raw/parsed/prompt text (undecodable bytes shown as U+FFFD)."""
         return self.read_bytes(row, kind).decode("utf-8", errors="replace")
 
-    def execute(self, sql: str, params: Iterable = ()) -> list[sqlite3.Row]:
-        """Run a read-only query (for status and ad-hoc reports)."""
+    def execute(self, sql: str, params: Iterable = ()) -> list:
+        """Run a read-only query (``?`` placeholders; for status and ad-hoc reports); rows
+        are tuples that also read by column name."""
         with self._lock:
-            return self._con.execute(sql, tuple(params)).fetchall()
+            return self._index.execute(sql, params).fetchall()
 
 
-def _marks(values: list[str]) -> str:
-    return ", ".join("?" * len(values))
+def _statuses(status: str | Iterable[str]) -> list[str]:
+    """The statuses asked for: one status as a string, or several."""
+    return [status] if isinstance(status, str) else sorted(set(status))

@@ -2,40 +2,48 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 
+from docwatch.core.clock import parse_iso
 from docwatch.core.layout import STAGES
-from docwatch.store import index as ix
+from docwatch.store.backend import open_index
 
 
 def status(db) -> dict:
-    """Counts by stage and status, pending, unlinked, newest document, ingest lag."""
-    con = ix.connect(db, readonly=True)
+    """Counts by stage and status, pending, unlinked, newest document, ingest lag.
+
+    The lag is the time from the newest file of the last batch to its commit, for files the
+    daemon saw written; a batch of files older than that (a scan, a catch-up) is a backfill.
+    """
+    index = open_index(db, readonly=True)
     try:
-        counts = {s: {} for s in STAGES}
-        for r in con.execute("SELECT stage, status, count(*) FROM documents GROUP BY 1, 2"):
-            counts.setdefault(r[0], {})[r[1]] = r[2]
-        unlinked = con.execute(
-            "SELECT count(*) FROM documents WHERE stage != 'draft' AND parent_doc_id IS NULL"
-        ).fetchone()[0]
-        newest = con.execute(
+        counts: dict[str, dict[str, int]] = {s: {} for s in STAGES}
+        for r in index.all("SELECT stage, status, count(*) AS n FROM documents GROUP BY 1, 2"):
+            counts.setdefault(r["stage"], {})[r["status"]] = r["n"]
+        unlinked = index.scalar(
+            "SELECT count(*) AS n FROM documents WHERE stage <> 'draft'"
+            " AND parent_doc_id IS NULL AND status <> 'superseded'"
+        )
+        newest = index.one(
             "SELECT doc_id, stage, task_id, created_at FROM documents"
             " ORDER BY created_at DESC LIMIT 1"
-        ).fetchone()
-        problems = con.execute("SELECT count(*) FROM problems").fetchone()[0]
-        last_ingest = ix.get_state(con, "last_ingest")
-        lag = ix.get_state(con, "last_lag_seconds")
+        )
+        problems = index.scalar("SELECT count(*) AS n FROM problems")
+        state = {k: index.get_state(k) for k in ("last_ingest", "last_lag_seconds", "last_batch")}
     finally:
-        con.close()
+        index.close()
+    lag = state["last_lag_seconds"]
     return {
         "documents": sum(sum(c.values()) for c in counts.values()),
         "by_stage": counts,
         "pending": sum(c.get("pending", 0) for c in counts.values()),
+        "superseded": sum(c.get("superseded", 0) for c in counts.values()),
         "unlinked": unlinked,
         "source_problems": problems,
-        "newest": dict(newest) if newest else None,
-        "last_ingest": last_ingest,
-        "seconds_since_last_ingest": _age(last_ingest),
+        "newest": newest,
+        "last_ingest": state["last_ingest"],
+        "seconds_since_last_ingest": _age(state["last_ingest"]),
+        "last_batch": state["last_batch"] or ("live" if lag else None),
         "last_lag_seconds": float(lag) if lag else None,
     }
 
@@ -43,8 +51,7 @@ def status(db) -> dict:
 def _age(stamp: str | None) -> float | None:
     if not stamp:
         return None
-    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return round((datetime.now(UTC) - then).total_seconds(), 1)
+    return round((time.time_ns() - parse_iso(stamp)) / 1e9, 1)
 
 
 def render(s: dict) -> str:
@@ -54,14 +61,18 @@ def render(s: dict) -> str:
         lines.append(f"  {stage:<10} {detail}")
     lines.append(
         f"pending: {s['pending']}   unlinked: {s['unlinked']}   "
-        f"source problems: {s['source_problems']}"
+        f"superseded: {s['superseded']}   source problems: {s['source_problems']}"
     )
     if s["newest"]:
         n = s["newest"]
         lines.append(f"newest: {n['doc_id']} {n['stage']} {n['task_id']} ({n['created_at']})")
     if s["last_ingest"]:
-        lag = s["last_lag_seconds"]
-        lag_text = f", lag of that batch {lag:.3f}s" if lag is not None else ""
+        if s["last_batch"] == "backfill":
+            lag_text = "; a backfill of files written before the daemon saw them (no lag)"
+        elif s["last_lag_seconds"] is not None:
+            lag_text = f"; from file close to its row {s['last_lag_seconds']:.3f}s"
+        else:
+            lag_text = ""
         lines.append(
             f"last ingest: {s['last_ingest']} ({s['seconds_since_last_ingest']}s ago{lag_text})"
         )

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
+from docwatch.core.clock import iso_utc
 from docwatch.core.ids import doc_id_for, hash36, logical_key_for
 
 OK, PENDING, PARSE_ERROR, GEN_ERROR = "ok", "pending", "parse_error", "gen_error"
+#: A document that was visible and whose sources now belong to another attempt (SPEC "Status").
+SUPERSEDED = "superseded"
+
+
+def attempt_order(version: int, created_at_ns: int) -> tuple[bool, int, int]:
+    """Oldest first: an unversioned legacy file before every versioned one, then by creation
+    time, then by version.  Lineage, parent choice and the readers' "latest" all use it."""
+    return (version != 0, created_at_ns, version)
 
 
 @dataclass(frozen=True, order=True)
@@ -31,6 +39,7 @@ class Source:
 
     @property
     def key(self) -> tuple[str, str]:
+        """Identity: path and content.  mtime and size are facts pinned at first ingestion."""
         return (self.relpath, self.sha256)
 
     def order(self) -> tuple[int, int, str, str]:
@@ -55,16 +64,28 @@ class TaskInfo:
 
     def fingerprint(self) -> str:
         """Changes exactly when what the tables say about this task changes."""
-        return hash36(
-            self.template_id,
-            self.model_id,
-            self.parser,
-            self.generator,
-            self.parent_stage,
-            self.parent_task_id,
-            self.provider,
-            str(self.from_tables),
-        )
+        return hash36(*(str(v) if isinstance(v, bool) else v for v in self.facts().values()))
+
+    def facts(self) -> dict:
+        """The facts as plain data (stored with the task, and in each ``metadata.json``)."""
+        return {name: getattr(self, name) for name in TASK_FACTS}
+
+    @classmethod
+    def from_facts(cls, stage: str, task_id: str, facts: dict) -> TaskInfo:
+        return cls(stage, task_id, **{name: facts.get(name) for name in TASK_FACTS})
+
+
+#: TaskInfo fields that are facts about the task (stage and task id identify it).
+TASK_FACTS = (
+    "template_id",
+    "model_id",
+    "parser",
+    "generator",
+    "parent_stage",
+    "parent_task_id",
+    "provider",
+    "from_tables",
+)
 
 
 @dataclass(frozen=True)
@@ -165,14 +186,13 @@ def plan_task(
 ) -> TaskPlan:
     """Decide every attempt of one task from all its known sources."""
     by_kind: dict[str, list[Source]] = {"raw": [], "parsed": [], "prompt": []}
-    for s in set(sources):
+    for s in unique_sources(sources):
         by_kind[s.kind].append(s)
     raws = sorted(by_kind["raw"], key=Source.order)
     paired, loose = pair_sources(raws, by_kind["parsed"])
     drafts: list[tuple[Source | None, Source | None]] = [(r, paired.get(r.key)) for r in raws]
     drafts += [(None, p) for p in loose]
-    # Unversioned legacy files are the oldest attempt of their task, whatever their mtime.
-    drafts.sort(key=lambda rp: ((rp[0] or rp[1]).version != 0, (rp[0] or rp[1]).order()))
+    drafts.sort(key=lambda rp: _draft_order(rp[0] or rp[1]))
 
     attempts: list[Attempt] = []
     for index, (raw, parsed) in enumerate(drafts):
@@ -202,20 +222,30 @@ def plan_task(
     return TaskPlan(info.stage, info.task_id, attempts)
 
 
+def unique_sources(sources: Iterable[Source]) -> list[Source]:
+    """One Source per identity (path, hash).  Callers pass the pinned facts of a known source;
+    should two versions of its facts still meet here, the earliest wins, so a touch can never
+    make a second attempt of the same bytes."""
+    first: dict[tuple[str, str], Source] = {}
+    for s in sources:
+        seen = first.get(s.key)
+        if seen is None or s.order() < seen.order():
+            first[s.key] = s
+    return list(first.values())
+
+
+def _draft_order(primary: Source) -> tuple:
+    return (*attempt_order(primary.version, primary.mtime_ns), primary.relpath, primary.sha256)
+
+
 def choose_parent(candidates: Iterable[ParentCandidate], ref_ns: int) -> str | None:
     """The latest ok parent document created no later than ``ref_ns``."""
     eligible = [c for c in candidates if c.created_at_ns <= ref_ns]
     if not eligible:
         return None
-    return max(eligible, key=lambda c: (c.created_at_ns, c.version, c.doc_id)).doc_id
-
-
-def iso_utc(ns: int) -> str:
-    """ISO-8601 UTC with microseconds, e.g. ``2025-09-14T10:02:03.123456Z`` (sorts as text)."""
-    dt = datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).replace(
-        microsecond=(ns % 1_000_000_000) // 1000
-    )
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return max(
+        eligible, key=lambda c: (*attempt_order(c.version, c.created_at_ns), c.doc_id)
+    ).doc_id
 
 
 def logical_key(info: TaskInfo, parent_doc_id: str | None) -> str:

@@ -1,18 +1,16 @@
-"""The legacy task and template tables: a tolerant reader (I/O) and ``task_info`` (pure).
+"""What the legacy task and template tables say about a task (pure: parsing and lookup).
 
-The pipeline rewrites ``2_tasks/*.csv`` in place with pandas (not atomically), so a read can
-see a half-written file; such reads are retried and otherwise replaced by the last good copy.
+``ingest/tables.py`` reads the files; here they are plain text and dicts.  Task facts are
+sticky (SPEC "Identity and links"): a task the tables no longer list keeps the facts it was
+indexed with (``effective_info``).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import logging
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 
 from docwatch.core.layout import TASKS_DIR, TEMPLATES_DIR, split_task_id
 from docwatch.core.model import TaskInfo
@@ -192,122 +190,10 @@ def parse_table(text: str, key: str, *, needs_final_newline: bool = False) -> Ta
     return rows
 
 
-Signature = tuple[int, int, int]  # size, mtime_ns, inode
-
-
-class _Read(NamedTuple):
-    rows: Table | None  # None: bad read
-    reason: str | None
-    sig: Signature | None  # the stat before reading; None when missing
-    retry: bool = False  # worth reading again soon (the file may be mid-write)
-
-
-def _signature(path: Path) -> Signature | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
-
-
-class TaskTableReader:
-    """Loads the tables from a data root, keeping the last good copy of each file.
-
-    Read-only: files are opened for reading only, never written or locked.
-    """
-
-    def __init__(
-        self,
-        data_root: Path,
-        log: logging.Logger | None = None,
-        retries: int = 3,
-        retry_delay: float = 0.2,
-    ) -> None:
-        self.data_root = Path(data_root)
-        self.log = log or logging.getLogger(__name__)
-        self.retries = max(0, retries)
-        self.retry_delay = retry_delay
-        self.problems: list[str] = []
-        self._good: dict[str, Table] = {}
-        self._sigs: dict[str, Signature | None] | None = None  # None: never loaded
-
-    def paths(self) -> dict[str, Path]:
-        """Each table's file path, by TaskTables field name."""
-        return {
-            name: self.data_root / folder / filename
-            for name, (folder, filename, _) in TABLE_FILES.items()
-        }
-
-    def changed(self) -> bool:
-        """Whether any table file differs (size, mtime, inode, presence) from the last load."""
-        if self._sigs is None:
-            return True
-        return any(_signature(p) != self._sigs.get(n) for n, p in self.paths().items())
-
-    def load(self) -> TaskTables:
-        """Read every table; a bad read keeps the previous good table and is in ``problems``."""
-        problems: list[str] = []
-        sigs: dict[str, Signature | None] = {}
-        tables: dict[str, Table] = {}
-        for name, path in self.paths().items():
-            folder, _, key = TABLE_FILES[name]
-            result = self._read_with_retries(path, key, needs_final_newline=folder == TASKS_DIR)
-            sigs[name] = result.sig
-            if result.rows is not None:
-                if result.sig is None:
-                    self.log.debug("%s: missing; using an empty table", path)
-                    self._good.pop(name, None)
-                else:
-                    self._good[name] = result.rows
-                tables[name] = result.rows
-            else:
-                kept = self._good.get(name, {})
-                message = (
-                    f"{path}: {result.reason}; keeping the last good copy ({len(kept)} rows) "
-                    "and retrying on the next change"
-                )
-                problems.append(message)
-                self.log.warning("%s", message)
-                tables[name] = kept
-        self.problems = problems
-        self._sigs = sigs
-        return TaskTables(**tables)
-
-    def _read_with_retries(self, path: Path, key: str, *, needs_final_newline: bool) -> _Read:
-        result = self._read_once(path, key, needs_final_newline)
-        for _ in range(self.retries):
-            if not result.retry:
-                break
-            time.sleep(self.retry_delay)
-            result = self._read_once(path, key, needs_final_newline)
-        return result
-
-    @staticmethod
-    def _read_once(path: Path, key: str, needs_final_newline: bool) -> _Read:
-        try:
-            before = path.stat()
-        except FileNotFoundError:
-            return _Read({}, None, None)
-        except OSError as exc:
-            return _Read(None, f"cannot stat ({_describe(exc)})", None)
-        sig = (before.st_size, before.st_mtime_ns, before.st_ino)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return _Read({}, None, None)
-        except OSError as exc:
-            return _Read(None, f"unreadable ({_describe(exc)})", sig)
-        if _signature(path) != sig or len(data) != before.st_size:
-            return _Read(None, "changed while being read", sig, retry=True)
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            return _Read(None, f"not UTF-8 ({exc.reason} at byte {exc.start})", sig, retry=True)
-        parsed = parse_table(text, key, needs_final_newline=needs_final_newline)
-        if isinstance(parsed, str):
-            return _Read(None, parsed, sig, retry=True)
-        return _Read(parsed, None, sig)
+def effective_info(current: TaskInfo, stored: TaskInfo | None) -> TaskInfo:
+    """The facts to plan with: the tables' when they list the task (or nothing was stored),
+    else the stored ones, so rewriting the tables for a new experiment never rewrites the
+    history of tasks from earlier ones."""
+    if current.from_tables or stored is None:
+        return current
+    return stored

@@ -3,9 +3,9 @@
 For the pipeline's venv, next to its own Dagster: ``pip install --no-deps docwatch`` (this
 module needs only Dagster, pydantic, which Dagster brings, and docwatch's stdlib-only reader;
 the daemon's watchdog 7.1 conflicts with Dagster's ``watchdog<7``, README "Dagster
-integration").  ``import daemon`` never imports this module.  The resource is configuration
+integration").  ``import docwatch`` never imports this module.  The resource is configuration
 only (``db_path``, ``docs_root``); the core reader
-(``daemon.reader.DocumentsIndex``, a read-only SQLite connection, safe while ``docwatch watch``
+(``docwatch.reader.DocumentsIndex``, a read-only SQLite connection, safe while ``docwatch watch``
 writes) is opened lazily on first use, once per resource instance and process (a forked
 executor process opens its own).
 

@@ -42,10 +42,10 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
+from docwatch.core.clock import iso_seconds
 from docwatch.core.layout import parse_name
 
 if TYPE_CHECKING:
@@ -224,9 +224,7 @@ def facts_of(event: RunEvent) -> Facts:
             "asset": event.asset,
             "step": event.step,
             "event": event.kind,
-            "timestamp": datetime.fromtimestamp(event.timestamp, UTC)
-            .isoformat(timespec="microseconds")
-            .replace("+00:00", "Z"),
+            "timestamp": iso_seconds(event.timestamp),
             "metadata": {k: _small(v) for k, v in sorted(md.items())},
         },
     )

@@ -5,24 +5,26 @@ token counts; the Dagster instance that ran the pipeline records them (LEGACY_PI
 the Dagster instance records").  This module turns those records into *facts* about documents
 and applies them through the ingest hook (``Ingestor.enrich``).
 
-The pure part (events → facts, matching) is ``daemon/runfacts.py``.
+The pure part (events → facts, matching) is ``runfacts.py``.
 
 I/O part: ``RunRecords(dagster_home, folders, dagster_python=...)`` keeps the cursor of
-``daemon/dagster_events.py`` (which does the reading: materialisations by storage id per asset,
+``events.py`` (which does the reading: materialisations by storage id per asset,
 step failures per run, runs by ``updated_after``; see its docstring), so ``poll()`` reads only
 new events and returns the (stage, task_id) pairs they concern.  Two transports:
 
 * ``Subprocess`` when ``dagster_python`` is set (the normal deployment): the pipeline venv's
-  Python runs ``dagster_events.py`` by file path, so the instance is read by the Dagster that
+  Python runs ``events.py`` by file path, so the instance is read by the Dagster that
   wrote it, whatever docwatch's own venv holds (Dagster >= 1.8.5 requires ``watchdog<7``, the
   daemon watchdog 7.1);
 * ``InProcess`` otherwise: ``import docwatch.dagster.events`` here (Dagster must import in
-  docwatch's venv; ``import daemon`` never imports Dagster).
+  docwatch's venv; ``import docwatch`` never imports Dagster).
 
-Wiring: ``attach(indexer, cfg)`` (``scan`` and ``watch`` at start) and ``refresh(indexer,
-records)``: poll, then re-plan only the tasks with a stored document that does not carry its
-facts yet (``stale_tasks``: one indexed query per task, no planning, so a re-scan stays cheap);
-a Dagster read problem is logged and retried at the next call, never raised.
+Wiring: ``attach(indexer, cfg)`` (``scan`` at start) and ``refresh(indexer, records)``: poll,
+then re-plan only the tasks with a stored document that does not carry its facts yet
+(``stale_tasks``: one indexed query per task, no planning, so a re-scan stays cheap); a Dagster
+read problem is logged and retried at the next call, never raised.  The daemon reads through a
+``Poller`` (its own thread: a read may block for up to ``SUBPROCESS_TIMEOUT``) and ``apply``s
+what it brought in chunks between its other work.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import logging
 import os
 import selectors
 import shlex
-import sqlite3
 import subprocess
 import threading
 import time
@@ -54,12 +55,12 @@ from docwatch.dagster.runfacts import (
     relpath_below_root,
 )
 from docwatch.errors import DocwatchError
-from docwatch.store.index import row_to_dict, split_source_key
+from docwatch.store.index import Index, row_to_dict, split_source_key
 
 if TYPE_CHECKING:
     from docwatch.config import Config
-    from docwatch.ingest.batch import BatchReport
     from docwatch.ingest.indexer import Indexer
+    from docwatch.ingest.ingestor import BatchReport
 
 log = logging.getLogger("docwatch.runrecords")
 
@@ -77,7 +78,7 @@ class RunRecordsError(Exception):
 
 
 class InProcess:
-    """Reads with ``daemon.dagster_events`` in this process: Dagster must import here."""
+    """Reads with ``docwatch.dagster.events`` in this process: Dagster must import here."""
 
     def __init__(self, dagster_home: Path, assets: Iterable[str], instance: Any = None) -> None:
         self.dagster_home = Path(dagster_home)
@@ -117,7 +118,7 @@ class InProcess:
 
 
 class Subprocess:
-    """Reads with ``daemon/dagster_events.py`` run by path under the pipeline's Python.
+    """Reads with ``docwatch/dagster/events.py`` run by path under the pipeline's Python.
 
     One long-lived child (``--serve``): a request is a cursor on one line of its stdin, the
     answer one JSON line on its stdout, so Dagster is imported and the instance opened once,
@@ -315,18 +316,29 @@ class RunRecords:
         """The ``Ingestor.enrich`` hook."""
         return self.book.enrich
 
-    def take_pending(self) -> set[tuple[str, str]]:
-        """Tasks from an earlier poll that were not handed to ``refresh`` yet."""
-        out, self._pending = self._pending, set()
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def refresh(self, indexer: Indexer) -> BatchReport:
+        """Poll, then re-plan what the records change (``scan`` calls this at its end)."""
+        return refresh(indexer, self)
+
+    def take_pending(self, limit: int | None = None) -> set[tuple[str, str]]:
+        """Tasks from earlier polls not handed out yet (at most ``limit``)."""
+        if limit is None or len(self._pending) <= limit:
+            out, self._pending = self._pending, set()
+            return out
+        out = set(sorted(self._pending)[:limit])
+        self._pending -= out
         return out
 
     # -- polling -----------------------------------------------------------------------
+    # ``fetch`` does the I/O (it may block for up to the transport's timeout, so the daemon
+    # runs it on a thread of its own); ``absorb`` updates the cursor and the book, on the
+    # thread that ingests.  ``poll`` is both at once.
 
-    def poll(self) -> set[tuple[str, str]]:
-        """Read events added since the last poll; return the (stage, task_id) they concern.
-
-        All or nothing: when a read fails, the cursor stays where it was.
-        """
+    def fetch(self) -> tuple[list[RunEvent], dict]:
+        """Read the events added since the cursor: (events, the cursor after them)."""
         raw, cursor = self.transport.read(self.cursor)
         try:
             events = [e for e in (event_from_dict(d, self.assets) for d in raw) if e is not None]
@@ -334,22 +346,43 @@ class RunRecords:
             raise RunRecordsError(
                 f"{self.transport.describe()}: malformed event ({exc!r})"
             ) from None
-        self.cursor = cursor
+        return events, cursor
+
+    def absorb(self, fetched: tuple[list[RunEvent], dict] | None) -> set[tuple[str, str]]:
+        """Take a ``fetch`` result: the (stage, task_id) it concerns, also kept for ``refresh``.
+        None (a failed fetch) changes nothing: the next fetch starts from the same cursor."""
+        if fetched is None:
+            return set()
+        events, self.cursor = fetched
         self.polls += 1
         touched = self.book.add(events)
+        self._pending |= touched
         if events:
             log.debug("run records: %d new events, %d tasks", len(events), len(touched))
         return touched
 
+    def poll(self) -> set[tuple[str, str]]:
+        """Read events added since the last poll; return the (stage, task_id) they concern.
+
+        All or nothing: when a read fails, the cursor stays where it was.
+        """
+        return self.absorb(self.fetch())
+
     def poll_logged(self) -> set[tuple[str, str]] | None:
-        """``poll``, but a failure is logged (and None returned) instead of raised.
+        """``poll``, but a failure is logged (and None returned) instead of raised."""
+        fetched = self.fetch_logged()
+        return None if fetched is None else self.absorb(fetched)
+
+    def fetch_logged(self) -> tuple[list[RunEvent], dict] | None:
+        """``fetch``, but a failure is logged (and None returned) instead of raised.
 
         Configuration problems of the in-process reader (``DocwatchError``) are still raised.
         The first failure is a warning with everything known; while reads keep failing the
         warning is repeated at most every ``WARN_EVERY`` seconds; recovery is logged.
         """
+        started = time.monotonic()
         try:
-            tasks = self.poll()
+            fetched = self.fetch()
         except DocwatchError:
             raise
         except Exception as exc:  # Dagster storage busy, migrating, unreachable; the child died
@@ -374,7 +407,69 @@ class RunRecords:
                 self.failures,
             )
             self.failures, self._warned_at = 0, None
-        return tasks
+        elif self.polls == 0:
+            log.info(
+                "run records: %d Dagster events read from %s via %s in %.1fs",
+                len(fetched[0]),
+                self.dagster_home,
+                self.transport.describe(),
+                time.monotonic() - started,
+            )
+        return fetched
+
+
+class Poller:
+    """Fetches the run records on a thread of its own, so a slow or hung read (up to the
+    transport's timeout) never blocks the daemon's loop.  The loop calls ``take()`` when it
+    likes; a fetch result waits there, and the next fetch starts after it was taken (it needs
+    the cursor ``absorb`` moves)."""
+
+    def __init__(self, records: RunRecords, every: float = POLL_EVERY, wake=lambda: None) -> None:
+        self.records = records
+        self.every = every
+        self.wake = wake
+        self._result: list = []
+        self._taken = threading.Event()
+        self._taken.set()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="docwatch-runrecords", daemon=True)
+
+    def start(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._taken.wait()
+            if self._stop.is_set():
+                return
+            try:
+                fetched = self.records.fetch_logged()
+            except BaseException as exc:  # a configuration error: the loop raises it
+                self._error = exc
+                self.wake()
+                return
+            self._taken.clear()
+            self._result = [fetched]
+            self.wake()
+            self._stop.wait(self.every)
+
+    def take(self) -> bool:
+        """Absorb a finished fetch, if one waits; True when it brought something to apply."""
+        if self._error is not None:
+            raise self._error
+        if not self._result:
+            return False
+        fetched = self._result.pop()
+        touched = self.records.absorb(fetched)
+        self._taken.set()
+        return bool(touched) or self.records.has_pending()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self._stop.set()
+        self._taken.set()
+        self._thread.join(timeout)
 
 
 # -- wiring (scan and watch) ---------------------------------------------------------------
@@ -382,31 +477,26 @@ class RunRecords:
 
 def attach(indexer: Indexer, cfg: Config) -> RunRecords | None:
     """Open the run records of ``cfg.dagster_home`` (None when unset), read everything once,
-    and install the enrich hook; the first poll's tasks are handed out by ``refresh``.
-
-    With ``cfg.dagster_python`` the records are read by that Python (the pipeline's venv);
-    a failed first read is logged and retried at the next ``refresh``, never raised.
+    and give the indexer their enrich hook; the first poll's tasks are handed out by
+    ``refresh``.  A failed first read is logged and retried at the next ``refresh``.
     """
+    records = open_records(cfg)
+    if records is None:
+        return None
+    records.absorb(records.fetch_logged())
+    indexer.use_enrich(records.enrich)
+    return records
+
+
+def open_records(cfg: Config) -> RunRecords | None:
+    """The run records ``cfg`` names (not read yet), or None without ``dagster_home``."""
     if cfg.dagster_home is None:
         return None
-    records = RunRecords(
+    return RunRecords(
         cfg.dagster_home,
         [r.folder for r in folder_roles(cfg.folders)],
         dagster_python=cfg.dagster_python,
     )
-    started = time.monotonic()
-    tasks = records.poll_logged()
-    records._pending |= tasks or set()
-    indexer.ingestor.enrich = records.enrich
-    if tasks is not None:
-        log.info(
-            "run records: %d Dagster events read from %s via %s in %.1fs",
-            len(records.book),
-            cfg.dagster_home,
-            records.transport.describe(),
-            time.monotonic() - started,
-        )
-    return records
 
 
 def refresh(indexer: Indexer, records: RunRecords | None) -> BatchReport:
@@ -414,18 +504,55 @@ def refresh(indexer: Indexer, records: RunRecords | None) -> BatchReport:
 
     A Dagster read problem is logged and retried at the next call; it never stops the caller.
     """
-    from docwatch.ingest.batch import BatchReport
+    from docwatch.ingest.ingestor import BatchReport
 
-    report = BatchReport()
     if records is None:
-        return report
-    tasks = (records.poll_logged() or set()) | records.take_pending()
-    tasks = stale_tasks(indexer.con, records.book, tasks)
-    step = max(1, indexer.cfg.batch_max_files)
-    ordered = sorted(tasks)
-    for i in range(0, len(ordered), step):
-        report.merge(indexer.ingest([], extra_tasks=ordered[i : i + step]))
-    return report
+        return BatchReport()
+    records.absorb(records.fetch_logged())
+    return apply(indexer, records)
+
+
+def apply(indexer: Indexer, records: RunRecords, between=lambda: None) -> BatchReport:
+    """Re-plan the tasks the records touched whose stored rows lack their facts, a chunk of
+    tasks per batch (``between`` runs after each: the daemon feeds its watchdog there)."""
+    tasks = stale_tasks(indexer.index, records.book, records.take_pending())
+    indexer.queue_replan(tasks)
+    return indexer.ingest_queued(between)
+
+
+class LiveRecords:
+    """The run records as the daemon uses them: fetched by a ``Poller`` thread, applied by
+    the loop a chunk of tasks per turn (``watch.LiveRunFacts``)."""
+
+    #: Tasks checked for stale facts per turn of the daemon's loop.
+    CHUNK = 500
+
+    def __init__(self, records: RunRecords, indexer: Indexer, wake=lambda: None) -> None:
+        self.records = records
+        indexer.use_enrich(records.enrich)
+        self.poller = Poller(records, wake=wake).start()
+
+    def step(self, indexer: Indexer) -> None:
+        self.poller.take()
+        tasks = self.records.take_pending(limit=self.CHUNK)
+        if tasks:
+            indexer.queue_replan(stale_tasks(indexer.index, self.records.book, tasks))
+
+    def close(self) -> None:
+        self.poller.stop()
+        self.records.close()
+
+
+def live_records(cfg: Config):
+    """The daemon's opener of the run records of ``cfg`` (None without ``dagster_home``)."""
+    if cfg.dagster_home is None:
+        return None
+
+    def open_live(indexer: Indexer, wake) -> LiveRecords | None:
+        records = open_records(cfg)
+        return None if records is None else LiveRecords(records, indexer, wake)
+
+    return open_live
 
 
 _ROW_FIELDS = (
@@ -439,11 +566,12 @@ _META_FIELDS = ("status_reason", "finish_reason", "model_used", "dagster")
 _STORED = (
     "SELECT d.*, a.created_at_ns AS _created_at_ns, a.raw_key AS _raw_key"
     " FROM documents d JOIN attempts a USING (doc_id) WHERE d.stage = ? AND d.task_id = ?"
+    " AND d.status <> 'superseded'"
 )
 
 
 def stale_tasks(
-    con: sqlite3.Connection, book: RecordBook, tasks: Iterable[tuple[str, str]]
+    index: Index, book: RecordBook, tasks: Iterable[tuple[str, str]]
 ) -> set[tuple[str, str]]:
     """The tasks with a stored document that does not carry its run's facts yet.
 
@@ -454,8 +582,8 @@ def stale_tasks(
     for stage, task_id in tasks:
         if stage not in STAGES:
             continue
-        for r in con.execute(_STORED, (stage, task_id)):
-            stored = row_to_dict(r)
+        for stored in index.all(_STORED, (stage, task_id)):
+            stored = row_to_dict(stored)
             raw = split_source_key(stored["_raw_key"])[0] if stored["_raw_key"] else None
             event = book.match(stage, task_id, raw, stored["_created_at_ns"])
             if event is None:
@@ -474,6 +602,8 @@ __all__ = [
     "ASSETS",
     "Facts",
     "InProcess",
+    "LiveRecords",
+    "Poller",
     "RecordBook",
     "RunEvent",
     "RunRecords",
@@ -483,6 +613,8 @@ __all__ = [
     "choose",
     "event_from_dict",
     "facts_of",
+    "live_records",
+    "open_records",
     "refresh",
     "relpath_below_root",
     "stale_tasks",

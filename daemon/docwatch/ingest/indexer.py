@@ -1,28 +1,39 @@
-"""The writing side as one object: index connection, document store, task tables, locks.
+"""The writing side as one object: the index, the document store, the task tables, the locks.
 
 ``scan`` and ``watch`` both drive an ``Indexer``: it recovers what a dead writer left, runs
-batches under the writer lock, and retries a full disk or a locked database with backoff.
+batches under the writer lock, retries a full disk or a locked database with backoff, and keeps
+the set of tasks waiting for a re-plan (task tables rewritten, run records arrived, a dead
+writer's batch), handed out in chunks so no single batch grows with the tree.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import socket
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
-from docwatch.config import Config
-from docwatch.core.tasks import TaskTableReader, TaskTables, task_info
-from docwatch.ingest.batch import BatchReport, Ingestor, IngestSettings
+from docwatch.config import Config, require_data_root
+from docwatch.core.clock import iso_utc
+from docwatch.core.model import Attempt
+from docwatch.core.tasks import TaskTables, effective_info, task_info
+from docwatch.errors import PermissionProblem
+from docwatch.ingest.ingestor import BatchReport, Ingestor, IngestSettings, Known
 from docwatch.ingest.sources import Candidate
-from docwatch.store import index as ix
+from docwatch.ingest.tables import TaskTableReader
+from docwatch.store.backend import open_index
 from docwatch.store.docstore import DocStore
-from docwatch.store.locks import writer_lock
+from docwatch.store.locks import use_index, writer_lock
 
 log = logging.getLogger("docwatch.indexer")
 RETRYABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN}
+NOT_ALLOWED_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+#: Tasks re-planned per batch when many wait (tables rewritten): each batch stays short.
+REPLAN_CHUNK = 200
 
 
 def default_run_id(prefix: str = "backfill") -> str:
@@ -33,12 +44,29 @@ class Indexer:
     """Everything a writer needs, opened once; ``close`` releases it."""
 
     def __init__(
-        self, cfg: Config, run_id: str, *, sleep: Callable[[float], None] = time.sleep
+        self,
+        cfg: Config,
+        run_id: str,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        enrich: Callable[[dict, Attempt], dict] | None = None,
+        live_since_ns: int | None = None,
     ) -> None:
+        require_data_root(cfg)
         self.cfg = cfg
-        self.con = ix.connect(cfg.db)
+        self.users = use_index(cfg.db)
+        try:
+            self.index = open_index(cfg.db)
+        except BaseException:
+            self.users.release()
+            raise
+        self.writer_id = socket.gethostname() or "local"
         self.store = DocStore(
-            cfg.docs_root, link=cfg.link, file_mode=cfg.file_mode, dir_mode=cfg.dir_mode
+            cfg.docs_root,
+            staging=cfg.docs_root / ".tmp" / self._index_id() / self.writer_id,
+            link=cfg.link,
+            file_mode=cfg.file_mode,
+            dir_mode=cfg.dir_mode,
         )
         self.tables_reader = TaskTableReader(cfg.data_root, log=logging.getLogger("docwatch.tasks"))
         self._tables: TaskTables | None = None
@@ -51,9 +79,35 @@ class Indexer:
             pair_window_ns=int(cfg.pair_window * 1e9),
             max_bytes=cfg.max_file_bytes,
             prompt_copy=cfg.prompt_copy,
+            live_since_ns=live_since_ns,
         )
-        self.ingestor = Ingestor(self.con, self.store, self.settings, self.tables)
+        self.ingestor = Ingestor(
+            self.index,
+            self.store,
+            self.settings,
+            self.tables,
+            writer_id=self.writer_id,
+            enrich=enrich,
+        )
         self._replan: set[tuple[str, str]] = set()
+
+    def use_enrich(self, enrich: Callable[[dict, Attempt], dict] | None) -> None:
+        """Facts only the run records know (run_id, true status, usage), from now on."""
+        self.ingestor.enrich = enrich
+
+    @property
+    def con(self):
+        """The index's DB-API connection (for ad-hoc reads)."""
+        return self.index.con
+
+    def _index_id(self) -> str:
+        """A name for this index that stays the same: its own staging folder under docs/.tmp."""
+        index_id = self.index.get_state("index_id")
+        if index_id is None:
+            with self.index.transaction():
+                index_id = self.index.get_state("index_id") or uuid.uuid4().hex[:12]
+                self.index.set_state("index_id", index_id)
+        return index_id
 
     def tables(self) -> TaskTables:
         """The task tables, re-read only when one of the files changed."""
@@ -63,15 +117,20 @@ class Indexer:
         return self._tables
 
     def stale_tasks(self, tables: TaskTables) -> set[tuple[str, str]]:
-        """Tasks whose documents were planned with other table contents than ``tables``."""
-        return {
-            (stage, task_id)
-            for stage, task_id, planned in ix.task_info_hashes(self.con)
-            if task_info(tables, stage, task_id).fingerprint() != planned
-        }
+        """Tasks whose stored facts differ from what the tables now say (sticky: a task the
+        tables no longer list keeps its facts, so it is never stale for that)."""
+        stale = set()
+        for stored, planned in self.index.all_task_facts():
+            current = task_info(tables, stored.stage, stored.task_id)
+            if effective_info(current, stored).fingerprint() != planned:
+                stale.add((stored.stage, stored.task_id))
+        return stale
 
     def close(self) -> None:
-        self.con.close()
+        try:
+            self.index.close()
+        finally:
+            self.users.release()
 
     def recover(self) -> int:
         """Clean what a writer that died mid-batch left behind (call before the first batch)."""
@@ -82,19 +141,14 @@ class Indexer:
             self.lock.release()
 
     def _recover_locked(self) -> int:
-        intents = ix.take_intents(self.con)
-        committed = {r["doc_id"] for r in intents if ix.document_exists(self.con, r["doc_id"])}
-        removed = self.store.recover(
-            [(r["doc_id"], r["stage"], r["op"]) for r in intents], committed
-        )
-        for doc in ix.get_documents(self.con, committed).values():
-            removed += self.store.drop_unreferenced(doc)
+        intents = self.index.take_intents(self.writer_id)
+        changed = self.store.recover(intents)
         self._replan |= {(r["stage"], r["task_id"]) for r in intents}
         if intents:
-            with ix.transaction(self.con):
-                ix.clear_intents(self.con)
+            with self.index.transaction():
+                self.index.clear_intents(self.writer_id)
             log.warning("recovered %d unfinished document writes from a previous run", len(intents))
-        return removed
+        return changed
 
     def ingest(
         self,
@@ -102,23 +156,34 @@ class Indexer:
         *,
         ready: bool = False,
         extra_tasks: Iterable[tuple[str, str]] = (),
+        known: Known | None = None,
+        force: set[str] = frozenset(),
         give_up_after: float | None = None,
     ) -> BatchReport:
-        """Run one batch under the writer lock, retrying transient failures with backoff."""
+        """Run one batch under the writer lock, retrying transient failures with backoff.
+
+        Up to ``REPLAN_CHUNK`` tasks waiting for a re-plan ride along; ``needs_replan`` says
+        whether more wait.
+        """
         delay, started = 0.5, time.monotonic()
         self.tables()  # notices rewritten task tables: their tasks are re-planned
-        extra = set(extra_tasks) | self._replan
+        riders = set(sorted(self._replan)[:REPLAN_CHUNK])
+        extra = set(extra_tasks) | riders
         while True:
             try:
                 self.lock.acquire(sleep=self.sleep)
                 try:
                     self._recover_locked()
-                    report = self.ingestor.run_batch(candidates, ready=ready, extra_tasks=extra)
+                    report = self.ingestor.run_batch(
+                        candidates, ready=ready, extra_tasks=extra, known=known, force=force
+                    )
                 finally:
                     self.lock.release()
-                self._replan -= extra
+                self._replan -= riders
                 return report
             except (OSError, sqlite3.OperationalError) as exc:
+                if isinstance(exc, OSError) and exc.errno in NOT_ALLOWED_ERRNOS:
+                    raise PermissionProblem(_not_allowed(exc, self.cfg)) from exc
                 if not _transient(exc):
                     raise
                 if give_up_after is not None and time.monotonic() - started > give_up_after:
@@ -136,13 +201,27 @@ class Indexer:
         self.tables()
         return bool(self._replan)
 
-    def expire_pending(self) -> BatchReport:
-        """Give raw-only attempts past the pairing window their final status."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=self.cfg.pair_window)
-        tasks = ix.pending_tasks(self.con, cutoff.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
-        if not tasks:
-            return BatchReport()
-        return self.ingest([], extra_tasks=tasks)
+    def has_queued(self) -> bool:
+        """Whether tasks wait for a re-plan (without looking at the task tables again)."""
+        return bool(self._replan)
+
+    def queue_replan(self, tasks: Iterable[tuple[str, str]]) -> None:
+        self._replan |= set(tasks)
+
+    def expire_pending(self) -> int:
+        """Queue raw-only attempts past the pairing window for their final status."""
+        cutoff = time.time_ns() - int(self.cfg.pair_window * 1e9)
+        tasks = self.index.pending_tasks(iso_utc(cutoff))
+        self.queue_replan(tasks)
+        return len(tasks)
+
+    def ingest_queued(self, between: Callable[[], None] = lambda: None) -> BatchReport:
+        """Re-plan every queued task, a chunk per batch, calling ``between`` after each."""
+        report = BatchReport()
+        while self.needs_replan():
+            report.merge(self.ingest([]))
+            between()
+        return report
 
 
 def _transient(exc: BaseException) -> bool:
@@ -158,3 +237,19 @@ def _explain(exc: BaseException, cfg: Config) -> str:
     if isinstance(exc, sqlite3.OperationalError):
         return f"index {cfg.db} is busy or locked by another process ({exc})"
     return f"I/O error ({exc})"
+
+
+def _not_allowed(exc: OSError, cfg: Config) -> str:
+    where = exc.filename or cfg.docs_root
+    if exc.errno == errno.EROFS:
+        return f"{where}: read-only file system; docs_root ({cfg.docs_root}) must be writable"
+    return (
+        f"{where}: permission denied: docwatch's user (uid {_uid()}) lacks write (w) permission "
+        f"there; docs_root is {cfg.docs_root}, the index {cfg.db}"
+    )
+
+
+def _uid() -> int:
+    import os
+
+    return os.geteuid()

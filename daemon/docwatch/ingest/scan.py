@@ -1,4 +1,7 @@
-"""``docwatch scan``: one-shot catch-up over the legacy folders, in task-ordered batches."""
+"""``docwatch scan``: one-shot catch-up over the legacy folders, in task-ordered batches.
+
+``catch_up`` is also the daemon's start-up and reconcile pass.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +12,38 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from docwatch.config import Config
+from docwatch.config import Config, require_data_root
 from docwatch.core.layout import KINDS, STAGES, folder_roles, parse_name
-from docwatch.dagster import runrecords
-from docwatch.ingest.batch import BatchReport
 from docwatch.ingest.indexer import Indexer
-from docwatch.ingest.sources import Candidate, list_folder, probe
-from docwatch.store import index as ix
+from docwatch.ingest.ingestor import BatchReport
+from docwatch.ingest.sources import Candidate, Stat, list_folder, probe
+from docwatch.store.backend import open_index
 
 log = logging.getLogger("docwatch.scan")
-COUNT_KEYS = ("new", "indexed", "ignored", "deferred", "error", "docs_created", "docs_updated")
+COUNT_KEYS = (
+    "new",
+    "indexed",
+    "ignored",
+    "deferred",
+    "error",
+    "docs_created",
+    "docs_updated",
+    "docs_superseded",
+)
+
+
+class RunFacts(Protocol):
+    """What a scan or the daemon needs of the run records (``dagster/runrecords.py``)."""
+
+    def refresh(self, indexer: Indexer) -> BatchReport: ...
+
+    def close(self) -> None: ...
+
+
+#: Opens the run records for an indexer (installing their enrich hook), or gives None.
+RunFactsOpener = Callable[[Indexer], "RunFacts | None"]
 
 
 @dataclass
@@ -86,12 +110,15 @@ def scan(
     run_id: str,
     dry_run: bool = False,
     progress: Callable[[int], Callable[[int], None]] | None = None,
+    run_facts: RunFactsOpener | None = None,
 ) -> ScanResult:
     """Index everything settled under the data root; safe to run any number of times.
 
-    ``progress(total)`` is called once the folders are listed and returns ``update(n)``.
+    ``progress(total)`` is called once the folders are listed and returns ``update(n)``;
+    ``run_facts`` opens the Dagster run records (the CLI passes it when configured).
     """
     started = time.monotonic()
+    require_data_root(cfg)
     stages = [s for s in STAGES if s in set(stages)]
     result = ScanResult(dry_run=dry_run, run_id=run_id)
     cands = list_candidates(cfg, stages)
@@ -102,50 +129,94 @@ def scan(
     else:
         indexer = Indexer(cfg, run_id)
         try:
-            _scan_into(indexer, cands, result, progress)
+            indexer.recover()
+            records = run_facts(indexer) if run_facts is not None else None
+            try:
+                catch_up(indexer, cands, result.add, progress=progress)
+                if records is not None:  # documents indexed before this scan
+                    result.add(records.refresh(indexer))
+            finally:
+                if records is not None:
+                    records.close()
         finally:
             indexer.close()
     result.seconds = time.monotonic() - started
     return result
 
 
-def _scan_into(
+def catch_up(
     indexer: Indexer,
     cands: list[Candidate],
-    result: ScanResult,
-    progress: Callable[[int], None] | None,
+    add: Callable[[BatchReport], None],
+    *,
+    progress: Callable[[int], None] | None = None,
+    between: Callable[[], None] = lambda: None,
+    stop: Callable[[], bool] = lambda: False,
+    settle_future: bool = True,
 ) -> None:
-    indexer.recover()
-    records = runrecords.attach(indexer, indexer.cfg)  # None unless dagster_home is set
-    try:
-        _scan_batches(indexer, cands, result, progress)
-        result.add(runrecords.refresh(indexer, records))  # documents indexed before this scan
-    finally:
-        if records is not None:
-            records.close()
-
-
-def _scan_batches(
-    indexer: Indexer,
-    cands: list[Candidate],
-    result: ScanResult,
-    progress: Callable[[int], None] | None,
-) -> None:
+    """What ``scan`` does with a listing (and ``watch`` at start-up and reconcile): rebuild
+    missing document directories, ingest in task-ordered batches, give files with a future
+    mtime a second look once they had time to settle, expire old pending raws, and re-plan
+    what waits, a chunk at a time.  ``between`` runs after every batch (the daemon feeds its
+    watchdog there); ``stop`` ends the pass early.  ``settle_future`` False leaves files with a
+    future mtime deferred (in the report's ``retry``: the daemon watches them settle).
+    """
     repair = missing_document_tasks(indexer)
     if repair:
         log.warning(
             "%d document directories are missing; rebuilding them from the sources", len(repair)
         )
-        result.add(indexer.ingest([], extra_tasks=repair))
-    stats = ix.ledger_stats(indexer.con)
-    indexer.ingestor.known = lambda r, s, m: ix.in_ledger_stats(stats, r, s, m)
+        indexer.queue_replan(repair)
+    stats = indexer.index.ledger_stats()
+
+    def known(relpath: str, size: int, mtime_ns: int) -> bool:
+        return in_ledger_stats(stats, relpath, size, mtime_ns)
+
+    future: list[Candidate] = []
+    listed_at = time.monotonic()
     for batch in task_batches(cands, indexer.cfg.batch_max_files):
-        result.add(indexer.ingest(batch))
+        if stop():
+            return
+        report = indexer.ingest(batch, known=known)
+        future += report.future
+        add(report)
+        between()
         if progress:
             progress(len(batch))
-    result.add(indexer.expire_pending())
-    if indexer.needs_replan():
-        result.add(indexer.ingest([]))
+    if future and settle_future and not stop():
+        add(settled_future(indexer, future, listed_at, known))
+    indexer.expire_pending()
+    add(indexer.ingest_queued(between))
+
+
+def settled_future(
+    indexer: Indexer, future: list[Candidate], listed_at: float, known
+) -> BatchReport:
+    """Files whose mtime is in the future (clock skew, NFS) are read once they have stayed
+    unchanged for ``settle_seconds`` since they were listed; the rest stay deferred."""
+    wait = indexer.cfg.settle_seconds - (time.monotonic() - listed_at)
+    if wait > 0:
+        time.sleep(wait)
+    steady = []
+    for c in future:
+        try:
+            st = Stat.of(os.lstat(c.path))
+        except OSError:
+            continue
+        if c.lstat is not None and (st.st_size, st.st_mtime_ns, st.st_ino) == (
+            c.lstat.st_size,
+            c.lstat.st_mtime_ns,
+            c.lstat.st_ino,
+        ):
+            steady.append(Candidate(c.path, c.role, c.relpath, st))
+    report = indexer.ingest(steady, ready=True, known=known) if steady else BatchReport()
+    for stage in STAGES:  # counted as deferred by the first pass; now they are not
+        settled = sum(
+            n for (s, status), n in report.counts.items() if s == stage and status != "deferred"
+        )
+        if settled:
+            report.counts[(stage, "deferred")] -= settled
+    return report
 
 
 def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
@@ -155,8 +226,7 @@ def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
         stage_dir = indexer.store.docs_root / stage
         if stage_dir.is_dir():
             present |= {(stage, e.name) for e in os.scandir(stage_dir)}
-    rows = indexer.con.execute("SELECT stage, doc_id, task_id FROM documents")
-    return {(r[0], r[2]) for r in rows if (r[0], r[1]) not in present}
+    return {(s, t) for s, d, t in indexer.index.document_places() if (s, d) not in present}
 
 
 def _dry_run(
@@ -165,14 +235,14 @@ def _dry_run(
     """Probe without writing anything (the index is only read, if it exists)."""
     stats: dict = {}
     if Path(cfg.db).exists():
-        con = ix.connect(cfg.db, readonly=True)
-        stats = ix.ledger_stats(con)
-        con.close()
+        index = open_index(cfg.db, readonly=True)
+        stats = index.ledger_stats()
+        index.close()
     now = time.time_ns()
     for c in cands:
         o = probe(
             c,
-            known=lambda r, s, m: ix.in_ledger_stats(stats, r, s, m),
+            known=lambda r, s, m: in_ledger_stats(stats, r, s, m),
             now_ns=now,
             settle_ns=int(cfg.settle_seconds * 1e9),
             max_bytes=cfg.max_file_bytes,
@@ -182,3 +252,9 @@ def _dry_run(
             result.problems.append((o.relpath, o.reason or "error"))
         if progress:
             progress(1)
+
+
+def in_ledger_stats(stats: dict, relpath: str, size: int, mtime_ns: int) -> bool:
+    """The no-read skip against ``Index.ledger_stats()``: this path last seen with this stat?"""
+    seen = stats.get(relpath)
+    return seen == (size, mtime_ns) or (isinstance(seen, set) and (size, mtime_ns) in seen)

@@ -18,12 +18,12 @@ from typing import NamedTuple
 
 from docwatch.core.layout import FolderRole, ParsedName, parse_name
 from docwatch.core.model import Source
+from docwatch.store.docstore import open_source
 
 log = logging.getLogger("docwatch.sources")
 IN_MEMORY_MAX = 1 << 20  # smaller sources are kept in memory between hashing and copying
 CHUNK = 1 << 20
 NEW, INDEXED, IGNORED, DEFERRED, ERROR = "new", "indexed", "ignored", "deferred", "error"
-_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
 class Stat(NamedTuple):
@@ -48,6 +48,12 @@ class Candidate:
     role: FolderRole
     relpath: str
     lstat: Stat | None = None
+
+    @property
+    def task(self) -> tuple[str, str] | None:
+        """(stage, task_id) when the name is pipeline output."""
+        name = parse_name(self.path.name)
+        return None if isinstance(name, str) else (self.role.stage, name.task_id)
 
 
 @dataclass
@@ -87,10 +93,6 @@ def list_folder(data_root: Path, role: FolderRole) -> Iterator[Candidate]:
         yield Candidate(Path(entry.path), role, f"{role.folder}/{entry.name}", Stat.of(st))
 
 
-def candidate_for(data_root: Path, path: Path, role: FolderRole) -> Candidate:
-    return Candidate(path, role, f"{role.folder}/{path.name}")
-
-
 def probe(
     cand: Candidate,
     *,
@@ -123,9 +125,28 @@ def probe(
         return Outcome(cand, ERROR, f"{st.st_size} bytes exceeds max_file_bytes ({max_bytes})")
     if known(cand.relpath, st.st_size, st.st_mtime_ns):
         return Outcome(cand, INDEXED)
-    if not ready and now_ns - st.st_mtime_ns < settle_ns:
-        return Outcome(cand, DEFERRED, "younger than settle_seconds; left for later")
+    if not ready:
+        unsettled = settle_problem(st.st_mtime_ns, now_ns, settle_ns)
+        if unsettled:
+            return Outcome(cand, DEFERRED, unsettled)
     return _read(cand, parsed, st)
+
+
+FUTURE = "mtime in the future; read once it stays unchanged for settle_seconds"
+
+
+def settle_problem(mtime_ns: int, now_ns: int, settle_ns: int) -> str | None:
+    """Why a file not known to be complete must wait (the settle rule), or None.
+
+    A future mtime (clock skew, NFS) says nothing about age: such a file is read only once it
+    has been seen unchanged for ``settle_seconds`` (``FUTURE``; the caller watches it).
+    """
+    age = now_ns - mtime_ns
+    if age < 0:
+        return FUTURE
+    if age < settle_ns:
+        return "younger than settle_seconds; left for later"
+    return None
 
 
 def _kind_problem(st: Stat | os.stat_result) -> str | None:
@@ -138,19 +159,9 @@ def _kind_problem(st: Stat | os.stat_result) -> str | None:
     return None
 
 
-def _open_source(path: Path) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-    try:
-        return os.open(path, flags | _NOATIME)
-    except PermissionError:
-        if not _NOATIME:
-            raise
-        return os.open(path, flags)  # O_NOATIME needs ownership; fall back
-
-
 def _read(cand: Candidate, name: ParsedName, st: Stat | os.stat_result) -> Outcome:
     try:
-        fd = _open_source(cand.path)
+        fd = open_source(cand.path)
     except FileNotFoundError:
         return Outcome(cand, IGNORED, "vanished before it could be read")
     except OSError as exc:

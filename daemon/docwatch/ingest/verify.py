@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docwatch.config import Config
+from docwatch.config import Config, require_data_root
 from docwatch.core.layout import STAGES
-from docwatch.core.model import ParentCandidate, choose_parent
-from docwatch.ingest.scan import list_candidates
+from docwatch.core.model import SUPERSEDED, choose_parent
+from docwatch.ingest.planner import ANY_PARENT_STAGE
+from docwatch.ingest.scan import in_ledger_stats, list_candidates
 from docwatch.ingest.sources import DEFERRED, ERROR, NEW, probe
-from docwatch.store import index as ix
+from docwatch.store.backend import open_index
+from docwatch.store.index import Index
 
 CHUNK = 1 << 20
 
@@ -45,21 +47,33 @@ class VerifyReport:
 
 
 def verify(cfg: Config, *, checksums: bool = True) -> VerifyReport:
+    """Read-only: superseded documents are checked like any other (their directories stay);
+    what an unfinished batch left (its intents) is a note: the next writer finishes it."""
+    require_data_root(cfg)
     report = VerifyReport()
-    con = ix.connect(cfg.db, readonly=True)
+    index = open_index(cfg.db, readonly=True)
     try:
-        rows = con.execute(
+        rows = index.all(
             "SELECT d.doc_id, d.stage, d.status, d.parent_doc_id, a.parent_stage,"
             " a.parent_task_id, a.parent_ref_ns FROM documents d JOIN attempts a USING (doc_id)"
-        ).fetchall()
+        )
+        unfinished = {r["doc_id"] for r in index.all("SELECT doc_id FROM intents")}
         report.checked["documents"] = len(rows)
         for r in rows:
             _check_document(cfg, r["doc_id"], r["stage"], checksums, report)
-        _check_orphans(cfg, {r["doc_id"] for r in rows}, report)
-        _check_parents(con, rows, report)
-        _check_sources(cfg, con, report)
+        _check_orphans(cfg, {r["doc_id"] for r in rows}, unfinished, report)
+        _check_parents(index, rows, report)
+        _check_sources(cfg, index, report)
+        for doc_id in sorted(unfinished):
+            report.notes.append(
+                (
+                    doc_id,
+                    "a batch writing it was interrupted; the next start "
+                    "of a docwatch writer finishes or undoes it",
+                )
+            )
     finally:
-        con.close()
+        index.close()
     return report
 
 
@@ -102,12 +116,12 @@ def repair(cfg: Config, doc_ids: set[str], run_id: str) -> int:
     try:
         indexer.recover()
         marks = ", ".join("?" * len(doc_ids))
-        tasks = indexer.con.execute(
+        tasks = indexer.index.all(
             f"SELECT DISTINCT stage, task_id FROM documents WHERE doc_id IN ({marks})",
             sorted(doc_ids),
-        ).fetchall()
-        indexer.ingestor.force = set(doc_ids)
-        report = indexer.ingest([], extra_tasks={(r[0], r[1]) for r in tasks})
+        )
+        tasks = [(r["stage"], r["task_id"]) for r in tasks]
+        report = indexer.ingest([], extra_tasks={(r[0], r[1]) for r in tasks}, force=set(doc_ids))
         return len(report.created)
     finally:
         indexer.close()
@@ -121,36 +135,35 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_orphans(cfg: Config, doc_ids: set[str], report: VerifyReport) -> None:
+def _check_orphans(
+    cfg: Config, doc_ids: set[str], unfinished: set[str], report: VerifyReport
+) -> None:
     for stage in STAGES:
         stage_dir = cfg.docs_root / stage
         if not stage_dir.is_dir():
             continue
         for entry in stage_dir.iterdir():
-            if entry.name not in doc_ids:
+            if entry.name in unfinished and entry.name not in doc_ids:
+                report.notes.append(
+                    (str(entry), "written by an interrupted batch (undone at the next start)")
+                )
+            elif entry.name not in doc_ids:
                 report.problems.append((str(entry), "orphan directory: no row in the index"))
     staging = cfg.docs_root / ".tmp"
     if staging.is_dir():
-        for entry in staging.iterdir():
-            report.notes.append((str(entry), "staging leftover (cleaned at the next start)"))
+        for batch in staging.glob("*/*/*"):
+            report.notes.append((str(batch), "staging leftover (cleaned at the next start)"))
 
 
-def _check_parents(con, rows, report: VerifyReport) -> None:
+def _check_parents(index: Index, rows, report: VerifyReport) -> None:
     for r in rows:
-        if r["stage"] == "draft":
+        if r["stage"] == "draft" or r["status"] == SUPERSEDED:  # a tombstone keeps its links
             continue
         expected = None
-        for stage in [r["parent_stage"]] if r["parent_stage"] else ["essay", "draft"]:
+        for stage in [r["parent_stage"]] if r["parent_stage"] else ANY_PARENT_STAGE:
             if r["parent_task_id"] is None:
                 break
-            cands = [
-                ParentCandidate(c["doc_id"], c["created_at_ns"], c["version"])
-                for c in con.execute(
-                    "SELECT d.doc_id, a.created_at_ns, a.version FROM documents d JOIN attempts a"
-                    " USING (doc_id) WHERE d.stage = ? AND d.task_id = ? AND d.status = 'ok'",
-                    (stage, r["parent_task_id"]),
-                )
-            ]
+            cands = index.ok_candidates(stage, r["parent_task_id"])
             expected = choose_parent(cands, r["parent_ref_ns"])
             if expected:
                 break
@@ -167,19 +180,21 @@ def _check_parents(con, rows, report: VerifyReport) -> None:
             report.notes.append((r["doc_id"], f"unlinked: {why}"))
 
 
-def _check_sources(cfg: Config, con, report: VerifyReport) -> None:
+def _check_sources(cfg: Config, index: Index, report: VerifyReport) -> None:
     now = time.time_ns()
     cands = list_candidates(cfg, STAGES)
     report.checked["source_entries"] = len(cands)
-    stats = ix.ledger_stats(con)  # one read of the ledger, as scan does
+    stats = index.ledger_stats()  # one read of the ledger, as scan does
     for c in cands:
         o = probe(
             c,
-            known=lambda r, s, m: ix.in_ledger_stats(stats, r, s, m),
+            known=lambda r, s, m: in_ledger_stats(stats, r, s, m),
             now_ns=now,
             settle_ns=int(cfg.settle_seconds * 1e9),
             max_bytes=cfg.max_file_bytes,
         )
+        if o.status == NEW and index.pinned([o.source.key]):
+            continue  # the same bytes with another mtime (touched, restored): indexed
         if o.status == NEW and c.role.kind == "prompt":
             report.notes.append((c.relpath, "prompt not in the ledger (no document uses it)"))
         elif o.status == NEW:

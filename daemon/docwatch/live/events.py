@@ -25,14 +25,11 @@ main thread will ingest, by due time (the readiness rules themselves are in ``wa
 from __future__ import annotations
 
 import errno
-import heapq
 import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from watchdog.events import (
@@ -315,109 +312,6 @@ class WatchSet:
             if path not in needed:
                 self._unwatch(path)
         return new
-
-
-@dataclass
-class Pending:
-    """A path waiting to be ingested."""
-
-    path: str
-    role: FolderRole
-    task: tuple[str, str]  # (stage, task_id)
-    due: float  # monotonic
-    ready: bool  # complete now (close or rename seen); else the settle rule applies
-    awaiting_close: bool  # inotify saw it created, no close yet
-    first: float  # when it was first queued (bounds how long a parsed file is held)
-    seq: int
-    tries: int = 0
-
-
-class PendingTable:
-    """Paths waiting to be ingested, one entry per path, ordered by due time; it also knows
-    which tasks have a raw file waiting (a parsed file of such a task is held back)."""
-
-    def __init__(self, roles: dict[str, FolderRole]) -> None:
-        self.roles = roles
-        self._entries: dict[str, Pending] = {}
-        self._heap: list[tuple[float, int, str]] = []  # lazy: superseded items are skipped
-        self._raws: dict[tuple[str, str], set[str]] = {}
-        self._seq = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def put(
-        self,
-        path: str,
-        due: float,
-        *,
-        ready: bool = False,
-        awaiting_close: bool = False,
-        keep: bool = False,
-        tries: int = 0,
-        first: float | None = None,
-    ) -> None:
-        """Add a path, or merge into its entry (earliest due, ready wins); ``keep`` leaves an
-        existing entry alone.  Paths outside the watched folders or not pipeline names are
-        ignored."""
-        old = self._entries.get(path)
-        if old is not None:
-            if keep:
-                return
-            role, task = old.role, old.task
-            ready, due = ready or old.ready, min(due, old.due)
-            first, tries = old.first if first is None else first, max(tries, old.tries)
-        else:
-            role = self.roles.get(os.path.dirname(path))
-            name = parse_name(os.path.basename(path))
-            if role is None or isinstance(name, str):
-                return
-            task = (role.stage, name.task_id)
-        self._seq += 1
-        self._entries[path] = Pending(
-            path,
-            role,
-            task,
-            due,
-            ready,
-            awaiting_close and not ready,
-            time.monotonic() if first is None else first,
-            self._seq,
-            tries,
-        )
-        heapq.heappush(self._heap, (due, self._seq, path))
-        if role.kind == "raw":
-            self._raws.setdefault(task, set()).add(path)
-
-    def _pop(self, path: str) -> Pending | None:
-        entry = self._entries.pop(path, None)
-        if entry is not None and entry.role.kind == "raw":
-            raws = self._raws.get(entry.task, set())
-            raws.discard(path)
-            if not raws:
-                self._raws.pop(entry.task, None)
-        return entry
-
-    def _current(self, item: tuple[float, int, str]) -> bool:
-        entry = self._entries.get(item[2])
-        return entry is not None and entry.seq == item[1]
-
-    def next_due(self) -> float | None:
-        while self._heap and not self._current(self._heap[0]):
-            heapq.heappop(self._heap)
-        return self._heap[0][0] if self._heap else None
-
-    def take_due(self, now: float, limit: int) -> list[Pending]:
-        """Remove and return up to ``limit`` entries due at ``now``, earliest first."""
-        out: list[Pending] = []
-        while self._heap and self._heap[0][0] <= now and len(out) < limit:
-            item = heapq.heappop(self._heap)
-            if self._current(item):
-                out.append(self._pop(item[2]))  # type: ignore[arg-type]
-        return out
-
-    def raw_pending(self, task: tuple[str, str]) -> bool:
-        return task in self._raws
 
 
 def role_dirs(data_root: Path, roles: Iterable[FolderRole]) -> dict[str, FolderRole]:

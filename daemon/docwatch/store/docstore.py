@@ -1,14 +1,26 @@
 """The document writer: stage under ``docs/.tmp``, sync, rename into place, sync directories.
 
-Durability is batched: one ``syncfs`` for all staged files and one for all renames of a batch
-(falling back to per-file and per-directory ``fsync`` where ``syncfs`` is missing).  Rows are
-committed by the caller only after ``publish`` returns, so a crash leaves either nothing
-visible or a complete document; ``recover`` removes what a dead writer left behind.
+A batch is durable before it is visible.  Its protocol, each step a fault-seam point:
+
+1. ``stage`` every new file under the writer's staging directory, then ``sync_staged``
+   (one ``syncfs`` for the batch);
+2. the caller commits *intents* (what the batch will touch, and how to finish or undo it);
+3. ``publish``: new document directories, and files new to an existing directory, are renamed
+   into place, then the renames are synced.  Nothing a visible row references has changed;
+4. the caller commits the rows (and marks the intents committed in the same transaction);
+5. ``finish``: files a visible document *replaces* (``metadata.json`` always, a changed
+   prompt) and files it *drops* are renamed over or removed, then synced;
+6. the caller clears the intents, and ``cleanup`` removes the batch's staging directory.
+
+A crash before 4 is undone by ``recover`` (new directories and added files removed); a crash
+after 4 is finished by it (replacements and removals redone from staging).  Directories of
+documents are never deleted: a document that loses its sources is kept (``superseded``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import enum
 import errno
 import hashlib
 import json
@@ -30,6 +42,13 @@ class SourceChanged(Exception):
     """A source's bytes no longer match the hash it was planned with."""
 
 
+class Op(enum.Enum):
+    """What a batch does to one document directory."""
+
+    CREATE = "create"  # a new directory (or one rebuilt from scratch), renamed into place
+    UPDATE = "update"  # files of a directory that exists: added, replaced or dropped
+
+
 def count_chars(data: bytes) -> int:
     """Characters in UTF-8 text (lead bytes); undecodable bytes count one each, roughly."""
     return len(data.translate(None, _CONTINUATION))
@@ -49,21 +68,42 @@ class FileSource:
 class StagedDocument:
     doc_id: str
     stage: str
-    op: str  # create | update | retire
+    op: Op
     staged_dir: Path
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # names written under staged_dir
     chars: dict[str, int] = field(default_factory=dict)
-    remove: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()  # names the document drops (after the commit)
+    add: tuple[str, ...] = ()  # UPDATE: names new to the directory (before the commit)
+    replace: tuple[str, ...] = ()  # UPDATE: names that exist and change (after the commit)
+
+    def intent(self, docs_root: Path) -> dict:
+        """What recovery needs to undo (before the commit) or finish (after it) this write."""
+        return {
+            "dir": os.path.relpath(self.staged_dir, docs_root),
+            "add": list(self.add),
+            "replace": list(self.replace),
+            "remove": list(self.remove),
+        }
 
 
 class DocStore:
-    """Owns ``<docs_root>``: document directories and the ``.tmp`` staging area."""
+    """Owns ``<docs_root>``: document directories, and this writer's staging directory.
+
+    ``staging`` is private to one writer of one index (``docs/.tmp/<index>/<writer>``), so
+    recovery never touches another index's or another host's batches.
+    """
 
     def __init__(
-        self, docs_root: Path, *, link: bool = False, file_mode: int = 0o644, dir_mode: int = 0o755
+        self,
+        docs_root: Path,
+        *,
+        staging: Path | None = None,
+        link: bool = False,
+        file_mode: int = 0o644,
+        dir_mode: int = 0o755,
     ) -> None:
         self.docs_root = docs_root
-        self.staging_root = docs_root / ".tmp"
+        self.staging_root = staging or docs_root / ".tmp" / "local"
         self.link = link
         self.file_mode = file_mode
         self.dir_mode = dir_mode
@@ -75,57 +115,61 @@ class DocStore:
         self.staging_root.mkdir(parents=True, exist_ok=True, mode=self.dir_mode)
         return Batch(self, self.staging_root / uuid.uuid4().hex)
 
-    def recover(self, intents: list[tuple[str, str, str]], committed: set[str]) -> int:
-        """Remove staging leftovers and documents created by a batch that never committed."""
-        removed = 0
-        for doc_id, stage, op in intents:
-            target = self.doc_path(stage, doc_id)
-            if op == "create" and doc_id not in committed and target.exists():
+    def recover(self, intents: list[dict]) -> int:
+        """Undo or finish what a dead writer's batches left (``intents`` rows, with ``phase``
+        and ``detail``), then remove this writer's staging leftovers.  Idempotent: a crash
+        here is recovered by the next start.  Returns how many paths were changed."""
+        changed = 0
+        for intent in intents:
+            target = self.doc_path(intent["stage"], intent["doc_id"])
+            detail = intent["detail"]
+            committed = intent["phase"] == "committed"
+            if intent["op"] == Op.CREATE.value and not committed and target.exists():
                 shutil.rmtree(target)
-                removed += 1
+                changed += 1
+            elif intent["op"] == Op.UPDATE.value and not committed:
+                for name in detail.get("add", ()):
+                    changed += _unlink(target / name)
+            elif intent["op"] == Op.UPDATE.value:
+                staged = self.docs_root / detail["dir"] if detail.get("dir") else None
+                for name in detail.get("replace", ()):
+                    if staged is not None and (staged / name).exists():
+                        os.replace(staged / name, target / name)
+                        changed += 1
+                for name in detail.get("remove", ()):
+                    changed += _unlink(target / name)
         if self.staging_root.exists():
             for leftover in self.staging_root.iterdir():
                 shutil.rmtree(leftover, ignore_errors=True)
-                removed += 1
-        for doc_id, stage, op in intents:  # retired by a committed batch, dir not yet removed
-            target = self.doc_path(stage, doc_id)
-            if op == "retire" and doc_id not in committed and target.exists():
-                shutil.rmtree(target)
-                removed += 1
-        if removed:
-            fsync_dir(self.docs_root)
-        faults.point("recovered")
-        return removed
-
-    def drop_unreferenced(self, doc: dict) -> int:
-        """Remove parsed/prompt files a committed row no longer references."""
-        removed = 0
-        for kind in ("parsed", "prompt"):
-            path = self.doc_path(doc["stage"], doc["doc_id"]) / f"{kind}.txt"
-            if doc[f"_{kind}_key"] is None and path.exists():
-                path.unlink()
-                removed += 1
-        return removed
+                changed += 1
+        if changed or intents:
+            sync_filesystem(self.docs_root)
+            faults.point("recovered")
+        return changed
 
 
 class Batch:
-    """One group of documents made durable together."""
+    """One group of documents made durable together (the protocol in the module docstring)."""
 
     def __init__(self, store: DocStore, root: Path) -> None:
         self.store = store
         self.root = root
         self.documents: list[StagedDocument] = []
-        self._files_to_sync: list[Path] = []
         root.mkdir(mode=store.dir_mode)
 
     def stage(
-        self, doc_id: str, stage: str, op: str, files: dict[str, FileSource]
+        self,
+        doc_id: str,
+        stage: str,
+        op: Op,
+        files: dict[str, FileSource],
+        remove: tuple[str, ...] = (),
     ) -> StagedDocument:
         """Write a document's new files under staging; raises SourceChanged on a hash mismatch.
 
         The caller adds ``metadata.json`` with ``write_metadata`` once the row is final.
         """
-        staged = StagedDocument(doc_id, stage, op, self.root / doc_id)
+        staged = StagedDocument(doc_id, stage, op, self.root / doc_id, remove=remove)
         staged.staged_dir.mkdir(mode=self.store.dir_mode)
         try:
             for name, source in files.items():
@@ -137,21 +181,28 @@ class Batch:
         self.documents.append(staged)
         return staged
 
-    def retire(self, doc_id: str, stage: str) -> StagedDocument:
-        """Schedule a document directory for removal (moved into staging at publish)."""
-        staged = StagedDocument(doc_id, stage, "retire", self.root / f"retired-{doc_id}")
-        self.documents.append(staged)
-        return staged
-
     def write_metadata(self, staged: StagedDocument, metadata: dict) -> None:
         # No indent: json's C encoder only runs without one (3× faster on a backfill).
         data = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode() + b"\n"
         self._write_bytes(staged.staged_dir / "metadata.json", data)
         staged.files.append("metadata.json")
+        if staged.op is Op.UPDATE:
+            target = self.store.doc_path(staged.stage, staged.doc_id)
+            present = {n for n in staged.files if (target / n).exists()}
+            staged.add = tuple(n for n in staged.files if n not in present)
+            staged.replace = tuple(n for n in staged.files if n in present)
 
     def drop(self, staged: StagedDocument) -> None:
         self.documents.remove(staged)
         shutil.rmtree(staged.staged_dir, ignore_errors=True)
+
+    def intents(self) -> list[tuple[str, str, str, dict]]:
+        """(doc_id, stage, op, detail) of every staged document, for the intents commit."""
+        return [
+            (s.doc_id, s.stage, s.op.value, s.intent(self.store.docs_root)) for s in self.documents
+        ]
+
+    # -- file placement ------------------------------------------------------------------
 
     def _place(self, source: FileSource, target: Path) -> int:
         if self.store.link:
@@ -185,7 +236,7 @@ class Batch:
 
     def _copy_stream(self, source: FileSource, target: Path) -> int:
         digest, chars = hashlib.sha256(), 0
-        src_fd = os.open(source.path, os.O_RDONLY | os.O_NOFOLLOW)
+        src_fd = open_source(source.path)
         try:
             dst_fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.store.file_mode)
             try:
@@ -212,56 +263,84 @@ class Batch:
         finally:
             os.close(fd)
 
+    # -- the protocol --------------------------------------------------------------------
+
     def sync_staged(self) -> None:
-        """Make every staged file durable (one syncfs for the batch)."""
+        """Step 1: make every staged file durable (one syncfs for the batch)."""
         faults.point("staged")
         sync_filesystem(self.root)
         faults.point("files_synced")
 
     def publish(self) -> None:
-        """Rename staged documents into place, then make the renames durable."""
+        """Step 3: rename new directories and new files into place; sync the renames."""
         touched: set[Path] = set()
         for staged in self.documents:
             target = self.store.doc_path(staged.stage, staged.doc_id)
-            if staged.op == "create":
+            if staged.op is Op.CREATE:
                 if target.parent not in touched:
                     target.parent.mkdir(parents=True, exist_ok=True, mode=self.store.dir_mode)
-                if target.exists():  # left by a batch that died before committing
+                if target.exists():  # rebuilt from scratch (verify --repair, a damaged dir)
                     shutil.rmtree(target)
                 os.rename(staged.staged_dir, target)
                 touched.add(target.parent)
-            elif staged.op == "update":
-                for name in staged.files:
-                    os.replace(staged.staged_dir / name, target / name)
+            else:
+                for name in staged.add:
+                    os.rename(staged.staged_dir / name, target / name)
                 touched.add(target)
             faults.point("renamed")
-        if _HAS_SYNCFS:
-            sync_filesystem(self.store.docs_root)
-        else:
-            for directory in touched:
-                fsync_dir(directory)
+        self._sync(touched)
         faults.point("dirs_synced")
 
-    def remove_after_commit(self) -> list[str]:
-        """Delete what committed rows no longer reference (retired dirs, dropped files).
+    def has_work_after_commit(self) -> bool:
+        return any(s.replace or s.remove for s in self.documents)
 
-        Done only after the commit, so no visible row ever points at a missing file; a crash
-        before it leaves extra files that recovery removes.  Returns the doc ids touched.
-        """
-        done = []
+    def finish(self) -> None:
+        """Step 5: replace and drop files of visible documents (their rows are committed)."""
+        touched: set[Path] = set()
         for staged in self.documents:
+            if not (staged.replace or staged.remove):
+                continue
             target = self.store.doc_path(staged.stage, staged.doc_id)
-            if staged.op == "retire" and target.exists():
-                shutil.rmtree(target)
+            for name in staged.replace:
+                os.replace(staged.staged_dir / name, target / name)
             for name in staged.remove:
-                (target / name).unlink(missing_ok=True)
-            if staged.op == "retire" or staged.remove:
-                done.append(staged.doc_id)
-        return done
+                _unlink(target / name)
+            touched.add(target)
+            faults.point("replaced")
+        if touched:
+            self._sync(touched)
+            faults.point("replaced_synced")
 
     def cleanup(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         faults.point("cleaned")
+
+    def _sync(self, directories: set[Path]) -> None:
+        if _HAS_SYNCFS:
+            sync_filesystem(self.store.docs_root)
+        else:
+            for directory in directories:
+                fsync_dir(directory)
+
+
+def open_source(path: Path) -> int:
+    """Open a legacy file read-only, never following a symlink, without touching its atime."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+    noatime = getattr(os, "O_NOATIME", 0)
+    try:
+        return os.open(path, flags | noatime)
+    except PermissionError:
+        if not noatime:
+            raise
+        return os.open(path, flags)  # O_NOATIME needs ownership; fall back
+
+
+def _unlink(path: Path) -> int:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return 1
 
 
 def _write_all(fd: int, data: bytes) -> None:

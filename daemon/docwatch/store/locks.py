@@ -16,10 +16,11 @@ from docwatch.errors import IndexBusy
 
 
 class FileLock:
-    """An exclusive flock on ``path``; the holder's pid is written into the file."""
+    """An flock on ``path``: exclusive (the holder's pid is written into the file) or shared."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: bool = False) -> None:
         self.path = path
+        self.shared = shared
         self._fd: int | None = None
 
     def acquire(
@@ -33,9 +34,10 @@ class FileLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
+        mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if deadline is not None and time.monotonic() >= deadline:
@@ -47,8 +49,9 @@ class FileLock:
                     os.close(fd)
                     raise
                 delay = min(delay * 2, 0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        if not self.shared:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
         return True
 
@@ -84,5 +87,26 @@ def claim_daemon(db_path: Path) -> FileLock:
         raise IndexBusy(
             f"{db_path}: another `docwatch watch` (pid {lock.holder()}) already indexes this "
             f"index; stop it first (systemctl stop docwatch) or point --db elsewhere"
+        )
+    return lock
+
+
+def use_index(db_path: Path) -> FileLock:
+    """Held (shared) by every writer for its lifetime: ``rebuild-index`` needs it alone."""
+    lock = FileLock(db_path.with_name(db_path.name + ".users.lock"), shared=True)
+    if not lock.acquire(timeout=0):
+        raise IndexBusy(
+            f"{db_path}: `docwatch rebuild-index` is rebuilding this index; retry after it"
+        )
+    return lock
+
+
+def claim_index_alone(db_path: Path) -> FileLock:
+    """For ``rebuild-index``: refused while any scan, watch or repair uses the index."""
+    lock = FileLock(db_path.with_name(db_path.name + ".users.lock"))
+    if not lock.acquire(timeout=0):
+        raise IndexBusy(
+            f"{db_path}: a docwatch scan, watch or verify --repair is using this index; "
+            "stop it first (systemctl stop docwatch), then rebuild"
         )
     return lock

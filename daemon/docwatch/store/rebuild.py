@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from docwatch.core.layout import STAGES, parse_name
-from docwatch.core.model import Source
-from docwatch.store import index as ix
+from docwatch.core.model import Source, TaskInfo
+from docwatch.store.backend import open_index
+from docwatch.store.index import Index
 
 
 @dataclass
@@ -47,22 +48,28 @@ def move_aside(db: Path) -> str | None:
 
 
 def rebuild(db: Path, docs_root: Path) -> RebuildReport:
-    """Move the old index aside and load every document's metadata into a new one."""
+    """Move the old index aside and load every document's metadata into a new one.
+
+    Superseded documents come back as superseded (their metadata.json says so), and each
+    task's sticky facts come back from its documents' metadata.
+    """
     report = RebuildReport(moved_aside=move_aside(db))
-    con = ix.connect(db)
+    index = open_index(db)
     try:
-        with ix.transaction(con):
+        with index.transaction():
+            tasks: dict[tuple[str, str], TaskInfo] = {}
             for stage in STAGES:
                 stage_dir = docs_root / stage
                 if stage_dir.is_dir():
                     for doc_dir in sorted(stage_dir.iterdir()):
-                        _load_one(con, doc_dir, report)
+                        _load_one(index, doc_dir, report, tasks)
+            index.put_tasks(tasks.values())
     finally:
-        con.close()
+        index.close()
     return report
 
 
-def _load_one(con, doc_dir: Path, report: RebuildReport) -> None:
+def _load_one(index: Index, doc_dir: Path, report: RebuildReport, tasks: dict) -> None:
     meta_path = doc_dir / "metadata.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -70,11 +77,16 @@ def _load_one(con, doc_dir: Path, report: RebuildReport) -> None:
         if row["doc_id"] != doc_dir.name:
             raise ValueError(f"doc_id {row['doc_id']!r} does not match the directory name")
         sources = _sources(row, meta["provenance"]["sources"])
+        facts = meta.get("task")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         report.problems.append((str(meta_path), f"skipped: {exc}"))
         return
-    ix.put_document(con, row, attempt)
-    ix.put_sources(con, sources)
+    index.put_document(row, attempt)
+    index.put_sources(sources)
+    if facts is not None and row["status"] != "superseded":
+        tasks[(row["stage"], row["task_id"])] = TaskInfo.from_facts(
+            row["stage"], row["task_id"], facts
+        )
     report.documents += 1
     report.sources += len(sources)
 

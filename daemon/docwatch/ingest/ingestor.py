@@ -1,0 +1,334 @@
+"""One batch of ingestion: probe files, pin what is known, plan the tasks they touch, write.
+
+Shared by ``scan`` and ``watch``: the watcher only decides *when* a file is ready.  A source is
+its path and its hash: bytes already in the ledger keep the facts pinned when they were first
+ingested, so a touch, a restore or a copy without times changes nothing (only the ledger's stat
+cache moves).  One task that cannot be planned is reported in ``problems`` and skipped; the
+rest of its batch is written.  The caller holds the writer lock around ``run_batch``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docwatch.core.layout import STAGES
+from docwatch.core.model import Attempt, ParentCandidate, Source, TaskInfo
+from docwatch.core.tasks import TaskTables, effective_info, task_info
+from docwatch.ingest.planner import (
+    Change,
+    PlanSettings,
+    TaskChanges,
+    parent_stages,
+    plan_changes,
+)
+from docwatch.ingest.sources import DEFERRED, ERROR, IGNORED, INDEXED, NEW, Candidate, Outcome
+from docwatch.ingest.sources import probe as probe_one
+from docwatch.ingest.writer import BatchInput, Writer
+from docwatch.store.docstore import DocStore, Op
+from docwatch.store.index import Index
+
+log = logging.getLogger("docwatch.ingest")
+
+Known = Callable[[str, int, int], bool]
+Task = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """What a batch needs to know beyond the files themselves."""
+
+    data_root: Path
+    run_id: str
+    settle_ns: int = 2_000_000_000
+    pair_window_ns: int = 600_000_000_000
+    max_bytes: int = 256 << 20
+    prompt_copy: bool = True
+    #: The daemon's start: files written since then were seen live (their lag is meaningful).
+    live_since_ns: int | None = None
+
+
+@dataclass
+class BatchReport:
+    """Counts per (stage, outcome) plus what needs a retry."""
+
+    counts: Counter = field(default_factory=Counter)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    retry: list[Candidate] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    #: Deferred because their mtime is in the future (the caller watches them settle).
+    future: list[Candidate] = field(default_factory=list)
+
+    def merge(self, other: BatchReport) -> None:
+        self.counts.update(other.counts)
+        self.problems += other.problems
+        self.retry += other.retry
+        self.created += other.created
+        self.updated += other.updated
+        self.superseded += other.superseded
+        self.future += other.future
+
+
+class Ingestor:
+    """Turns probed sources into committed documents, one batch at a time."""
+
+    def __init__(
+        self,
+        index: Index,
+        store: DocStore,
+        settings: IngestSettings,
+        tables: Callable[[], TaskTables],
+        *,
+        writer_id: str,
+        enrich: Callable[[dict, Attempt], dict] | None = None,
+    ) -> None:
+        self.index = index
+        self.store = store
+        self.settings = settings
+        self.tables = tables
+        #: ``enrich(row, attempt) -> row``: facts only the run records know (run_id, status).
+        self.enrich = enrich
+        self.writer = Writer(
+            index, store, settings.data_root, writer_id, live_since_ns=settings.live_since_ns
+        )
+        self._docs_base = Path(os.path.relpath(store.docs_root, settings.data_root)).as_posix()
+
+    # -- probing -------------------------------------------------------------------------
+
+    def probe_all(
+        self, candidates: Iterable[Candidate], *, ready: bool, known: Known | None
+    ) -> list[Outcome]:
+        now = time.time_ns()
+        known = known or self.index.ledger_knows
+        seen: dict[str, Outcome] = {}
+        for cand in candidates:
+            seen[cand.relpath] = probe_one(
+                cand,
+                known=known,
+                now_ns=now,
+                settle_ns=self.settings.settle_ns,
+                max_bytes=self.settings.max_bytes,
+                ready=ready,
+            )
+        return list(seen.values())
+
+    # -- the batch -----------------------------------------------------------------------
+
+    def run_batch(
+        self,
+        candidates: Iterable[Candidate],
+        *,
+        ready: bool = False,
+        extra_tasks: Iterable[Task] = (),
+        known: Known | None = None,
+        force: set[str] = frozenset(),
+    ) -> BatchReport:
+        """Probe, plan, write and commit; returns what happened, per stage and outcome.
+
+        ``known`` is the no-read skip (default: ask the index); ``force`` documents are
+        rewritten from their sources (``verify --repair``).
+        """
+        report = BatchReport()
+        outcomes = self.probe_all(candidates, ready=ready, known=known)
+        hold_parsed_of_unready_raws(outcomes)
+        new, touched, seen = self._pin(outcomes)
+        self._count(outcomes, report)
+        tasks = {(s.stage, s.task_id) for s in new} | set(extra_tasks)
+        if not tasks and not report.problems and not touched:
+            return report
+        contents = {o.source.key: o.content for o in outcomes if o.content is not None}
+        plan = self.plan(tasks, new, force)
+        report.problems += task_problem_rows(plan.problems, new)
+        result = self.writer.write(
+            BatchInput(
+                changes=[c for tc in plan.planned.values() for c in tc.changes],
+                new_sources=[s for s in new if (s.stage, s.task_id) not in plan.problems],
+                touched=touched,
+                seen=seen,
+                problems=report.problems,
+                tasks=[plan.infos[t] for t in plan.planned],
+                contents=contents,
+            )
+        )
+        retry_tasks = result.retry
+        report.retry += [
+            o.candidate
+            for o in outcomes
+            if o.status == NEW and (o.source.stage, o.source.task_id) in retry_tasks
+        ]
+        for c in result.written:
+            self._account(c, report)
+        return report
+
+    def _pin(self, outcomes: list[Outcome]) -> tuple[list[Source], list[Source], dict]:
+        """New sources, and known bytes seen again (a touch): those keep their pinned facts."""
+        fresh = [o for o in outcomes if o.status == NEW]
+        pinned = self.index.pinned(o.source.key for o in fresh)
+        new, touched, seen = [], [], {}
+        for o in fresh:
+            seen[o.source.key] = (o.source.size, o.source.mtime_ns)
+            if o.source.key in pinned:
+                touched.append(pinned[o.source.key])
+                o.status = INDEXED  # the same source: nothing to plan
+            else:
+                new.append(o.source)
+        return new, touched, seen
+
+    @staticmethod
+    def _count(outcomes: list[Outcome], report: BatchReport) -> None:
+        for o in outcomes:
+            report.counts[(o.candidate.role.stage, o.status)] += 1
+            if o.status == ERROR:
+                report.problems.append((o.relpath, o.reason or "error"))
+                log.warning("%s: %s", o.relpath, o.reason)
+            elif o.status == DEFERRED:
+                report.retry.append(o.candidate)
+                if o.reason and o.reason.startswith("mtime in the future"):
+                    report.future.append(o.candidate)
+                log.debug("%s: %s", o.relpath, o.reason)
+            elif o.status == IGNORED:
+                log.debug("ignored %s: %s", o.relpath, o.reason)
+
+    @staticmethod
+    def _account(c: Change, report: BatchReport) -> None:
+        if c.stored_facts is not None:
+            report.superseded.append(c.doc_id)
+            log.warning(
+                "%s (%s %s) is superseded by %s: its parsed file belongs to a raw that came later",
+                c.doc_id,
+                c.info.stage,
+                c.info.task_id,
+                c.row["meta_small"].get("superseded_by"),
+            )
+            outcome = "docs_superseded"
+        elif c.op is Op.CREATE:
+            report.created.append(c.doc_id)
+            outcome = "docs_created"
+        else:
+            report.updated.append(c.doc_id)
+            outcome = "docs_updated"
+        report.counts[(c.info.stage, outcome)] += 1
+
+    # -- planning ------------------------------------------------------------------------
+
+    def plan(self, tasks: set[Task], new: list[Source], force: set[str]) -> BatchPlan:
+        """Re-plan every touched task (parents first) and its children."""
+        tables = self.tables()
+        new_by_task: dict[Task, list[Source]] = {}
+        for s in new:
+            new_by_task.setdefault((s.stage, s.task_id), []).append(s)
+        out = BatchPlan()
+        overlay: dict[Task, list[ParentCandidate]] = {}  # ok documents as this batch plans them
+        settings = PlanSettings(
+            run_id=self.settings.run_id,
+            docs_base=self._docs_base,
+            now_ns=time.time_ns(),
+            pair_window_ns=self.settings.pair_window_ns,
+            prompt_copy=self.settings.prompt_copy,
+        )
+        todo = {stage: {t for s, t in tasks if s == stage} for stage in STAGES}
+        ids: dict[str, Task] = {}
+        for stage in STAGES:  # parents (earlier stages) are planned before their children
+            for task_id in sorted(todo[stage]):
+                task = (stage, task_id)
+                info = effective_info(task_info(tables, *task), self.index.task_facts(*task))
+                parents = {
+                    s: self._parent_candidates((s, info.parent_task_id), overlay)
+                    for s in parent_stages(info)
+                }
+                changes = self._plan_task(
+                    task, info, new_by_task.get(task, []), parents, settings, force
+                )
+                clash = next(
+                    (c.doc_id for c in changes.changes if ids.get(c.doc_id, task) != task), None
+                )
+                if clash is not None:
+                    changes.problem = f"doc_id {clash} would also belong to task {ids[clash][1]}"
+                if changes.problem is not None:
+                    out.problems[task] = changes.problem
+                    log.error("%s %s: %s; skipped", stage, task_id, changes.problem)
+                    continue
+                ids.update((c.doc_id, task) for c in changes.changes)
+                out.planned[task], out.infos[task] = changes, info
+                overlay[task] = changes.ok_candidates
+                if changes.changes:
+                    for child_stage, child_id in self.index.children_of(*task):
+                        todo[child_stage].add(child_id)
+        return out
+
+    def _plan_task(
+        self,
+        task: Task,
+        info: TaskInfo,
+        new: list[Source],
+        parents: dict[str, list[ParentCandidate]],
+        settings: PlanSettings,
+        force: set[str],
+    ) -> TaskChanges:
+        """Load one task's sources and documents, and plan it."""
+        existing = self.index.task_documents(*task)
+        pinned = self.index.task_sources(*task)
+        missing = {
+            doc_id for doc_id in existing if not self.store.doc_path(task[0], doc_id).is_dir()
+        }
+        try:
+            return plan_changes(
+                info,
+                pinned + new,
+                existing,
+                parents,
+                settings,
+                missing_dirs=missing,
+                force=force,
+                enrich=self.enrich,
+            )
+        except Exception as exc:  # a bug or a bad value in one task must not block the batch
+            log.exception("%s %s cannot be planned", *task)
+            return TaskChanges(problem=f"cannot be planned: {exc!r}")
+
+    def _parent_candidates(self, task: Task, overlay: dict) -> list[ParentCandidate]:
+        cands = overlay.get(task)
+        if cands is None:
+            cands = overlay[task] = self.index.ok_candidates(*task)  # same for the batch
+        return cands
+
+
+@dataclass
+class BatchPlan:
+    planned: dict[Task, TaskChanges] = field(default_factory=dict)
+    infos: dict[Task, TaskInfo] = field(default_factory=dict)
+    problems: dict[Task, str] = field(default_factory=dict)  # tasks skipped, with why
+
+
+def hold_parsed_of_unready_raws(outcomes: list[Outcome]) -> None:
+    """A parsed file waits while a raw file of its task is not ready in the same batch: read
+    together later, they pair as a scan of the finished tree pairs them (no supersession)."""
+    waiting = {
+        o.candidate.task: o.relpath
+        for o in outcomes
+        if o.candidate.role.kind == "raw" and o.status == DEFERRED and o.candidate.task
+    }
+    if not waiting:
+        return
+    for o in outcomes:
+        task = o.candidate.task
+        if o.candidate.role.kind == "parsed" and o.status == NEW and task in waiting:
+            o.status = DEFERRED
+            o.reason = f"held: raw file {waiting[task]} of the same task is not ready yet"
+            o.content = None
+
+
+def task_problem_rows(problems: dict[Task, str], new: list[Source]) -> list[tuple[str, str]]:
+    """``problems`` rows for tasks that were skipped: their new files, else the task itself."""
+    rows = []
+    for task, reason in sorted(problems.items()):
+        paths = [s.relpath for s in new if (s.stage, s.task_id) == task]
+        rows += [(p, reason) for p in paths] or [(f"task:{task[0]}/{task[1]}", reason)]
+    return rows

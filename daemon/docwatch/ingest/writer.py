@@ -1,0 +1,164 @@
+"""Writing one batch: stage, sync, intents, publish, commit, finish (``store/docstore.py``).
+
+The order is the durability contract: no row is committed before every file it references is
+durable in place, and nothing a visible row references changes before its new row commits.
+One task whose files cannot be staged (a source that changed, a file that vanished or became
+unreadable) is left out and reported; the rest of the batch is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docwatch import __version__
+from docwatch.core.clock import now_iso
+from docwatch.core.model import Source, TaskInfo
+from docwatch.ingest.planner import Change, change_facts, metadata
+from docwatch.store import faults
+from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
+from docwatch.store.index import Index
+
+log = logging.getLogger("docwatch.ingest")
+
+#: Errors of one source file while it is copied: that task waits, the batch goes on.
+SOURCE_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR}
+
+
+@dataclass
+class WriteResult:
+    written: list[Change] = field(default_factory=list)
+    retry: set[tuple[str, str]] = field(default_factory=set)  # tasks whose sources moved
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class BatchInput:
+    """What one batch commits besides its changes."""
+
+    changes: list[Change]
+    new_sources: list[Source]  # first seen now (their facts are pinned by this commit)
+    touched: list[Source]  # known bytes seen with another stat (only the stat cache moves)
+    seen: dict  # source key → (size, mtime_ns) of the stat that showed its bytes now
+    problems: list[tuple[str, str]]
+    tasks: list[TaskInfo]  # facts to store (sticky task facts)
+    contents: dict  # source key → bytes already read (small files)
+
+
+class Writer:
+    """Runs the batch protocol for one index and one document store."""
+
+    def __init__(
+        self,
+        index: Index,
+        store: DocStore,
+        data_root: Path,
+        writer_id: str,
+        *,
+        live_since_ns: int | None = None,
+    ) -> None:
+        self.index = index
+        self.store = store
+        self.data_root = data_root
+        self.writer_id = writer_id
+        self.live_since_ns = live_since_ns
+
+    def write(self, batch_in: BatchInput) -> WriteResult:
+        result = WriteResult(problems=list(batch_in.problems))
+        if not batch_in.changes:  # only the ledger moves: no file to make durable
+            self._commit(None, batch_in, [], result)
+            return result
+        batch = self.store.begin()
+        try:
+            kept = self._stage_all(batch, batch_in, result)
+            batch.sync_staged()
+            task_of = {c.doc_id: c.info.task_id for c in kept}
+            with self.index.transaction():
+                self.index.put_intents(
+                    self.writer_id,
+                    [(d, st, task_of[d], op, detail) for d, st, op, detail in batch.intents()],
+                )
+            faults.point("intents_committed")
+            batch.publish()
+            self._commit(batch, batch_in, kept, result)
+            faults.point("committed")
+            if batch.has_work_after_commit():
+                batch.finish()
+                with self.index.transaction():
+                    self.index.clear_intents(self.writer_id, [c.doc_id for c in kept])
+                faults.point("intents_cleared")
+        finally:
+            batch.cleanup()
+        result.written = kept
+        return result
+
+    def _commit(
+        self, batch: Batch | None, batch_in: BatchInput, kept: list[Change], result: WriteResult
+    ) -> None:
+        retry = result.retry
+        sources = [s for s in batch_in.new_sources if (s.stage, s.task_id) not in retry]
+        with self.index.transaction():
+            self.index.put_sources(sources + batch_in.touched, batch_in.seen)
+            self.index.put_problems(result.problems)
+            self.index.put_tasks(i for i in batch_in.tasks if (i.stage, i.task_id) not in retry)
+            for c in kept:
+                self.index.put_document(c.row, change_facts(c))
+            if batch is not None and batch.has_work_after_commit():
+                self.index.mark_intents_committed(c.doc_id for c in kept)
+            elif kept:
+                self.index.clear_intents(self.writer_id, [c.doc_id for c in kept])
+            if sources:
+                self._record_freshness(max(s.mtime_ns for s in sources))
+
+    def _record_freshness(self, newest_ns: int) -> None:
+        """``status``: when the last batch committed and, for files written while the daemon
+        watched, the lag from the newest file's close to its row."""
+        self.index.set_state("last_ingest", now_iso())
+        live = self.live_since_ns is not None and newest_ns >= self.live_since_ns
+        lag = f"{(time.time_ns() - newest_ns) / 1e9:.6f}" if live else ""
+        self.index.set_state("last_batch", "live" if live else "backfill")
+        self.index.set_state("last_lag_seconds", lag)
+
+    def _stage_all(self, batch: Batch, batch_in: BatchInput, result: WriteResult) -> list[Change]:
+        staged_by_task: dict[tuple[str, str], list] = {}
+        for c in batch_in.changes:
+            if c.task in result.retry:
+                continue
+            try:
+                staged = self._stage_one(batch, c, batch_in.contents)
+            except SourceChanged as exc:
+                log.info("%s; retrying its task", exc)
+                self._drop_task(batch, c.task, staged_by_task, result)
+                continue
+            except OSError as exc:
+                paths = {str(self.data_root / s.relpath) for s in c.files.values()}
+                if exc.errno not in SOURCE_ERRNOS or str(exc.filename) not in paths:
+                    raise  # our own files (docs_root): the caller's backoff or a clear stop
+                log.warning("%s: %s; its task waits for the next pass", exc.filename, exc.strerror)
+                self._drop_task(batch, c.task, staged_by_task, result)
+                continue
+            staged_by_task.setdefault(c.task, []).append(staged)
+        return [c for c in batch_in.changes if c.task not in result.retry]
+
+    @staticmethod
+    def _drop_task(batch: Batch, task, staged_by_task: dict, result: WriteResult) -> None:
+        result.retry.add(task)
+        for s in staged_by_task.pop(task, []):
+            batch.drop(s)
+
+    def _stage_one(self, batch: Batch, c: Change, contents: dict):
+        files = {
+            f"{kind}.txt": FileSource(
+                self.data_root / s.relpath, s.sha256, contents.get(s.key), s.mtime_ns
+            )
+            for kind, s in c.files.items()
+        }
+        staged = batch.stage(c.doc_id, c.info.stage, c.op, files, c.remove)
+        for kind in ("raw", "parsed"):
+            if f"{kind}.txt" in staged.chars:
+                c.row[f"{kind}_chars"] = staged.chars[f"{kind}.txt"]
+        batch.write_metadata(staged, metadata(c, __version__, time.time_ns()))
+        return staged

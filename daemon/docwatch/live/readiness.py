@@ -1,0 +1,90 @@
+"""When a file the daemon was told about may be read (pure: no I/O, no clock, no threads).
+
+* closed after writing, or renamed into place (inotify): complete now;
+* anything else (created without a close yet, listed, polled, changed while read): the settle
+  rule, as in ``scan``: read once its mtime is ``settle_seconds`` old.  A future mtime (clock
+  skew, NFS) says nothing about age: such a file is read once it has been seen unchanged for
+  ``settle_seconds``.  An inotify-created file that is still empty keeps waiting for its close;
+* a parsed file waits while a raw file of its task waits here (at most ``hold_max``), so the
+  two are read together and pair as a scan of the finished tree pairs them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from docwatch.live.pending import Pending
+
+#: An inotify-created file still empty: re-checks before it is left to the reconcile pass.
+EMPTY_CHECKS = 5
+
+
+class Verdict(enum.Enum):
+    READ = "read"
+    WAIT = "wait"
+    FORGET = "forget"  # gone, or left to the next reconcile pass
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What lstat says of a waiting path now (None fields: the stat failed)."""
+
+    regular: bool
+    size: int
+    mtime_ns: int
+    ino: int
+    nlink: int
+
+    @property
+    def signature(self) -> tuple[int, int, int]:
+        return (self.size, self.mtime_ns, self.ino)
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    due: float = 0.0  # WAIT: when to look again (monotonic seconds)
+    tries: int | None = None  # WAIT: the entry's new count of empty checks
+    seen: tuple[int, int, int] | None = None  # WAIT on a future mtime: what it showed
+    seen_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    settle_s: float
+    hold_max_s: float
+
+
+def decide(
+    entry: Pending,
+    state: FileState | None,
+    *,
+    now: float,
+    now_ns: int,
+    policy: Policy,
+    raw_waiting: bool,
+) -> Decision:
+    """What to do with a waiting path.  ``state`` None: the file is gone; ``raw_waiting``: a
+    raw file of the same task waits in the table."""
+    if entry.role.kind == "parsed" and raw_waiting and now - entry.first < policy.hold_max_s:
+        return Decision(Verdict.WAIT, now + 0.1)
+    if entry.ready:
+        return Decision(Verdict.READ)
+    if state is None:
+        return Decision(Verdict.FORGET)
+    settle = policy.settle_s
+    if entry.awaiting_close and state.regular and state.size == 0 and state.nlink == 1:
+        if entry.tries >= EMPTY_CHECKS:
+            return Decision(Verdict.FORGET)
+        return Decision(Verdict.WAIT, now + max(settle, 0.1), tries=entry.tries + 1)
+    age_ns = now_ns - state.mtime_ns
+    if age_ns < 0:  # a future mtime: settled once unchanged for settle_seconds
+        if entry.seen == state.signature and now - entry.seen_at >= settle:
+            return Decision(Verdict.READ)
+        if entry.seen == state.signature:
+            return Decision(Verdict.WAIT, entry.seen_at + settle + 0.01)
+        return Decision(Verdict.WAIT, now + settle + 0.01, seen=state.signature, seen_at=now)
+    if age_ns < settle * 1e9:
+        return Decision(Verdict.WAIT, now + (settle * 1e9 - age_ns) / 1e9 + 0.01)
+    return Decision(Verdict.READ)

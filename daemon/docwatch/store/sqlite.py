@@ -1,0 +1,172 @@
+"""The SQLite backend: ``<data-root>/db/documents.sqlite``, WAL, one writer at a time.
+
+Readers may be other users than the writer (SPEC "Guarantees").  SQLite lets a user without
+write permission on ``db/`` read a WAL index only while its ``-wal`` and ``-shm`` files exist
+(SQLite >= 3.22 then reads the WAL itself), and the last connection to close deletes them.  So
+every writer that closes re-creates them empty, with the index file's mode: an index any
+docwatch writer has touched stays readable by everyone who may read the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+from docwatch.errors import IndexCorrupt, IndexUnreadable
+from docwatch.store.index import Index
+from docwatch.store.schema import MIGRATIONS, SCHEMA_VERSION, SQLITE_ONLY, statements
+
+#: Messages of errors that mean "the file is not a (sound) SQLite database".
+_CORRUPT = ("file is not a database", "malformed", "not a database", "file is encrypted")
+_BUSY = ("locked", "busy")
+READER_FILES = ("-wal", "-shm")
+
+
+class SqliteIndex(Index):
+    dialect = "sqlite"
+    begin_sql = "BEGIN IMMEDIATE"
+
+    def __init__(self, con: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
+        super().__init__(con, str(path), readonly=readonly)
+        self.path = path
+
+    def close(self) -> None:
+        super().close()
+        if not self.readonly:
+            leave_reader_files(self.path)
+
+
+def open_sqlite(
+    path: Path, *, readonly: bool = False, busy_timeout_ms: int = 10_000
+) -> SqliteIndex:
+    """Open the index; create and migrate it unless read-only; every failure explained."""
+    path = Path(path)
+    if readonly and not path.exists():
+        if not os.access(path.parent, os.X_OK) and path.parent.exists():
+            raise unreadable(path.parent, "search (x)")
+        raise IndexCorrupt(f"{path}: no index here; run `docwatch scan` first")
+    try:
+        if readonly:
+            con = sqlite3.connect(
+                f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise open_error(exc, path, readonly) from exc
+    con.row_factory = sqlite3.Row
+    try:
+        con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if readonly:
+            check_version(con, path)
+        else:
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = FULL")
+            migrate(con, path)
+    except sqlite3.Error as exc:
+        con.close()
+        if any(word in str(exc) for word in _BUSY):
+            raise
+        raise open_error(exc, path, readonly) from exc
+    except BaseException:
+        con.close()
+        raise
+    return SqliteIndex(con, path, readonly=readonly)
+
+
+def check_version(con: sqlite3.Connection, path: Path) -> None:
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise IndexCorrupt(
+            f"{path}: schema version {version} is newer than this docwatch "
+            f"({SCHEMA_VERSION}); upgrade docwatch"
+        )
+
+
+def migrate(con: sqlite3.Connection, path: Path) -> None:
+    """Bring the schema to SCHEMA_VERSION, all steps in one transaction."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        check_version(con, path)
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        for step in range(version, SCHEMA_VERSION):
+            for statement in statements(MIGRATIONS[step]):
+                con.execute(statement)
+            if version > 0:  # an index with rows from an older docwatch
+                for statement in statements(SQLITE_ONLY.get(step + 1, "")):
+                    con.execute(statement)
+            con.execute(f"PRAGMA user_version = {step + 1}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def open_error(exc: sqlite3.Error, path: Path, readonly: bool) -> Exception:
+    """What an open failure means: a corrupt file, a missing permission, or something else."""
+    text = str(exc)
+    if any(word in text for word in _CORRUPT):
+        return IndexCorrupt(
+            f"{path}: not a usable SQLite index ({text}). Move it aside and run "
+            "`docwatch rebuild-index` to recreate it from the documents' metadata.json files."
+        )
+    problem = permission_problem(path, readonly)
+    if problem is not None:
+        return problem
+    return IndexCorrupt(f"{path}: cannot open the index ({text})")
+
+
+def permission_problem(path: Path, readonly: bool) -> IndexUnreadable | None:
+    """The missing permission that keeps this user from opening the index, if that is it."""
+    folder = path.parent
+    if folder.exists() and not os.access(folder, os.X_OK):
+        return unreadable(folder, "search (x)")
+    if path.exists() and not os.access(path, os.R_OK):
+        return unreadable(path, "read (r)")
+    if not readonly:
+        for target in (folder, path, *(Path(f"{path}{s}") for s in READER_FILES)):
+            if target.exists() and not os.access(target, os.W_OK):
+                return unreadable(target, "write (w)", writer=True)
+        return None
+    missing = [s for s in READER_FILES if not Path(f"{path}{s}").exists()]
+    if missing and not os.access(folder, os.W_OK):
+        return IndexUnreadable(
+            f"{path}: cannot read the index as uid {os.geteuid()}: SQLite needs "
+            f"{', '.join(path.name + s for s in missing)} next to it, which are missing, and "
+            f"this user lacks write (w) permission on {folder} to create them. Any docwatch "
+            "writer (`docwatch scan` or `watch`, as the user that owns the index) leaves them "
+            "for readers when it stops; run one once."
+        )
+    for suffix in READER_FILES:
+        extra = Path(f"{path}{suffix}")
+        if extra.exists() and not os.access(extra, os.R_OK):
+            return unreadable(extra, "read (r)")
+    return None
+
+
+def unreadable(path: Path, permission: str, *, writer: bool = False) -> IndexUnreadable:
+    who = "docwatch's user" if writer else f"uid {os.geteuid()}"
+    return IndexUnreadable(f"{path}: permission denied: {who} lacks {permission} permission on it")
+
+
+def leave_reader_files(path: Path) -> None:
+    """Re-create empty ``-wal``/``-shm`` files (the index's mode) if the close removed them."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    for suffix in READER_FILES:
+        try:
+            fd = os.open(f"{path}{suffix}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.EACCES, errno.EROFS):
+                raise
+            continue
+        try:
+            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask
+        finally:
+            os.close(fd)
