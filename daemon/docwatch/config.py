@@ -23,8 +23,8 @@ from docwatch.core.layout import DEFAULT_FOLDERS, KINDS, STAGES, folder_roles
 
 ENV_PREFIX = "DOCWATCH_"
 CONFIG_ENV = "DOCWATCH_CONFIG"
-#: Environment variables that are not settings (the test-only fault seam).
-NOT_SETTINGS = frozenset({CONFIG_ENV, "DOCWATCH_FAULT"})
+#: Environment variables that are not settings (the test-only fault seam and its trace).
+NOT_SETTINGS = frozenset({CONFIG_ENV, "DOCWATCH_FAULT", "DOCWATCH_TRACE"})
 
 
 class ConfigError(Exception):

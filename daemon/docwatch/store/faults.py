@@ -1,8 +1,13 @@
 """The fault seam: one named hook at every durable step of the write path.
 
-Off in production (one ``None`` check per step). Tests switch it on with the environment
-variable ``DOCWATCH_FAULT=<point>:<n>:<action>`` (action ``exit`` = ``os._exit(86)`` on the n-th
-time the point is reached, ``enospc`` / ``eio`` = raise that OSError there) or with ``set_hook``.
+Off in production (one ``None`` check per step).  Tests switch it on through the environment:
+
+* ``DOCWATCH_FAULT=<point>:<n>:<action>``: on the n-th time the point is reached, ``exit``
+  (``os._exit(86)``: the process dies there, nothing else runs), or raise ``enospc`` / ``eio``;
+* ``DOCWATCH_TRACE=<file>``: append ``<pid> <point>`` to the file at every point (the order
+  of durable steps, and where a kill landed);
+
+or in-process with ``set_hook``.
 """
 
 from __future__ import annotations
@@ -13,14 +18,27 @@ from collections.abc import Callable
 
 #: Every durable step, in the order a batch reaches them.
 POINTS = (
-    "staged",  # document files written under docs/.tmp
+    "staged",  # document files written under the writer's staging directory
     "files_synced",  # staged files durable (syncfs / fsync)
-    "intents_committed",  # the batch's intents row committed
-    "renamed",  # one document renamed into place (reached once per document)
-    "dirs_synced",  # directories holding the renames durable
-    "committed",  # rows, ledger and attempts committed
-    "cleaned",  # staging directory of the batch removed
-    "recovered",  # leftovers of a dead writer cleaned at start
+    "intents_committed",  # the batch's intents committed
+    "renamed",  # one document's new directory or new files renamed into place (per document)
+    "dirs_synced",  # the renames durable
+    "committed",  # rows, ledger, task facts committed (intents marked committed)
+    "replaced",  # one visible document's replacements and removals done (per document)
+    "replaced_synced",  # those durable
+    "intents_cleared",  # the batch's intents removed (only when it had replacements)
+    "cleaned",  # the batch's staging directory removed
+    "recovered",  # a dead writer's batch undone or finished at start (before its intents go)
+)
+#: The points a batch passes when it has no replacements (most batches).
+CREATE_ONLY = (
+    "staged",
+    "files_synced",
+    "intents_committed",
+    "renamed",
+    "dirs_synced",
+    "committed",
+    "cleaned",
 )
 
 EXIT_CODE = 86
@@ -63,7 +81,30 @@ def hook_from_spec(spec: str) -> Callable[[str], None]:
     return hook
 
 
+def tracer(path: str) -> Callable[[str], None]:
+    """A hook that appends ``<pid> <point>`` lines to ``path`` (O_APPEND: whole lines)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def trace(reached: str) -> None:
+        os.write(fd, f"{os.getpid()} {reached}\n".encode())
+
+    return trace
+
+
+def chain(*hooks: Callable[[str], None]) -> Callable[[str], None]:
+    def both(reached: str) -> None:
+        for hook in hooks:
+            hook(reached)
+
+    return both
+
+
 def install_from_env(environ: dict[str, str] | None = None) -> None:
-    spec = (environ if environ is not None else os.environ).get("DOCWATCH_FAULT")
-    if spec:
-        set_hook(hook_from_spec(spec))
+    env = environ if environ is not None else os.environ
+    hooks = []
+    if env.get("DOCWATCH_TRACE"):
+        hooks.append(tracer(env["DOCWATCH_TRACE"]))  # first: the trace shows where it died
+    if env.get("DOCWATCH_FAULT"):
+        hooks.append(hook_from_spec(env["DOCWATCH_FAULT"]))
+    if hooks:
+        set_hook(chain(*hooks))
