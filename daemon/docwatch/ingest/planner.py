@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from docwatch.core.clock import iso_utc
+from docwatch.core.layout import KINDS
 from docwatch.core.model import (
     OK,
     SUPERSEDED,
@@ -26,7 +27,6 @@ from docwatch.store.docstore import Op
 from docwatch.store.index import source_key, split_source_key
 from docwatch.store.schema import DOCUMENT_COLUMNS
 
-KINDS = ("raw", "parsed", "prompt")
 #: Parent stages tried, in order, when the tables do not say which stage a parent task is.
 ANY_PARENT_STAGE = ("essay", "draft")
 

@@ -6,8 +6,8 @@ source folder (``events.WatchSet``), *then* run the catch-up (``scan.catch_up``)
 falls between them, and only then send ``READY=1``.
 
 Live: the observer's handler only enqueues ``(path, kind)``.  The main thread drains that
-queue into the ``PendingTable`` and writes what ``readiness.decide`` finds ready in group
-commits (up to ``batch_max_files`` paths, or ``batch_max_delay`` after the first one).
+queue into the ``PendingTable``; ``Batches`` writes what ``readiness.decide`` finds ready in
+group commits (up to ``batch_max_files`` paths, or ``batch_max_delay`` after the first one).
 
 Never blocked for more than a few seconds, so the systemd watchdog stays fed: run records are
 read on a thread of their own (``run_facts``), and re-plans (task tables rewritten, pending
@@ -27,21 +27,20 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import stat
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from docwatch.config import Config
-from docwatch.core.layout import STAGES, folder_roles, parse_name
-from docwatch.errors import DocwatchError
+from docwatch.core.layout import STAGES, folder_roles
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.ingestor import BatchReport
 from docwatch.ingest.scan import catch_up, list_candidates
-from docwatch.ingest.sources import Candidate, list_folder
+from docwatch.ingest.sources import list_folder
+from docwatch.live.batches import Batches
 from docwatch.live.events import (
     CREATED,
     DIRS,
@@ -52,8 +51,7 @@ from docwatch.live.events import (
     WatchSet,
     role_dirs,
 )
-from docwatch.live.pending import Pending, PendingTable
-from docwatch.live.readiness import FileState, Policy, Verdict, decide
+from docwatch.live.pending import PendingTable
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.signals import SignalHandling
 from docwatch.live.timers import Timers
@@ -65,10 +63,7 @@ DEFAULT_RUN_ID = "watch"
 SUPERVISE_EVERY = 1.0  # observer / emitter / folder checks
 STATUS_EVERY = 5.0  # STATUS= to systemd
 TABLES_EVERY = 1.0  # task-table change check (also after every batch)
-RETRY_DELAY = 0.25  # a file that changed while being read is looked at again after this
-FAILED_DELAY = 5.0  # a task whose batch failed unexpectedly: first retry, doubling to 5 min
 MAX_TICK = 0.5  # the main loop wakes at least this often (stop flag, timers)
-RAW_LOOKAHEAD = 3  # raw versions past the last indexed one that a parsed file may pull in
 
 
 class LiveRunFacts(Protocol):
@@ -118,19 +113,12 @@ class Watcher:
         self.indexer: Indexer | None = None
         self.run_facts: LiveRunFacts | None = None
         self.pending = PendingTable(self.roles)
-        self.raw_dirs: dict[str, list] = defaultdict(list)
-        for folder, role in self.roles.items():
-            if role.kind == "raw":
-                self.raw_dirs[role.stage].append((folder, role))
-        self.policy = Policy(cfg.settle_seconds, hold_max_s=max(4 * cfg.settle_seconds, 10.0))
-        self._batch_open: float | None = None
+        self.batches = Batches(cfg, self.pending, self.roles, self.stats, (_Stopping,))
         self._arm_needed = False
-        self._last_batch: tuple[int, float] | None = None
         self.loop_turns = 0  # main-loop wake-ups (an idle daemon sleeps between timers)
         self.longest_turn = 0.0  # seconds: the longest stretch the loop spent in one turn
         self._watchdog_every = self.notifier.watchdog_interval()
         self._next_ping = 0.0
-        self._failed: dict[str, float] = {}  # path → current retry delay after failures
 
     # -- public --------------------------------------------------------------------------
 
@@ -160,6 +148,7 @@ class Watcher:
             self.indexer = Indexer(
                 self.cfg, self.run_id, sleep=self._sleep, live_since_ns=time.time_ns()
             )
+            self.batches.indexer = self.indexer
             self._run()
         except _Stopping:
             log.info("stop requested during a retry; the unfinished batch is redone next start")
@@ -227,9 +216,7 @@ class Watcher:
 
     def _wake_at(self, timers: Timers, now: float) -> float:
         wake_at = min(timers.next_deadline(), now + MAX_TICK)
-        if (first_due := self.pending.next_due()) is not None:
-            if self._batch_open is not None:
-                first_due = max(first_due, self._batch_open + self.cfg.batch_max_delay)
+        if (first_due := self.batches.due_at()) is not None:
             wake_at = min(wake_at, first_due)
         if self._watchdog_every:
             wake_at = min(wake_at, self._next_ping)
@@ -249,11 +236,11 @@ class Watcher:
             self._catch_up("overflow")
         if self._arm_needed:
             self._arm()
-        self._maybe_batch()
+        self.batches.maybe_run()
         if self.run_facts is not None:
             self.run_facts.step(self.indexer)
         if self.indexer.has_queued():
-            self._account(self.indexer.ingest([]), 0)
+            self.batches.account(self.indexer.ingest([]), 0)
         for name in timers.due(time.monotonic()):
             if name == "supervise":
                 self._supervise()
@@ -315,141 +302,6 @@ class Watcher:
                 raise _Stopping
             self._ping()
 
-    # -- batches ---------------------------------------------------------------------------
-
-    def _maybe_batch(self) -> None:
-        """Group commit: ingest what is due once ``batch_max_delay`` has passed since the first
-        path became due, or at once when ``batch_max_files`` are waiting."""
-        now = time.monotonic()
-        first_due = self.pending.next_due()
-        if first_due is None or first_due > now:
-            return
-        if self._batch_open is None:
-            self._batch_open = now
-        full = len(self.pending) >= self.cfg.batch_max_files
-        if not full and now - self._batch_open < self.cfg.batch_max_delay:
-            return
-        self._batch_open = None
-        entries = self.pending.take_due(now, self.cfg.batch_max_files)
-        if entries:
-            self._ingest_entries(entries)
-
-    def _ingest_entries(self, entries: list[Pending]) -> None:
-        """Apply the readiness policy to each entry; ingest what is ready."""
-        now, now_ns = time.monotonic(), time.time_ns()
-        cands: list[Candidate] = []
-        for e in entries:
-            state = _file_state(e.path)
-            d = decide(
-                e,
-                state,
-                now=now,
-                now_ns=now_ns,
-                policy=self.policy,
-                raw_waiting=self.pending.raw_pending(e.task),
-            )
-            if d.verdict is Verdict.WAIT:
-                self._requeue(e, d.due, tries=d.tries, seen=d.seen, seen_at=d.seen_at)
-            elif d.verdict is Verdict.READ:
-                relpath = f"{e.role.folder}/{os.path.basename(e.path)}"
-                cands.append(Candidate(Path(e.path), e.role, relpath))
-        if cands:
-            self._ingest(cands + self._raws_behind(cands))
-
-    def _raws_behind(self, cands: list[Candidate]) -> list[Candidate]:
-        """Raw files that a parsed file in this batch proves complete, though their own close
-        event has not arrived yet (each folder has its own emitter thread, so events of two
-        folders can come out of order).  The pipeline closes the raw before it writes the
-        parsed file, so a raw of the task's next versions with an mtime no later than the
-        parsed file's is complete: ingesting both together pairs them as a scan would, instead
-        of indexing the parsed file alone and superseding that document a moment later."""
-        assert self.indexer is not None
-        queued = {str(c.path) for c in cands}
-        extra: list[Candidate] = []
-        for c in cands:
-            name = parse_name(c.path.name)
-            if c.role.kind != "parsed" or isinstance(name, str):
-                continue
-            try:
-                parsed_mtime = os.lstat(c.path).st_mtime_ns
-            except OSError:
-                continue
-            first = self.indexer.index.max_raw_version(c.role.stage, name.task_id) + 1
-            for folder, role in self.raw_dirs.get(c.role.stage, ()):
-                for version in range(first, first + RAW_LOOKAHEAD):
-                    path = os.path.join(folder, f"{name.task_id}_v{version}.txt")
-                    try:
-                        st = os.lstat(path)
-                    except OSError:
-                        break
-                    if (
-                        stat.S_ISREG(st.st_mode)
-                        and st.st_mtime_ns <= parsed_mtime
-                        and path not in queued
-                    ):
-                        queued.add(path)
-                        relpath = f"{role.folder}/{os.path.basename(path)}"
-                        extra.append(Candidate(Path(path), role, relpath))
-        return extra
-
-    def _requeue(self, e: Pending, due: float, *, tries=None, seen=None, seen_at=None) -> None:
-        self.pending.put(
-            e.path,
-            due,
-            ready=e.ready,
-            awaiting_close=e.awaiting_close,
-            tries=e.tries if tries is None else tries,
-            first=e.first,
-            seen=seen,
-            seen_at=seen_at or 0.0,
-        )
-
-    def _ingest(self, cands: list[Candidate]) -> None:
-        """One batch; should it fail unexpectedly, each task is retried on its own so one bad
-        task never holds the others back."""
-        assert self.indexer is not None
-        try:
-            report = self.indexer.ingest(cands, ready=True)
-        except (_Stopping, DocwatchError):
-            raise
-        except Exception as exc:  # bad input must not stop the daemon
-            groups = _by_task(cands)
-            if len(groups) == 1:
-                self._retry_later(cands, exc)
-                return
-            for group in groups:
-                self._ingest(group)
-            return
-        for c in cands:
-            self._failed.pop(str(c.path), None)
-        self._account(report, len(cands))
-
-    def _retry_later(self, cands: list[Candidate], exc: BaseException) -> None:
-        self.stats["batch_failures"] += 1
-        delay = min(max(self._failed.get(str(c.path), 0.0) for c in cands) * 2, 300.0)
-        delay = delay or FAILED_DELAY
-        log.exception(
-            "%d files of one task failed (%r); retrying them in %.0fs: %s",
-            len(cands),
-            exc,
-            delay,
-            ", ".join(c.relpath for c in cands[:5]),
-        )
-        due = time.monotonic() + delay
-        for c in cands:
-            self._failed[str(c.path)] = delay
-            self.pending.put(str(c.path), due)
-
-    def _account(self, report: BatchReport, files: int) -> None:
-        now = time.monotonic()
-        for c in report.retry:  # deferred: young, changed while read, held; settle rule
-            self.pending.put(str(c.path), now + RETRY_DELAY)
-        for (_, outcome), n in report.counts.items():  # new, indexed, …, docs_created/updated
-            self.stats[outcome] += n
-        if files:
-            self.stats["batches"] += 1
-            self._last_batch = (files, time.monotonic())
-
     def _catch_up(self, why: str) -> None:
         """List every folder and ingest what is new, like ``scan`` (settle rule applies)."""
         assert self.indexer is not None
@@ -459,7 +311,7 @@ class Watcher:
         done = [0]
 
         def add(report: BatchReport) -> None:
-            self._account(report, 0)
+            self.batches.account(report, 0)
 
         def between() -> None:
             self._between_batches()
@@ -514,8 +366,8 @@ class Watcher:
             f"{s['docs_created']} documents created, {s['docs_updated']} updated, "
             f"{len(self.pending) + self.events.qsize()} queued"
         )
-        if self._last_batch:
-            files, at = self._last_batch
+        if self.batches.last:
+            files, at = self.batches.last
             text += f", last batch {files} files {time.monotonic() - at:.0f}s ago"
         if s["error"]:
             text += f", {s['error']} files with errors"
@@ -523,23 +375,6 @@ class Watcher:
 
     def _make_handler(self) -> EnqueueHandler:
         return EnqueueHandler(self.events, self.roles, polling=self.polling)
-
-
-def _file_state(path: str) -> FileState | None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError:  # unreadable: read it now, and the probe reports why
-        return FileState(True, 1, 0, 0, 1)
-    return FileState(stat.S_ISREG(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino, st.st_nlink)
-
-
-def _by_task(cands: list[Candidate]) -> list[list[Candidate]]:
-    groups: dict = defaultdict(list)
-    for c in cands:
-        groups[c.task or c.relpath].append(c)
-    return list(groups.values())
 
 
 def run_watch(
