@@ -45,6 +45,10 @@ def config_options(func):
             help="Index file (default: <data-root>/db/documents.sqlite).",
         ),
         click.option(
+            "--index-url",
+            help="PostgreSQL index (postgresql://user@host/db); default: the SQLite file --db.",
+        ),
+        click.option(
             "--docs-root",
             type=click.Path(path_type=Path),
             help="Document directories (default: <data-root>/docs).",
@@ -198,7 +202,7 @@ def status(config_file, as_json, **flags) -> None:
     from docwatch.status import status as get_status
 
     cfg = make_config(config_file, **flags)
-    emit(get_status(cfg.db), as_json, render)
+    emit(get_status(cfg.index_location), as_json, render)
 
 
 @main.command()
@@ -230,7 +234,7 @@ def latest(config_file, stage, task_id, field, statuses, as_json, **flags) -> No
     from docwatch.reader import DocumentsIndex
 
     cfg = make_config(config_file, **flags)
-    with DocumentsIndex(cfg.db, cfg.docs_root) as idx:
+    with DocumentsIndex(cfg.index_location, cfg.docs_root) as idx:
         row = idx.get_latest_by_task(stage, task_id, status=statuses)
         _print_document(idx, row, field, as_json)
 
@@ -255,7 +259,7 @@ def show(config_file, doc_id, field, as_json, **flags) -> None:
     from docwatch.reader import DocumentsIndex
 
     cfg = make_config(config_file, **flags)
-    with DocumentsIndex(cfg.db, cfg.docs_root) as idx:
+    with DocumentsIndex(cfg.index_location, cfg.docs_root) as idx:
         _print_document(idx, idx.get(doc_id), field, as_json)
 
 
@@ -324,19 +328,22 @@ def rebuild_index(config_file, as_json, **flags) -> None:
       docwatch rebuild-index --data-root data
     """
     from docwatch.store.locks import claim_daemon, claim_index_alone, writer_lock
-    from docwatch.store.rebuild import rebuild
+    from docwatch.store.rebuild import rebuild, rebuild_postgres
 
     cfg = make_config(config_file, **flags)
-    daemon_lock = claim_daemon(cfg.db)
-    try:
-        alone = claim_index_alone(cfg.db)  # no scan, watch or repair has it open
+    if cfg.index_url:
+        report = rebuild_postgres(cfg.index_url, cfg.docs_root)
+    else:
+        daemon_lock = claim_daemon(cfg.db)
         try:
-            with writer_lock(cfg.db):
-                report = rebuild(cfg.db, cfg.docs_root)
+            alone = claim_index_alone(cfg.db)  # no scan, watch or repair has it open
+            try:
+                with writer_lock(cfg.db):
+                    report = rebuild(cfg.db, cfg.docs_root)
+            finally:
+                alone.release()
         finally:
-            alone.release()
-    finally:
-        daemon_lock.release()
+            daemon_lock.release()
     emit(
         report.as_dict(),
         as_json,

@@ -14,10 +14,12 @@ import json
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit, urlunsplit
 
 from docwatch.core.layout import DEFAULT_FOLDERS, KINDS, STAGES, folder_roles
 
@@ -65,7 +67,19 @@ class Config:
     max_file_bytes: int
     dagster_home: Path | None
     dagster_python: Path | None
+    index_url: str | None
+    instance_name: str
     sources: dict[str, str]
+
+    @property
+    def index_location(self) -> str | Path:
+        """Where the index is: the PostgreSQL URL when set, else the SQLite file."""
+        return self.index_url or self.db
+
+    @property
+    def index_name(self) -> str:
+        """The index for messages: the SQLite path, or the URL without its password."""
+        return redact_url(self.index_url) if self.index_url else str(self.db)
 
 
 class _Bad(ValueError):
@@ -160,6 +174,25 @@ def _path(value: object) -> Path:
     return Path(value).expanduser()
 
 
+def _index_url(value: object) -> str:
+    """A PostgreSQL URL (``postgresql://user@host:port/dbname``)."""
+    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
+        raise _Bad("expected a PostgreSQL URL such as postgresql://docwatch@db-host:5432/docwatch")
+    parts = urlsplit(value)
+    if not parts.hostname and "host=" not in parts.query or not parts.path.strip("/"):
+        raise _Bad("expected postgresql://user@host[:port]/dbname (a host and a database)")
+    return value
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password (for messages and logs: credentials are never shown)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def _label(value: object) -> str:
     """A non-empty run label without control characters."""
     if not isinstance(value, str) or not value.strip() or not value.isprintable():
@@ -192,6 +225,8 @@ _FIELDS: dict[str, tuple[Callable[[object], object], object]] = {
     "max_file_bytes": (_whole(_BYTES, _SIZE_EXPECTED), 256 << 20),
     "dagster_home": (_path, None),
     "dagster_python": (_path, None),
+    "index_url": (_index_url, None),
+    "instance_name": (_label, None),
 }
 
 
@@ -222,7 +257,8 @@ class _Layers:
             self.values[key] = _FIELDS[key][0](raw)
             self.sources[key] = origin
         except _Bad as bad:
-            self.problems.append(f"{key} = {_show(raw)} (from {origin}): {bad}")
+            shown = redact_url(raw) if key == "index_url" and isinstance(raw, str) else raw
+            self.problems.append(f"{key} = {_show(shown)} (from {origin}): {bad}")
 
     def file(self, path: Path) -> None:
         """Apply a TOML file."""
@@ -352,6 +388,7 @@ def _build(layers: _Layers) -> Config:
     assert isinstance(data_root, Path)
     values["db"] = values["db"] or data_root / "db" / "documents.sqlite"
     values["docs_root"] = values["docs_root"] or data_root / "docs"
+    values["instance_name"] = values["instance_name"] or socket.gethostname() or "local"
     keys = [*_FIELDS, *(f"folders.{stage}.{kind}" for stage in STAGES for kind in KINDS)]
     sources = {key: layers.sources.get(key, "default") for key in keys}
     return Config(**values, folders=layers.folders, sources=sources)  # type: ignore[arg-type]

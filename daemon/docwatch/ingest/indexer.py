@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
+import os
 import sqlite3
 import time
 import uuid
@@ -27,7 +27,8 @@ from docwatch.ingest.sources import Candidate
 from docwatch.ingest.tables import TaskTableReader
 from docwatch.store.backend import open_index
 from docwatch.store.docstore import DocStore
-from docwatch.store.locks import use_index, writer_lock
+from docwatch.store.index import Index
+from docwatch.store.locks import FileLock, claim_daemon, use_index, writer_lock
 
 log = logging.getLogger("docwatch.indexer")
 RETRYABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN}
@@ -51,26 +52,34 @@ class Indexer:
         sleep: Callable[[float], None] = time.sleep,
         enrich: Callable[[dict, Attempt], dict] | None = None,
         live_since_ns: int | None = None,
+        daemon: bool = False,
     ) -> None:
         require_data_root(cfg)
         self.cfg = cfg
-        self.users = use_index(cfg.db)
+        self._claims: list[FileLock] = []
         try:
-            self.index = open_index(cfg.db)
+            self.index = self._open(daemon)
         except BaseException:
-            self.users.release()
+            self._release_claims()
             raise
-        self.writer_id = socket.gethostname() or "local"
+        self.writer_id = cfg.instance_name
+        staging = cfg.docs_root / ".tmp" / self._index_id() / self.writer_id
         self.store = DocStore(
             cfg.docs_root,
-            staging=cfg.docs_root / ".tmp" / self._index_id() / self.writer_id,
+            staging=staging,
             link=cfg.link,
             file_mode=cfg.file_mode,
             dir_mode=cfg.dir_mode,
         )
         self.tables_reader = TaskTableReader(cfg.data_root, log=logging.getLogger("docwatch.tasks"))
         self._tables: TaskTables | None = None
-        self.lock = writer_lock(cfg.db)
+        # One batch at a time per index (SQLite), or per instance of a shared index (PostgreSQL:
+        # writers of other instances work beside it, task by task; store/postgres.py).
+        self.lock = (
+            FileLock(staging.parent / f"{self.writer_id}.writer.lock")
+            if cfg.index_url
+            else writer_lock(cfg.db)
+        )
         self.sleep = sleep
         self.settings = IngestSettings(
             data_root=cfg.data_root,
@@ -100,13 +109,37 @@ class Indexer:
         """The index's DB-API connection (for ad-hoc reads)."""
         return self.index.con
 
+    def _open(self, daemon: bool) -> Index:
+        """Open the index with this writer's claims: every writer shares the index (only
+        ``rebuild-index`` needs it alone), and one daemon per index (per instance of a
+        PostgreSQL index)."""
+        cfg = self.cfg
+        if cfg.index_url is None:  # file locks beside the SQLite file, taken before opening
+            if daemon:
+                self._claims.append(claim_daemon(cfg.db))
+            self._claims.append(use_index(cfg.db))
+            return _not_allowed_as_problem(lambda: open_index(cfg.db), cfg)
+        index = open_index(cfg.index_url)
+        try:
+            index.claim_users(exclusive=False)
+            if daemon:
+                index.claim_daemon(cfg.instance_name)
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+    def _release_claims(self) -> None:
+        for claim in reversed(self._claims):
+            claim.release()
+        self._claims.clear()
+
     def _index_id(self) -> str:
         """A name for this index that stays the same: its own staging folder under docs/.tmp."""
         index_id = self.index.get_state("index_id")
         if index_id is None:
             with self.index.transaction():
-                index_id = self.index.get_state("index_id") or uuid.uuid4().hex[:12]
-                self.index.set_state("index_id", index_id)
+                index_id = self.index.set_state_once("index_id", uuid.uuid4().hex[:12])
         return index_id
 
     def tables(self) -> TaskTables:
@@ -130,7 +163,7 @@ class Indexer:
         try:
             self.index.close()
         finally:
-            self.users.release()
+            self._release_claims()
 
     def recover(self) -> int:
         """Clean what a writer that died mid-batch left behind (call before the first batch)."""
@@ -180,6 +213,7 @@ class Indexer:
                 finally:
                     self.lock.release()
                 self._replan -= riders
+                self._replan |= report.replan_later
                 return report
             except (OSError, sqlite3.OperationalError) as exc:
                 if isinstance(exc, OSError) and exc.errno in NOT_ALLOWED_ERRNOS:
@@ -235,7 +269,7 @@ def _explain(exc: BaseException, cfg: Config) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full writing documents under {cfg.docs_root} ({exc}); free space there"
     if isinstance(exc, sqlite3.OperationalError):
-        return f"index {cfg.db} is busy or locked by another process ({exc})"
+        return f"index {cfg.index_name} is busy or locked by another process ({exc})"
     return f"I/O error ({exc})"
 
 
@@ -245,11 +279,19 @@ def _not_allowed(exc: OSError, cfg: Config) -> str:
         return f"{where}: read-only file system; docs_root ({cfg.docs_root}) must be writable"
     return (
         f"{where}: permission denied: docwatch's user (uid {_uid()}) lacks write (w) permission "
-        f"there; docs_root is {cfg.docs_root}, the index {cfg.db}"
+        f"there; docs_root is {cfg.docs_root}, the index {cfg.index_name}"
     )
 
 
 def _uid() -> int:
-    import os
-
     return os.geteuid()
+
+
+def _not_allowed_as_problem(fn: Callable[[], Index], cfg: Config) -> Index:
+    """Creating the index where docwatch may not write is a permission problem (exit 77)."""
+    try:
+        return fn()
+    except OSError as exc:
+        if exc.errno in NOT_ALLOWED_ERRNOS:
+            raise PermissionProblem(_not_allowed(exc, cfg)) from exc
+        raise

@@ -65,6 +65,8 @@ class BatchReport:
     superseded: list[str] = field(default_factory=list)
     #: Deferred because their mtime is in the future (the caller watches them settle).
     future: list[Candidate] = field(default_factory=list)
+    #: Tasks to re-plan later (another writer of a shared index held them).
+    replan_later: set[tuple[str, str]] = field(default_factory=set)
 
     def merge(self, other: BatchReport) -> None:
         self.counts.update(other.counts)
@@ -74,6 +76,7 @@ class BatchReport:
         self.updated += other.updated
         self.superseded += other.superseded
         self.future += other.future
+        self.replan_later |= other.replan_later
 
 
 class Ingestor:
@@ -138,13 +141,30 @@ class Ingestor:
         report = BatchReport()
         outcomes = self.probe_all(candidates, ready=ready, known=known)
         hold_parsed_of_unready_raws(outcomes)
+        try:
+            return self._run_locked(outcomes, set(extra_tasks), force, report)
+        finally:
+            self.index.unlock_tasks()
+
+    def _run_locked(
+        self, outcomes: list[Outcome], extra: set[Task], force: set[str], report: BatchReport
+    ) -> BatchReport:
+        """The batch with its tasks locked (another writer of a shared index holds none of
+        them): tasks it cannot lock wait for the next pass."""
+        wanted = {(o.source.stage, o.source.task_id) for o in outcomes if o.status == NEW}
+        locked = self.index.lock_tasks(wanted | extra)
+        for o in outcomes:
+            if o.status == NEW and (o.source.stage, o.source.task_id) not in locked:
+                o.status, o.reason, o.content = DEFERRED, "another writer holds its task", None
         new, touched, seen = self._pin(outcomes)
         self._count(outcomes, report)
-        tasks = {(s.stage, s.task_id) for s in new} | set(extra_tasks)
+        tasks = {(s.stage, s.task_id) for s in new} | (extra & locked)
+        report.replan_later |= extra - locked
         if not tasks and not report.problems and not touched:
             return report
         contents = {o.source.key: o.content for o in outcomes if o.content is not None}
         plan = self.plan(tasks, new, force)
+        report.replan_later |= plan.unlocked
         report.problems += task_problem_rows(plan.problems, new)
         result = self.writer.write(
             BatchInput(
@@ -259,7 +279,10 @@ class Ingestor:
                 out.planned[task], out.infos[task] = changes, info
                 overlay[task] = changes.ok_candidates
                 if changes.changes:
-                    for child_stage, child_id in self.index.children_of(*task):
+                    children = set(self.index.children_of(*task)) - set(out.planned)
+                    locked = self.index.lock_tasks(children)
+                    out.unlocked |= children - locked
+                    for child_stage, child_id in locked:
                         todo[child_stage].add(child_id)
         return out
 
@@ -305,6 +328,7 @@ class BatchPlan:
     planned: dict[Task, TaskChanges] = field(default_factory=dict)
     infos: dict[Task, TaskInfo] = field(default_factory=dict)
     problems: dict[Task, str] = field(default_factory=dict)  # tasks skipped, with why
+    unlocked: set[Task] = field(default_factory=set)  # children another writer held
 
 
 def hold_parsed_of_unready_raws(outcomes: list[Outcome]) -> None:

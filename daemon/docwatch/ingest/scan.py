@@ -234,8 +234,8 @@ def _dry_run(
 ) -> None:
     """Probe without writing anything (the index is only read, if it exists)."""
     stats: dict = {}
-    if Path(cfg.db).exists():
-        index = open_index(cfg.db, readonly=True)
+    if cfg.index_url or Path(cfg.db).exists():
+        index = open_index(cfg.index_location, readonly=True)
         stats = index.ledger_stats()
         index.close()
     now = time.time_ns()

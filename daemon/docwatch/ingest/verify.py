@@ -51,7 +51,7 @@ def verify(cfg: Config, *, checksums: bool = True) -> VerifyReport:
     what an unfinished batch left (its intents) is a note: the next writer finishes it."""
     require_data_root(cfg)
     report = VerifyReport()
-    index = open_index(cfg.db, readonly=True)
+    index = open_index(cfg.index_location, readonly=True)
     try:
         rows = index.all(
             "SELECT d.doc_id, d.stage, d.status, d.parent_doc_id, a.parent_stage,"

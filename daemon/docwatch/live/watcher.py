@@ -55,7 +55,6 @@ from docwatch.live.pending import PendingTable
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.signals import SignalHandling
 from docwatch.live.timers import Timers
-from docwatch.store.locks import claim_daemon
 
 log = logging.getLogger("docwatch.watch")
 
@@ -131,22 +130,22 @@ class Watcher:
         self.events.put((None, WAKE))  # SimpleQueue.put is safe from signal handlers
 
     def run(self, *, install_signals: bool = False) -> None:
-        lock = claim_daemon(self.cfg.db)
-        try:
-            if install_signals:
-                with SignalHandling(self.stop):
-                    self._run_guarded()
-            else:
+        if install_signals:
+            with SignalHandling(self.stop):
                 self._run_guarded()
-        finally:
-            lock.release()
+        else:
+            self._run_guarded()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def _run_guarded(self) -> None:
         try:
             self.indexer = Indexer(
-                self.cfg, self.run_id, sleep=self._sleep, live_since_ns=time.time_ns()
+                self.cfg,
+                self.run_id,
+                sleep=self._sleep,
+                live_since_ns=time.time_ns(),
+                daemon=True,  # one daemon per index (per instance of a PostgreSQL index)
             )
             self.batches.indexer = self.indexer
             self._run()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from docwatch.errors import DocwatchError
 from docwatch.store.index import Index
 
 
@@ -15,7 +14,9 @@ def is_url(location: str | Path) -> bool:
 def open_index(location: str | Path, *, readonly: bool = False) -> Index:
     """The index at ``location``: an SQLite file path, or a ``postgresql://`` URL."""
     if is_url(location):
-        raise DocwatchError(f"{location}: PostgreSQL indexes are not supported yet")
+        from docwatch.store.postgres import open_postgres
+
+        return open_postgres(str(location), readonly=readonly)
     from docwatch.store.sqlite import open_sqlite
 
     return open_sqlite(Path(location), readonly=readonly)

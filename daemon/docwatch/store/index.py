@@ -144,6 +144,15 @@ class Index:
     def close(self) -> None:
         self.con.close()
 
+    # -- several writers (SQLite has one at a time: its writer lock) -----------------------
+
+    def lock_tasks(self, tasks: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The tasks this writer may plan now (all of them, when it is the only writer)."""
+        return set(tasks)
+
+    def unlock_tasks(self) -> None:
+        """Give back the tasks ``lock_tasks`` took (at the end of each batch)."""
+
     # -- the ledger ----------------------------------------------------------------------
 
     def ledger_knows(self, relpath: str, size: int, mtime_ns: int) -> bool:
@@ -364,6 +373,14 @@ class Index:
 
     def set_state(self, key: str, value: str) -> None:
         self.execute(upsert_sql("state", ("key", "value"), ["key"]), (key, value))
+
+    def set_state_once(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set; return the value that stands (first writer wins)."""
+        self.execute(
+            "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, value),
+        )
+        return self.get_state(key) or value
 
     def get_state(self, key: str) -> str | None:
         return self.scalar("SELECT value FROM state WHERE key = ?", (key,))

@@ -51,22 +51,41 @@ def rebuild(db: Path, docs_root: Path) -> RebuildReport:
     """Move the old index aside and load every document's metadata into a new one.
 
     Superseded documents come back as superseded (their metadata.json says so), and each
-    task's sticky facts come back from its documents' metadata.
+    task's sticky facts come back from its documents' metadata.  The caller holds the locks
+    that keep every writer away (``cli.rebuild_index``).
     """
     report = RebuildReport(moved_aside=move_aside(db))
     index = open_index(db)
     try:
-        with index.transaction():
-            tasks: dict[tuple[str, str], TaskInfo] = {}
-            for stage in STAGES:
-                stage_dir = docs_root / stage
-                if stage_dir.is_dir():
-                    for doc_dir in sorted(stage_dir.iterdir()):
-                        _load_one(index, doc_dir, report, tasks)
-            index.put_tasks(tasks.values())
+        load(index, docs_root, report)
     finally:
         index.close()
     return report
+
+
+def rebuild_postgres(url: str, docs_root: Path) -> RebuildReport:
+    """The same for a PostgreSQL index: its tables move to a backup schema, never dropped.
+    Refused (exit 4) while any writer, on any host, uses the index."""
+    index = open_index(url)
+    try:
+        index.claim_users(exclusive=True)
+        report = RebuildReport(moved_aside=index.move_aside())
+        load(index, docs_root, report)
+    finally:
+        index.close()
+    return report
+
+
+def load(index: Index, docs_root: Path, report: RebuildReport) -> None:
+    """Every document's metadata.json into ``index``, in one transaction."""
+    with index.transaction():
+        tasks: dict[tuple[str, str], TaskInfo] = {}
+        for stage in STAGES:
+            stage_dir = docs_root / stage
+            if stage_dir.is_dir():
+                for doc_dir in sorted(stage_dir.iterdir()):
+                    _load_one(index, doc_dir, report, tasks)
+        index.put_tasks(tasks.values())
 
 
 def _load_one(index: Index, doc_dir: Path, report: RebuildReport, tasks: dict) -> None:
