@@ -298,10 +298,13 @@ def test_example_file_documents_every_key_with_its_default(tmp_path: Path) -> No
     config = load_config(write(tmp_path, "\n".join(uncommented)), env={})
     assert config.run_id == "watch" and config.dagster_home == Path("/opt/dagster/home")
     assert config.dagster_python == Path("/opt/pipeline/.venv/bin/python")
+    assert config.index_url == "postgresql://docwatch@db-host:5432/docwatch"
     expected = settings(load_config(env={})) | {
         "run_id": "watch",
         "dagster_home": config.dagster_home,
         "dagster_python": config.dagster_python,
+        "index_url": config.index_url,
+        "instance_name": "pipeline-host-1",  # the default is the host name
     }
     assert settings(config) == expected
     from_example = {key for key, source in config.sources.items() if source != "default"}

@@ -114,8 +114,7 @@ def _warm_up(args) -> int:
 def as_nobody(fn, *args, env: dict[str, str] | None = None) -> Run:
     """Run ``fn(*args)`` in a forked child as uid/gid 65534 with no supplementary groups; its
     return value is the exit code; fds 1 and 2 are captured (dup2 onto files)."""
-    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-    with out, err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         pid = os.fork()
         if pid == 0:  # the child: never returns into pytest
             code = 70
@@ -129,6 +128,7 @@ def as_nobody(fn, *args, env: dict[str, str] | None = None) -> Run:
                 os.setgid(NOBODY)
                 os.setuid(NOBODY)
                 os.umask(0o022)
+                signal.alarm(120)  # a hung child dies (SIGALRM) instead of hanging the suite
                 assert os.geteuid() == NOBODY and os.getegid() == NOBODY and not os.getgroups()
                 code = fn(*args)
             except BaseException:
@@ -142,7 +142,9 @@ def as_nobody(fn, *args, env: dict[str, str] | None = None) -> Run:
         _, status = os.waitpid(pid, 0)
         out.seek(0)
         err.seek(0)
-        return Run(os.waitstatus_to_exitcode(status), out.read(), err.read().decode(errors="replace"))
+        return Run(
+            os.waitstatus_to_exitcode(status), out.read(), err.read().decode(errors="replace")
+        )
 
 
 def cli_as_nobody(*args, env: dict[str, str] | None = None) -> Run:
@@ -203,15 +205,15 @@ class Tree:
         return ["--data-root", str(self.data), "--db", str(self.db), "--docs-root", str(self.docs)]
 
 
-def build(root: Path, pending_task: str | None = None) -> legacy_tree.TreeSummary:
-    """A small finished tree (umask 0022, mtimes in the past); with ``pending_task``, one more
-    raw attempt of it written two minutes ago and no parsed file (pending: the pairing window
-    is ten minutes)."""
+def build(root: Path, pending: bool = False) -> legacy_tree.TreeSummary:
+    """A small finished tree (umask 0022, mtimes in the past); with ``pending``, one more raw
+    attempt of ``normal_draft``'s task written two minutes ago and no parsed file (pending:
+    the pairing window is ten minutes)."""
     old = os.umask(0o022)
     try:
         summary = legacy_tree.build_tree(root, combos=1, seed=7, quirks=False)
-        if pending_task:
-            raw = root / RAW / f"{pending_task}_v9.txt"
+        if pending:
+            raw = root / RAW / f"{normal_draft(summary)}_v9.txt"
             raw.write_bytes(b"a raw response whose parsed file never came\n")
             t = time.time() - 120
             os.utime(raw, (t, t))
@@ -250,8 +252,9 @@ def warm():
             assert _warm_up([*args, "--data-root", data]) in (0, 1)
         db = data / "db" / "documents.sqlite"
         with docwatch.DocumentsIndex(db, data / "docs") as idx:
-            idx.read_text(idx.get_latest_by_task("draft", task), "parsed")
-            assert _warm_up(["show", idx.get_latest_by_task("draft", task)["doc_id"]]) in (0, 3)
+            row = idx.get_latest_by_task("draft", task)
+            idx.read_text(row, "parsed")
+        assert _warm_up(["show", row["doc_id"], "--data-root", data]) == 0
         assert _warm_up(["status", "--db", scratch / "none.sqlite"]) == 3
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -261,8 +264,7 @@ def warm():
 def indexed(base, warm) -> Tree:
     """A small tree indexed by ``docwatch scan`` (a subprocess, as root), one draft pending."""
     data = base / "data"
-    plan = legacy_tree.make_plan(1, 7, quirks=False).summary
-    summary = build(data, pending_task=normal_draft(plan))
+    summary = build(data, pending=True)
     tree = Tree(data, data / "db" / "documents.sqlite", data / "docs", summary)
     run = docwatch_proc("scan", *tree.args(), "--json")
     assert run.code == 0, run

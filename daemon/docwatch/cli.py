@@ -33,15 +33,15 @@ def config_options(func):
         click.option(
             "--config",
             "config_file",
-            type=click.Path(path_type=Path),
+            type=click.Path(path_type=Path, readable=False),
             help="TOML config file (see config.example.toml).",
         ),
         click.option(
-            "--data-root", type=click.Path(path_type=Path), help="Legacy data root (default: data)."
+            "--data-root", type=click.Path(path_type=Path, readable=False), help="Legacy data root (default: data)."
         ),
         click.option(
             "--db",
-            type=click.Path(path_type=Path),
+            type=click.Path(path_type=Path, readable=False),
             help="Index file (default: <data-root>/db/documents.sqlite).",
         ),
         click.option(
@@ -50,7 +50,7 @@ def config_options(func):
         ),
         click.option(
             "--docs-root",
-            type=click.Path(path_type=Path),
+            type=click.Path(path_type=Path, readable=False),
             help="Document directories (default: <data-root>/docs).",
         ),
         click.option(

@@ -44,9 +44,9 @@ def open_sqlite(
 ) -> SqliteIndex:
     """Open the index; create and migrate it unless read-only; every failure explained."""
     path = Path(path)
+    if path.parent.exists() and not os.access(path.parent, os.X_OK):
+        raise unreadable(path.parent, "search (x)")  # before path.exists(): it raises then
     if readonly and not path.exists():
-        if not os.access(path.parent, os.X_OK) and path.parent.exists():
-            raise unreadable(path.parent, "search (x)")
         raise IndexCorrupt(f"{path}: no index here; run `docwatch scan` first")
     try:
         if readonly:
