@@ -37,7 +37,9 @@ def config_options(func):
             help="TOML config file (see config.example.toml).",
         ),
         click.option(
-            "--data-root", type=click.Path(path_type=Path, readable=False), help="Legacy data root (default: data)."
+            "--data-root",
+            type=click.Path(path_type=Path, readable=False),
+            help="Legacy data root (default: data).",
         ),
         click.option(
             "--db",
