@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -21,7 +20,7 @@ from docwatch.config import Config, require_data_root
 from docwatch.core.clock import iso_utc
 from docwatch.core.model import Attempt
 from docwatch.core.tasks import TaskTables, effective_info, task_info
-from docwatch.errors import PermissionProblem
+from docwatch.errors import IndexCorrupt, PermissionProblem
 from docwatch.ingest.ingestor import BatchReport, Ingestor, IngestSettings, Known
 from docwatch.ingest.sources import Candidate
 from docwatch.ingest.tables import TaskTableReader
@@ -215,10 +214,12 @@ class Indexer:
                 self._replan -= riders
                 self._replan |= report.replan_later
                 return report
-            except (OSError, sqlite3.OperationalError) as exc:
+            except Exception as exc:
                 if isinstance(exc, OSError) and exc.errno in NOT_ALLOWED_ERRNOS:
                     raise PermissionProblem(_not_allowed(exc, self.cfg)) from exc
-                if not _transient(exc):
+                if (damage := self.index.corruption(exc)) is not None:
+                    raise IndexCorrupt(damage) from exc
+                if not (_transient(exc) or self.index.transient(exc)):
                     raise
                 if give_up_after is not None and time.monotonic() - started > give_up_after:
                     raise
@@ -229,6 +230,16 @@ class Indexer:
                 )
                 self.sleep(delay)
                 delay = min(delay * 2, 30.0)
+                self._reopen_if_broken(exc)
+
+    def _reopen_if_broken(self, exc: BaseException) -> None:
+        """A lost connection to a PostgreSQL index is opened again before the retry."""
+        if self.index.dialect != "postgres" or not self.index.transient(exc):
+            return
+        try:
+            self.index.reopen()
+        except Exception as again:  # still down: the next retry tries again
+            log.warning("index %s: cannot reconnect yet (%s)", self.cfg.index_name, again)
 
     def needs_replan(self) -> bool:
         """Whether tasks wait for a re-plan (tables changed, or left by a dead writer)."""
@@ -259,17 +270,15 @@ class Indexer:
 
 
 def _transient(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.OperationalError):
-        text = str(exc)
-        return "locked" in text or "busy" in text or "disk I/O" in text or "full" in text
+    """A full disk or an I/O hiccup writing documents: retried with backoff."""
     return isinstance(exc, OSError) and exc.errno in RETRYABLE_ERRNOS
 
 
 def _explain(exc: BaseException, cfg: Config) -> str:
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"disk full writing documents under {cfg.docs_root} ({exc}); free space there"
-    if isinstance(exc, sqlite3.OperationalError):
-        return f"index {cfg.index_name} is busy or locked by another process ({exc})"
+    if not isinstance(exc, OSError):
+        return f"index {cfg.index_name} is busy, locked or unreachable ({exc})"
     return f"I/O error ({exc})"
 
 

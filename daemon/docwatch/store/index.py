@@ -144,6 +144,17 @@ class Index:
     def close(self) -> None:
         self.con.close()
 
+    def transient(self, exc: BaseException) -> bool:
+        """Whether a database error is worth retrying (busy, locked, connection lost)."""
+        return False
+
+    def corruption(self, exc: BaseException) -> str | None:
+        """What to tell the operator when ``exc`` says the index itself is damaged."""
+        return None
+
+    def reopen(self) -> None:
+        """Reconnect after a lost connection (a no-op for a local file)."""
+
     # -- several writers (SQLite has one at a time: its writer lock) -----------------------
 
     def lock_tasks(self, tasks: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:

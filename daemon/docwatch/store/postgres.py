@@ -61,7 +61,31 @@ class PostgresIndex(Index):
 
     def __init__(self, con: Any, url: str, *, readonly: bool) -> None:
         super().__init__(con, redact(url), readonly=readonly)
+        self.url = url
         self._held: set[int] = set()
+        self._claims: list[tuple[str, tuple]] = []  # (sql, params) to take again on reopen
+
+    def transient(self, exc: BaseException) -> bool:
+        import psycopg
+
+        retry = (psycopg.OperationalError, psycopg.errors.SerializationFailure)
+        return isinstance(exc, retry) or self.con.closed
+
+    def reopen(self) -> None:
+        """A new connection after the old one broke (server restart, network): the advisory
+        locks died with it, so the claims are taken again; task locks are per batch."""
+        import psycopg
+
+        if not self.con.closed:
+            try:
+                self.con.close()
+            except psycopg.Error:
+                pass
+        self.con = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory)
+        self._held.clear()
+        for sql, params in self._claims:
+            if not self.con.execute(sql, params).fetchone()[0]:
+                raise IndexBusy(f"{self.location}: lost this writer's claim on reconnecting")
 
     def sql(self, text: str) -> str:
         return _PLACEHOLDER.sub("%s", text)
@@ -99,7 +123,10 @@ class PostgresIndex(Index):
     def claim_users(self, *, exclusive: bool) -> None:
         """Writers share this claim for their lifetime; ``rebuild-index`` needs it alone."""
         fn = "pg_try_advisory_lock" if exclusive else "pg_try_advisory_lock_shared"
-        if not self.con.execute(f"SELECT {fn}(%s)", (_USERS_LOCK,)).fetchone()[0]:
+        sql = f"SELECT {fn}(%s)"
+        if self.con.execute(sql, (_USERS_LOCK,)).fetchone()[0]:
+            self._claims.append((sql, (_USERS_LOCK,)))
+        else:
             raise IndexBusy(
                 f"{self.location}: "
                 + (
@@ -127,7 +154,10 @@ class PostgresIndex(Index):
     def claim_daemon(self, instance: str) -> None:
         """One ``docwatch watch`` per instance (host) and index; held until the process ends."""
         key = task_lock_key("daemon", instance)
-        if not self.con.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+        sql = "SELECT pg_try_advisory_lock(%s)"
+        if self.con.execute(sql, (key,)).fetchone()[0]:
+            self._claims.append((sql, (key,)))
+        else:
             holder = self.get_state(f"daemon:{instance}") or "unknown"
             raise IndexBusy(
                 f"{self.location}: another `docwatch watch` ({holder}) already indexes for "

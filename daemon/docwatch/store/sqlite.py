@@ -38,6 +38,20 @@ class SqliteIndex(Index):
         if not self.readonly:
             leave_reader_files(self.path)
 
+    def corruption(self, exc: BaseException) -> str | None:
+        if isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc) for w in _CORRUPT):
+            return (
+                f"{self.path}: the index is damaged ({exc}). Stop docwatch, move the file aside "
+                "and run `docwatch rebuild-index` to recreate it from the documents."
+            )
+        return None
+
+    def transient(self, exc: BaseException) -> bool:
+        text = str(exc)
+        return isinstance(exc, sqlite3.OperationalError) and any(
+            word in text for word in ("locked", "busy", "disk I/O", "full")
+        )
+
 
 def open_sqlite(
     path: Path, *, readonly: bool = False, busy_timeout_ms: int = 10_000
