@@ -37,23 +37,44 @@ SNAPSHOT_COLUMNS = (
 )
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def index_url(request) -> str | None:
+    """Run a test on both index backends: None (the SQLite file), or a fresh PostgreSQL
+    database on the run's real server (tests/conftest_pg.py)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("pg_url")
+
+
 def make_config(data_root: Path, **overrides):
     """A Config for a data root, with test-friendly settle time unless overridden."""
     flags = {"data_root": data_root, "settle_seconds": 0, **overrides}
     return load_config(None, {}, flags)
 
 
-def snapshot(db: Path, columns=SNAPSHOT_COLUMNS) -> dict[str, tuple]:
-    """doc_id → the row's comparable columns (run_id excluded: it names who ingested), of
-    every visible document.  Superseded documents (tombstones a scan of the finished tree never
-    makes) are checked by ``assert_tombstones`` instead."""
-    con = sqlite3.connect(db)
+def query(location, sql: str, params=()) -> list[tuple]:
+    """Rows of a read-only query on an index: an SQLite file, or a postgresql:// URL."""
+    if isinstance(location, str) and location.startswith("postgresql://"):
+        from docwatch.store.backend import open_index
+
+        index = open_index(location, readonly=True)
+        try:
+            return [tuple(r) for r in index.execute(sql, params).fetchall()]
+        finally:
+            index.close()
+    con = sqlite3.connect(f"file:{location}?mode=ro", uri=True)
     try:
-        rows = con.execute(
-            f"SELECT {', '.join(columns)} FROM documents WHERE status <> 'superseded'"
-        ).fetchall()
+        return [tuple(r) for r in con.execute(sql, params).fetchall()]
     finally:
         con.close()
+
+
+def snapshot(db, columns=SNAPSHOT_COLUMNS) -> dict[str, tuple]:
+    """doc_id → the row's comparable columns (run_id excluded: it names who ingested), of
+    every visible document (``db``: an SQLite file or a postgresql:// URL).  Superseded
+    documents (tombstones a scan of the finished tree never makes) are checked by
+    ``assert_tombstones`` instead."""
+    rows = query(db, f"SELECT {', '.join(columns)} FROM documents WHERE status <> 'superseded'")
     return {r[0]: r for r in rows}
 
 
@@ -74,28 +95,28 @@ def docs_tree(docs_root: Path) -> dict[str, bytes]:
     return out
 
 
-def assert_tombstones(db: Path, docs_root: Path) -> int:
+def assert_tombstones(db, docs_root: Path) -> int:
     """Every superseded document still resolves (row and directory) and names the visible
     document that now holds its parsed file.  Returns how many there are."""
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        rows = con.execute(
-            "SELECT d.doc_id, d.stage, d.meta_small, a.parsed_key FROM documents d"
-            " JOIN attempts a USING (doc_id) WHERE d.status = 'superseded'"
-        ).fetchall()
-        for r in rows:
-            by = json.loads(r["meta_small"])["superseded_by"]
-            holder = con.execute(
-                "SELECT d.status, a.parsed_key FROM documents d JOIN attempts a USING (doc_id)"
-                " WHERE d.doc_id = ?",
-                (by,),
-            ).fetchone()
-            assert holder is not None and holder[0] != "superseded", (r["doc_id"], by)
-            assert holder[1] == r["parsed_key"], (r["doc_id"], by)
-            assert (docs_root / r["stage"] / r["doc_id"] / "metadata.json").exists()
-    finally:
-        con.close()
+    rows = query(
+        db,
+        "SELECT d.doc_id, d.stage, d.meta_small, a.parsed_key FROM documents d"
+        " JOIN attempts a USING (doc_id) WHERE d.status = 'superseded'",
+    )
+    holders = {
+        r[0]: r[1:]
+        for r in query(
+            db,
+            "SELECT d.doc_id, d.status, a.parsed_key FROM documents d"
+            " JOIN attempts a USING (doc_id)",
+        )
+    }
+    for doc_id, stage, meta, parsed_key in rows:
+        by = json.loads(meta)["superseded_by"]
+        holder = holders.get(by)
+        assert holder is not None and holder[0] != "superseded", (doc_id, by)
+        assert holder[1] == parsed_key, (doc_id, by)
+        assert (docs_root / stage / doc_id / "metadata.json").exists()
     return len(rows)
 
 

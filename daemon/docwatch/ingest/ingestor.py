@@ -164,12 +164,13 @@ class Ingestor:
             return report
         contents = {o.source.key: o.content for o in outcomes if o.content is not None}
         plan = self.plan(tasks, new, force)
-        report.replan_later |= plan.unlocked
+        report.replan_later |= plan.unlocked | plan.deferred
         report.problems += task_problem_rows(plan.problems, new)
+        skipped = plan.deferred | set(plan.problems)
         result = self.writer.write(
             BatchInput(
                 changes=[c for tc in plan.planned.values() for c in tc.changes],
-                new_sources=[s for s in new if (s.stage, s.task_id) not in plan.problems],
+                new_sources=[s for s in new if (s.stage, s.task_id) not in skipped],
                 touched=touched,
                 seen=seen,
                 problems=report.problems,
@@ -177,7 +178,7 @@ class Ingestor:
                 contents=contents,
             )
         )
-        retry_tasks = result.retry
+        retry_tasks = result.retry | plan.deferred
         report.retry += [
             o.candidate
             for o in outcomes
@@ -259,6 +260,10 @@ class Ingestor:
             for task_id in sorted(todo[stage]):
                 task = (stage, task_id)
                 info = effective_info(task_info(tables, *task), self.index.task_facts(*task))
+                parent_tasks = {(s, info.parent_task_id) for s in parent_stages(info)}
+                if self.index.lock_tasks(parent_tasks) != parent_tasks:
+                    out.deferred.add(task)  # another writer is planning its parent: later
+                    continue
                 parents = {
                     s: self._parent_candidates((s, info.parent_task_id), overlay)
                     for s in parent_stages(info)
@@ -329,6 +334,7 @@ class BatchPlan:
     infos: dict[Task, TaskInfo] = field(default_factory=dict)
     problems: dict[Task, str] = field(default_factory=dict)  # tasks skipped, with why
     unlocked: set[Task] = field(default_factory=set)  # children another writer held
+    deferred: set[Task] = field(default_factory=set)  # parents another writer held
 
 
 def hold_parsed_of_unready_raws(outcomes: list[Outcome]) -> None:

@@ -88,7 +88,8 @@ class PostgresIndex(Index):
                 raise IndexBusy(f"{self.location}: lost this writer's claim on reconnecting")
 
     def sql(self, text: str) -> str:
-        return _PLACEHOLDER.sub("%s", text)
+        """``?`` placeholders become psycopg's ``%s`` (a literal ``%`` is doubled)."""
+        return _PLACEHOLDER.sub("%s", text.replace("%", "%%"))
 
     def execute(self, text: str, params: Iterable = ()) -> Any:
         return self.con.execute(self.sql(text), tuple(params), prepare=True)
