@@ -28,6 +28,7 @@ $(PIPELINE_STAMP): pyproject.toml Makefile
 	$(PIPELINE_PYTHON) -m pip install --quiet --upgrade pip
 	$(PIPELINE_PYTHON) -m pip install --quiet '$(DAGSTER_SPEC)'
 	$(PIPELINE_PYTHON) -m pip install --quiet --no-deps -e .
+	$(PIPELINE_PYTHON) -m pip install --quiet 'psycopg[binary]>=3.2,<4'  # readers of a PostgreSQL index
 	$(PIPELINE_PYTHON) -c 'import dagster; print("pipeline venv: Dagster", dagster.__version__)'
 	touch $(PIPELINE_STAMP)
 

@@ -327,9 +327,15 @@ def main(argv: list[str] | None = None) -> int:
     parse_delay, raw_delay = max(0.5, 3.0 / a.rate), min(0.25, 1.0 / a.rate)
     eta = total / a.rate + 8
     intro = INTRO.format(
-        root=root, combos=a.combos, seed=a.seed, writers=a.writers, files=total, rate=a.rate,
-        pair_window=a.pair_window, eta=eta,
-    )  # fmt: skip
+        root=root,
+        combos=a.combos,
+        seed=a.seed,
+        writers=a.writers,
+        files=total,
+        rate=a.rate,
+        pair_window=a.pair_window,
+        eta=eta,
+    )
     print(textwrap.fill(" ".join(intro.split()), 98, break_on_hyphens=False) + "\n", flush=True)
 
     shutil.rmtree(root, ignore_errors=True)

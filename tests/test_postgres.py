@@ -78,8 +78,17 @@ class Writer:
 
 def caught_up(data: Path, docs: Path, url: str) -> bool:
     """Every settled file is in the index's ledger and nothing is pending."""
-    out = docwatch("scan", "--dry-run", "--json", "--data-root", str(data), "--docs-root",
-                   str(docs), "--index-url", url)  # fmt: skip
+    out = docwatch(
+        "scan",
+        "--dry-run",
+        "--json",
+        "--data-root",
+        str(data),
+        "--docs-root",
+        str(docs),
+        "--index-url",
+        url,
+    )
     if out.returncode != 0:
         return False
     import json
@@ -149,14 +158,26 @@ def test_two_writers_and_a_kill_9_yield_every_source_once(tmp_path, pg_url):
         a.close()
         b.close()
     assert_every_source_in_one_document(pg_url)
-    assert docwatch("verify", "--data-root", str(data), "--docs-root", str(docs),
-                    "--index-url", pg_url).returncode == 0  # fmt: skip
+    assert (
+        docwatch(
+            "verify", "--data-root", str(data), "--docs-root", str(docs), "--index-url", pg_url
+        ).returncode
+        == 0
+    )
     assert_tombstones(pg_url, docs)
     copy = tmp_path / "copy"
     shutil.copytree(data, copy, symlinks=True)
     ref_db, ref_docs = tmp_path / "ref" / "documents.sqlite", tmp_path / "ref" / "docs"
-    out = docwatch("scan", "--data-root", str(copy), "--db", str(ref_db), "--docs-root",
-                   str(ref_docs), env={"DOCWATCH_SETTLE_SECONDS": "0"})  # fmt: skip
+    out = docwatch(
+        "scan",
+        "--data-root",
+        str(copy),
+        "--db",
+        str(ref_db),
+        "--docs-root",
+        str(ref_docs),
+        env={"DOCWATCH_SETTLE_SECONDS": "0"},
+    )
     assert out.returncode == 0, out.stderr
     columns = tuple(c for c in SNAPSHOT_COLUMNS if c != "doc_dir")  # the docs roots differ
     assert snapshot(pg_url, columns) == snapshot(ref_db, columns)
@@ -188,8 +209,12 @@ def test_a_reader_role_with_select_only_reads_and_cannot_write(tree, tmp_path, p
 def test_rebuild_index_into_postgres_keeps_the_old_tables(tree, tmp_path, pg_url):
     data_root, _ = tree
     common = ["--data-root", str(data_root), "--docs-root", str(tmp_path / "docs")]
-    assert docwatch("scan", *common, "--index-url", pg_url,
-                    env={"DOCWATCH_SETTLE_SECONDS": "0"}).returncode == 0  # fmt: skip
+    assert (
+        docwatch(
+            "scan", *common, "--index-url", pg_url, env={"DOCWATCH_SETTLE_SECONDS": "0"}
+        ).returncode
+        == 0
+    )
     before = snapshot(pg_url)
     out = docwatch("rebuild-index", *common, "--index-url", pg_url)
     assert out.returncode == 0, out.stderr
@@ -217,8 +242,15 @@ def test_credentials_are_never_shown(tree, tmp_path, pg_url):
     data_root, _ = tree
     password = pg_url.split(":")[2].split("@")[0]
     common = ["--data-root", str(data_root), "--docs-root", str(tmp_path / "docs")]
-    out = docwatch("scan", *common, "--index-url", pg_url, "--log-level", "DEBUG",
-                   env={"DOCWATCH_SETTLE_SECONDS": "0"})  # fmt: skip
+    out = docwatch(
+        "scan",
+        *common,
+        "--index-url",
+        pg_url,
+        "--log-level",
+        "DEBUG",
+        env={"DOCWATCH_SETTLE_SECONDS": "0"},
+    )
     assert out.returncode == 0, out.stderr
     assert password not in out.stdout + out.stderr
     wrong = pg_url.replace(password, "not-the-password")
@@ -227,3 +259,48 @@ def test_credentials_are_never_shown(tree, tmp_path, pg_url):
     assert "not-the-password" not in denied.stderr and "***" in denied.stderr
     bad = docwatch("status", "--index-url", f"postgresql://u:{password}@/")
     assert bad.returncode == 2 and password not in bad.stderr
+
+
+def test_the_dagster_resource_reads_a_postgres_index(tree, tmp_path, pg_server, pg_url):
+    """``DocumentsIndex(index_url=..., docs_root=...)`` in the pipeline's venv, as a role that
+    may only SELECT."""
+    from pipeline_side import PipelineDriver
+
+    data_root, summary = tree
+    docs = tmp_path / "docs"
+    assert (
+        docwatch(
+            "scan",
+            "--data-root",
+            str(data_root),
+            "--docs-root",
+            str(docs),
+            "--index-url",
+            pg_url,
+            env={"DOCWATCH_SETTLE_SECONDS": "0"},
+        ).returncode
+        == 0
+    )
+    reader = pg_server.create_reader_role(database_of(pg_url), "pipeline_reader", "p-secret")
+    task = next(a.task_id for a in summary.expected if a.stage == "draft" and a.status == "ok")
+    driver = PipelineDriver(tmp_path, tmp_path / "home")
+    try:
+        answer = driver.ok(
+            "resource",
+            method="get_latest_by_task",
+            args=["draft", task],
+            index_url=reader,
+            docs_root=str(docs),
+        )
+        row = answer["result"]
+        text = driver.ok(
+            "resource",
+            method="read_text",
+            args=[row, "parsed"],
+            index_url=reader,
+            docs_root=str(docs),
+        )["result"]
+    finally:
+        driver.close()
+    with_sqlite_api = snapshot(pg_url)[row["doc_id"]]
+    assert with_sqlite_api[3] == task and text

@@ -20,8 +20,8 @@ object per line); answers (stdout) are ``{"ok": true, ...}``, or ``{"ok": false,
   and ``metadata`` (asset → the metadata of its materialisation in that run);
 * ``{"op": "resource", "method": "get_latest_by_task", "args": [...], "kwargs": {...}}`` calls
   the pipeline's ``documents_index`` resource (``docwatch.dagster.DocumentsIndex``) and answers
-  ``result``; ``{"op": "resource", "db_path": ..., "docs_root": ..., ...}`` uses a resource
-  of its own for those paths, kept for the next calls with the same paths.
+  ``result``; ``{"op": "resource", "db_path" (or "index_url"): ..., "docs_root": ..., ...}``
+  uses a resource of its own for that index, kept for the next calls with the same one.
 
 Used by ``tests/test_dagster_e2e.py`` and ``tests/test_runrecords.py`` beside ``docwatch watch``
 running from docwatch's own venv.  End of input: exit 0.
@@ -105,12 +105,16 @@ class Driver:
                 metadata[a.key.to_user_string()] = {k: plain(v) for k, v in mat.metadata.items()}
         return {"run_id": result.run_id, "success": result.success, "metadata": metadata}
 
-    def resource(self, method: str, args=(), kwargs=None, db_path=None, docs_root=None) -> dict:
+    def resource(
+        self, method: str, args=(), kwargs=None, db_path=None, docs_root=None, index_url=None
+    ) -> dict:
         index = self.resources["documents_index"]
-        if db_path is not None:
-            key = (db_path, docs_root or "")
+        if db_path is not None or index_url is not None:
+            key = (db_path or "", index_url or "", docs_root or "")
             if key not in self.own_indexes:
-                self.own_indexes[key] = type(index)(db_path=db_path, docs_root=docs_root or "")
+                self.own_indexes[key] = type(index)(
+                    db_path=db_path or "", index_url=index_url or "", docs_root=docs_root or ""
+                )
             index = self.own_indexes[key]
         return {"result": plain(getattr(index, method)(*args, **(kwargs or {})))}
 

@@ -46,7 +46,8 @@ __all__ = ["DocumentNotFound", "DocumentsIndex"]
 class DocumentsIndex(dg.ConfigurableResource):
     """Read-only access to docwatch's index from Dagster assets (the seed's reader contract)."""
 
-    db_path: str
+    db_path: str = ""  # the SQLite index file, or
+    index_url: str = ""  # a PostgreSQL index: postgresql://reader@db-host/docwatch
     docs_root: str
 
     _reader: _CoreIndex | None = PrivateAttr(default=None)
@@ -60,7 +61,10 @@ class DocumentsIndex(dg.ConfigurableResource):
         on the next call, so a pipeline may start before ``docwatch`` has created it)."""
         with self._lock:
             if self._reader is None or self._pid != os.getpid():
-                self._reader = _CoreIndex(Path(self.db_path), Path(self.docs_root))
+                if not (self.index_url or self.db_path):
+                    raise ValueError("DocumentsIndex needs db_path (SQLite) or index_url")
+                location = self.index_url or Path(self.db_path)
+                self._reader = _CoreIndex(location, Path(self.docs_root))
                 self._pid = os.getpid()
             return self._reader
 
