@@ -51,17 +51,7 @@ def _checkable_copy(unit: str, tmp_path: Path) -> Path:
 
 def _settings(unit: str) -> list[tuple[str, str, str]]:
     """(section, key, value) in file order; repeated keys are kept (systemd appends/overrides)."""
-    section, out = "", []
-    for line in (UNIT_DIR / unit).read_text().splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        out.append((section, key.strip(), value.strip()))
-    return out
+    return _settings_of(UNIT_DIR / unit)
 
 
 def _last(unit: str, key: str) -> str:
@@ -141,8 +131,8 @@ def test_required_settings(unit):
     assert _last(unit, "ReadWritePaths") == f"{root}/docs {root}/db"
 
 
-@pytest.mark.parametrize("unit", UNITS)
-def test_every_setting_has_a_comment(unit):
+@pytest.mark.parametrize("unit", [*UNITS, "docwatch.service.d/postgres.conf"])
+def test_every_setting_has_a_comment(unit):  # the units and the PostgreSQL drop-in
     previous = ""
     for number, line in enumerate((UNIT_DIR / unit).read_text().splitlines(), 1):
         if line and line[0] not in "#;[" and "=" in line:
@@ -237,3 +227,59 @@ def test_python_runs_under_memory_deny_write_execute(tmp_path):
     if result.returncode != 0 and "prctl" in result.stderr and "assert" in result.stderr:
         pytest.skip(f"cannot install a seccomp filter here:\n{result.stderr}")
     assert result.returncode == 0 and result.stdout.startswith("ok"), result.stdout + result.stderr
+
+
+# -- the PostgreSQL drop-in ----------------------------------------------------------------------
+
+DROPIN = UNIT_DIR / "docwatch.service.d" / "postgres.conf"
+
+
+def _with_dropin(tmp_path: Path) -> Path:
+    """The unit as systemd sees it with the drop-in: the drop-in's lines after the unit's (a
+    drop-in is read after the unit, and an empty assignment resets a list, in one file too)."""
+    path = _checkable_copy("docwatch.service", tmp_path)
+    path.write_text(path.read_text() + "\n" + DROPIN.read_text())
+    return path
+
+
+def test_postgres_dropin_verifies_and_stays_hardened(tmp_path):
+    path = _with_dropin(tmp_path)
+    result = _run("verify", "--man=no", str(path))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and not [x for x in output.splitlines() if "docwatch" in x]
+    result = _run("security", "--no-pager", "--offline=true", str(path))
+    match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 1.5, result.stdout  # network to one host: still "OK"
+
+
+def test_postgres_dropin_allows_only_the_database_host():
+    settings = [(k, v) for s, k, v in _settings_of(DROPIN) if s == "Service"]
+    values = {}
+    for key, value in settings:
+        values.setdefault(key, []).append(value)
+    assert values["PrivateNetwork"] == ["no"]
+    assert values["IPAddressDeny"] == ["any"]
+    allowed = values["IPAddressAllow"]
+    assert allowed and all(a == "localhost" or re.match(r"^[\d.:a-fA-F]+/\d+$", a) for a in allowed)
+    assert values["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+    assert values["ReadWritePaths"] == ["", "/srv/daydreaming/data/docs"]  # no db/ any more
+    assert values["Environment"] == ["PGPASSFILE=/etc/docwatch/pgpass"]
+    unit = dict((k, v) for _, k, v in _settings("docwatch.service"))
+    for kept in ("ProtectSystem", "NoNewPrivileges", "CapabilityBoundingSet", "SystemCallFilter"):
+        assert kept in unit and kept not in values  # the rest of the hardening is untouched
+
+
+def _settings_of(path: Path) -> list[tuple[str, str, str]]:
+    """(section, key, value) of a unit file or drop-in, in file order."""
+    section, out = "", []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.append((section, key.strip(), value.strip()))
+    return out
