@@ -81,6 +81,11 @@ def _read_index(db: Path) -> tuple[list[dict], dict[str, dict], set[tuple[str, s
     return rows, intents, ledger
 
 
+def _short(value, width: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def _same_row(meta_row: dict, row: dict) -> list[str]:
     """Columns where metadata.json's row differs from the index row."""
     diff = []
@@ -96,7 +101,10 @@ def _same_row(meta_row: dict, row: dict) -> list[str]:
 def check_crash_state(cfg, *, raise_on_problem: bool = True) -> CrashState:
     """Check the index and the document directories as a crash left them (read-only)."""
     docs_root = Path(cfg.docs_root)
-    rows, intents, ledger = _read_index(Path(cfg.db))
+    if Path(cfg.db).exists():
+        rows, intents, ledger = _read_index(Path(cfg.db))
+    else:  # died before the index was created: there must be no document either
+        rows, intents, ledger = [], {}, set()
     state = CrashState(rows=len(rows), intents=list(intents.values()))
     problems = state.problems
 
@@ -157,15 +165,15 @@ def check_crash_state(cfg, *, raise_on_problem: bool = True) -> CrashState:
                 if isinstance(staged_meta, dict):
                     diff = _same_row(staged_meta.get("row", {}), row)
             if diff:
-                shown = {c: (meta.get("row", {}).get(c), row[c]) for c in diff[:3]}
+                shown = {c: (_short(meta.get("row", {}).get(c)), _short(row[c])) for c in diff[:3]}
                 problems.append(f"{where}: metadata.json row differs in {diff}: {shown}")
-            elif meta.get("row", {}).get("status") != row["status"]:
-                problems.append(f"{where}: metadata.json status differs")
 
         extra = {p.name for p in target.iterdir()} - referenced
         allowed = set()
         if update is not None:
-            allowed = set(detail.get("add", ())) | (set(detail.get("remove", ())) if committed else set())
+            allowed = set(detail.get("add", ())) | (
+                set(detail.get("remove", ())) if committed else set()
+            )
         if extra - allowed:
             problems.append(f"{where}: files no row references: {sorted(extra - allowed)}")
 
@@ -180,7 +188,9 @@ def check_crash_state(cfg, *, raise_on_problem: bool = True) -> CrashState:
                 continue
             for doc_dir in sorted(entry.iterdir()):
                 if (entry.name, doc_dir.name) not in known | creating:
-                    problems.append(f"orphan directory {entry.name}/{doc_dir.name}: no row, no intent")
+                    problems.append(
+                        f"orphan directory {entry.name}/{doc_dir.name}: no row, no intent"
+                    )
 
     if problems and raise_on_problem:
         shown = "\n  ".join(problems[:25])
