@@ -35,7 +35,9 @@ from docwatch.ingest.scan import scan as scan_in_process
 from support import NotifySocket, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
-STAGE_FOLDERS = {kind: [f[kind] for f in legacy_tree.FOLDERS.values()] for kind in legacy_tree.KINDS}
+STAGE_FOLDERS = {
+    kind: [f[kind] for f in legacy_tree.FOLDERS.values()] for kind in legacy_tree.KINDS
+}
 STAGE_FOLDERS["prompt"].append(legacy_tree.LINKS["prompt"])
 STAGE_FOLDERS["parsed"].append(legacy_tree.LINKS["parsed"])
 TABLES = ("draft_generation_tasks", "essay_generation_tasks", "evaluation_tasks")
@@ -155,9 +157,12 @@ class Root:
         return sum(c["new"] + c["deferred"] for c in result.counts.values()) == 0
 
     def wait_caught_up(self, proc, timeout: float = 60) -> None:
-        wait_until(
-            lambda: proc.poll() is not None or self.caught_up(), timeout, 0.3, "daemon caught up"
-        )
+        try:
+            wait_until(lambda: proc.poll() is not None or self.caught_up(), timeout, 0.3)
+        except AssertionError:
+            pytest.fail(
+                f"the daemon did not catch up in {timeout}s; its log:\n{self.log(proc)[-3000:]}"
+            )
         assert proc.poll() is None, "watch died:\n" + self.log(proc)
 
 
@@ -342,9 +347,7 @@ def test_touching_every_source_of_a_tree_then_rescanning_changes_nothing(roots):
     assert docs_files(root.docs) == files
 
 
-def test_watch_meeting_touched_sources_at_start_up_gets_ready_and_changes_nothing(
-    roots, notify
-):
+def test_watch_meeting_touched_sources_at_start_up_gets_ready_and_changes_nothing(roots, notify):
     root = roots(config=WATCH_CONFIG)
     legacy_tree.build_tree(root.data, combos=3, seed=23)
     root.scan()
@@ -455,8 +458,8 @@ def test_a_two_pass_restore_never_loses_a_visible_doc_id(roots, notify, copy_tre
     assert assert_tombstones(root.db, root.docs) == len(everything) - len(visible) >= len(gone)
 
     # latest never returns a superseded document, whatever statuses are asked for
-    every_status = [a for s in ("ok", "pending", "parse_error", "gen_error", "superseded")
-                    for a in ("--status", s)]  # fmt: skip
+    statuses = ("ok", "pending", "parse_error", "gen_error", "superseded")
+    every_status = [arg for s in statuses for arg in ("--status", s)]
     for doc_id in sorted(gone):
         row = everything[doc_id]
         code, out = cli_in_process("latest", row[2], row[3], "--json", *every_status, *root.args())
@@ -579,19 +582,19 @@ def test_an_evaluation_of_a_target_of_unknown_stage_is_linked_when_the_target_ar
         root.wait_ready(proc, notify)
 
     # the targets arrive later, written (restored) before their evaluations were
-    write_atomic(root.data / "3_generation/essay_responses" / f"{ESSAY_TARGET}_v1.txt",
-                 b"an essay\n", OLD - 50)  # fmt: skip
-    write_atomic(root.data / "3_generation/draft_responses" / f"{DRAFT_TARGET}_v1.txt",
-                 b"a draft\n", OLD - 60)  # fmt: skip
+    essay = root.data / "3_generation/essay_responses" / f"{ESSAY_TARGET}_v1.txt"
+    draft = root.data / "3_generation/draft_responses" / f"{DRAFT_TARGET}_v1.txt"
+    write_atomic(essay, b"an essay\n", OLD - 50)
+    write_atomic(draft, b"a draft\n", OLD - 60)
     if proc is None:
         root.scan()
     else:
-        wait_until(
-            lambda: all(task_docs(root.db, t)[:1] and task_docs(root.db, t)[0]["parent_doc_id"]
-                        for t in evals.values()),  # fmt: skip
-            30,
-            what="the evaluations linked live",
-        )
+
+        def linked() -> bool:
+            rows = [task_docs(root.db, t) for t in evals.values()]
+            return all(r and r[0]["parent_doc_id"] for r in rows)
+
+        wait_until(linked, 30, what="the evaluations linked live")
         root.stop(proc)
 
     for target, task in evals.items():
@@ -639,7 +642,7 @@ class SlowWriter(threading.Thread):
 
 
 def test_watch_reads_a_file_with_a_future_mtime_only_once_written_and_closed(roots, notify):
-    root = roots(config=WATCH_CONFIG.replace("settle_seconds = 0.5", "settle_seconds = 1"))
+    root = roots(config=WATCH_CONFIG.replace("settle_seconds = 0.5", "settle_seconds = 2"))
     raw = root.data / "3_generation/draft_responses_raw"
     early = SlowWriter(raw / "early__creative-synthesis-v2__sonnet-4_v1.txt")  # met at start-up
     early.start()
@@ -663,7 +666,7 @@ def test_watch_reads_a_file_with_a_future_mtime_only_once_written_and_closed(roo
 
 
 def test_scan_reads_a_future_mtime_once_settled_and_defers_one_still_changing(roots):
-    root = roots(config='settle_seconds = 1\nlog_level = "WARNING"\n')
+    root = roots(config='settle_seconds = 1.5\nlog_level = "WARNING"\n')
     raw = root.data / "3_generation/draft_responses_raw"
     done_task = "done__creative-synthesis-v2__sonnet-4"
     data = b"a complete response\n" * 50
@@ -674,18 +677,19 @@ def test_scan_reads_a_future_mtime_once_settled_and_defers_one_still_changing(ro
     wait_until(lambda: busy.written, 5, what="the writer started")
 
     first = root.scan()
-    assert first["stages"]["draft"]["docs_created"] == 1, first
-    assert first["stages"]["draft"]["deferred"] == 1, first  # the busy one, reported
     (row,) = task_docs(root.db, done_task)
     assert (root.docs / "draft" / row["doc_id"] / "raw.txt").read_bytes() == data
     assert not task_docs(root.db, busy_task)
 
     full = busy.done()
     second = root.scan()
-    assert second["stages"]["draft"]["docs_created"] == 1, second
-    assert second["stages"]["draft"]["deferred"] == 0, second
     (row,) = task_docs(root.db, busy_task)
     assert (root.docs / "draft" / row["doc_id"] / "raw.txt").read_bytes() == full
+    # what each scan reported: the busy file deferred by the first, nothing by the second
+    counts = [
+        {k: r["stages"]["draft"][k] for k in ("docs_created", "deferred")} for r in (first, second)
+    ]
+    assert counts == [{"docs_created": 1, "deferred": 1}, {"docs_created": 1, "deferred": 0}]
 
 
 # -- 6. no stalls: the watchdog stays fed ------------------------------------------------------
@@ -718,7 +722,7 @@ def test_a_hung_run_record_read_never_stalls_the_loop(roots, notify, tmp_path):
     root.wait_ready(proc, notify, timeout=30)
     wait_until(marker.exists, 30, what="the run-record read to start (and hang)")
     start = time.time()
-    for i in range(4):  # ~16 s while the read hangs: files keep being indexed
+    for i in range(3):  # ~12 s while the read hangs: files keep being indexed
         task = f"stall{i}__novelty__sonnet-4"
         write_atomic(folder / f"{task}_v1.txt", b"evaluation %d\n" % i)
         wait_until(lambda t=task: task_docs(root.db, t), 10, what=f"{task} indexed")
@@ -732,13 +736,17 @@ def test_a_hung_run_record_read_never_stalls_the_loop(roots, notify, tmp_path):
 
 
 def test_a_large_replan_after_a_table_rewrite_keeps_the_watchdog_fed(roots, notify):
-    n = 2000
+    """2000 tasks change their facts at once.  Pings must keep coming *throughout* the
+    re-plan: no stretch without one longer than half of it (the whole re-plan in one turn of
+    the loop would be one such stretch, however fast the machine) or 2 s, never over 10 s."""
+    n, attempts = 2000, 1
     root = roots(config=WATCH_CONFIG)
     folder = root.data / "3_generation/draft_responses"
     folder.mkdir(parents=True)
     tasks = [f"c{i:05d}__tpl-x__model-a" for i in range(n)]
     for i, task in enumerate(tasks):
-        write_old(folder / f"{task}_v1.txt", b"draft %d\n" % i, OLD + i)
+        for v in range(1, attempts + 1):
+            write_old(folder / f"{task}_v{v}.txt", b"draft %d v%d\n" % (i, v), OLD + 10 * i + v)
 
     def table(model: str) -> None:
         head = "draft_task_id,combo_id,draft_template,generation_model,generation_model_name\n"
@@ -747,16 +755,16 @@ def test_a_large_replan_after_a_table_rewrite_keeps_the_watchdog_fed(roots, noti
         (root.data / "2_tasks" / "draft_generation_tasks.csv").write_text(head + body)
 
     table("model-a")
-    root.scan()
     proc = root.start(notify)
-    root.wait_ready(proc, notify)
+    root.wait_ready(proc, notify)  # after the catch-up: everything indexed
+    assert query(root.db, "SELECT count(*) FROM documents")[0][0] == n * attempts
 
     start = time.time()
     table("model-b")  # every task's facts change at once
 
     def replanned() -> bool:
         rows = query(root.db, "SELECT model_id, count(*) FROM documents GROUP BY 1")
-        return dict(map(tuple, rows)) == {"model-b": n} or proc.poll() is not None
+        return dict(map(tuple, rows)) == {"model-b": n * attempts} or proc.poll() is not None
 
     wait_until(replanned, 120, 0.5, "every task re-planned")
     end = time.time()
@@ -764,6 +772,7 @@ def test_a_large_replan_after_a_table_rewrite_keeps_the_watchdog_fed(roots, noti
     gap = ping_gaps(notify, start, end)
     print(f"re-plan of {n} tasks took {end - start:.1f}s; longest watchdog gap {gap:.2f}s")
     assert gap <= 10, f"no WATCHDOG=1 for {gap:.1f}s during the re-plan"
+    assert gap <= max(2.0, (end - start) / 2), f"no WATCHDOG=1 for {gap:.1f}s of {end - start:.1f}s"
     root.stop(proc)
 
 
@@ -778,7 +787,9 @@ def test_an_unversioned_file_is_the_oldest_attempt_for_lineage_and_readers(roots
     write_old(folder / f"{task}.txt", b"legacy, but touched later\n", OLD + 5000)
     root.scan()
 
-    by_file = {json.loads(r["meta_small"])["sources"]["parsed"]: r for r in task_docs(root.db, task)}
+    by_file = {
+        json.loads(r["meta_small"])["sources"]["parsed"]: r for r in task_docs(root.db, task)
+    }
     v1 = by_file[f"3_generation/draft_responses/{task}_v1.txt"]
     legacy = by_file[f"3_generation/draft_responses/{task}.txt"]
     assert root.latest("draft", task)["doc_id"] == v1["doc_id"]
@@ -820,3 +831,4 @@ def test_an_ingested_file_rewritten_in_place_is_a_new_attempt_the_old_stays(root
     assert (Path(latest["path"]) / "parsed.txt").read_bytes() == b"second bytes, same name\n"
     shown = root.show(old["doc_id"])
     assert (Path(shown["path"]) / "parsed.txt").read_bytes() == b"first bytes\n"
+    root.verify()

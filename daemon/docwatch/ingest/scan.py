@@ -210,12 +210,8 @@ def settled_future(
         ):
             steady.append(Candidate(c.path, c.role, c.relpath, st))
     report = indexer.ingest(steady, ready=True, known=known) if steady else BatchReport()
-    for stage in STAGES:  # counted as deferred by the first pass; now they are not
-        settled = sum(
-            n for (s, status), n in report.counts.items() if s == stage and status != "deferred"
-        )
-        if settled:
-            report.counts[(stage, "deferred")] -= settled
+    for c in steady:  # counted deferred by the first pass; this pass counts them again
+        report.counts[(c.role.stage, "deferred")] -= 1
     return report
 
 
