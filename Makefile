@@ -14,7 +14,7 @@ DAGSTER_SPEC    ?= dagster==1.13.29
 # The Dagster tests fail (never skip) when the pipeline venv is missing.
 TEST_ENV := REQUIRE_DAGSTER=1 TEST_PIPELINE_PYTHON=$(PIPELINE_PYTHON)
 
-.PHONY: demo test test-long lint format bench clean system-deps
+.PHONY: demo test test-long test-faults lint format bench clean system-deps
 
 # --clear: a venv left from an older layout (which held Dagster 1.8.4) is rebuilt from scratch.
 $(STAMP): pyproject.toml
@@ -46,8 +46,14 @@ system-deps:
 test: lint system-deps $(PIPELINE_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not long"
 
+## test-long: the whole suite with the long fault campaign, then every seeded fault
 test-long: lint system-deps $(PIPELINE_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python tests/seeded_faults.py
+
+## test-faults: plant each seeded fault in a throwaway copy; its tests must fail (one line each)
+test-faults: system-deps $(PIPELINE_STAMP)
+	$(TEST_ENV) $(BIN)/python tests/seeded_faults.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon tests examples bench

@@ -1,0 +1,422 @@
+"""Seeded faults: each is planted in a throwaway copy of the package, and the tests that stand
+for its promise must fail.  ``make test-faults`` (part of ``make test-long``) runs them all and
+prints one line per fault; it exits 1 when a fault survives or no longer applies (the code it
+edits changed: update the fault with the code).
+
+    .venv/bin/python tests/seeded_faults.py                 # every fault
+    .venv/bin/python tests/seeded_faults.py sync_noop ...   # some of them
+    .venv/bin/python tests/seeded_faults.py --list
+
+A fault edits exact text (``old`` must occur once); the copy is imported first by the tests and
+by every ``docwatch`` process they start (``PYTHONPATH`` and pytest's ``pythonpath``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PKG = "daemon/docwatch"
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    promise: str  # what breaks
+    edits: tuple[tuple[str, str, str], ...]  # (file under daemon/docwatch, old, new)
+    tests: tuple[str, ...]  # pytest node ids or files; any failure catches the fault
+    extra: tuple[str, ...] = field(default=())  # more pytest arguments (-k ...)
+
+
+FAULTS = (
+    # -- durable before visible, nothing partial after a crash (issue 12) ----------------------
+    Fault(
+        "commit_before_publish",
+        "rows committed before their files are renamed into place",
+        (
+            (
+                "ingest/writer.py",
+                "            batch.publish()\n            self._commit(batch, batch_in, kept, result)\n",
+                "            self._commit(batch, batch_in, kept, result)\n            batch.publish()\n",
+            ),
+        ),
+        ("tests/test_crash.py",),
+        ("-k", "renamed or durable_steps"),
+    ),
+    Fault(
+        "rename_before_intents",
+        "documents renamed into place before the intents commit",
+        (
+            (
+                "ingest/writer.py",
+                '            faults.point("intents_committed")\n            batch.publish()\n',
+                '            faults.point("intents_committed")\n',
+            ),
+            (
+                "ingest/writer.py",
+                "            task_of = {c.doc_id: c.info.task_id for c in kept}\n",
+                "            task_of = {c.doc_id: c.info.task_id for c in kept}\n"
+                "            batch.publish()\n",
+            ),
+        ),
+        ("tests/test_crash.py::test_durable_steps_in_order",),
+    ),
+    Fault(
+        "sync_noop",
+        "syncfs made a no-op (files never made durable)",
+        (("store/docstore.py", "if _libc.syncfs(fd) != 0:", "if 0 != 0:"),),
+        ("tests/test_syscalls.py",),
+    ),
+    Fault(
+        "recovery_keeps_uncommitted_dirs",
+        "start-up never removes the directories of an uncommitted batch",
+        (
+            (
+                "store/docstore.py",
+                '            if intent["op"] == Op.CREATE.value and not committed and target.exists():\n'
+                "                shutil.rmtree(target)\n",
+                '            if intent["op"] == Op.CREATE.value and not committed and target.exists():\n'
+                "                pass\n",
+            ),
+        ),
+        ("tests/test_crash.py::test_crash_then_a_new_raw_arrives_before_the_rerun",),
+    ),
+    Fault(
+        "finish_before_commit",
+        "files of visible documents replaced before their rows commit",
+        (
+            (
+                "ingest/writer.py",
+                "            self._commit(batch, batch_in, kept, result)\n"
+                '            faults.point("committed")\n'
+                "            if batch.has_work_after_commit():\n"
+                "                batch.finish()\n",
+                "            work = batch.has_work_after_commit()\n"
+                "            if work:\n"
+                "                batch.finish()\n"
+                "            self._commit(batch, batch_in, kept, result)\n"
+                '            faults.point("committed")\n'
+                "            if work:\n",
+            ),
+        ),
+        ("tests/test_crash.py",),
+        ("-k", "committed or durable_steps"),
+    ),
+    Fault(
+        "recovery_skips_updates",
+        "recovery ignores update intents (committed replacements never finished)",
+        (
+            (
+                "store/docstore.py",
+                "                        os.replace(staged / name, target / name)\n"
+                "                        changed += 1\n",
+                "                        changed += 1\n",
+            ),
+        ),
+        ("tests/test_crash.py",),
+        ("-k", "replaced or recovery"),
+    ),
+    # -- identity (issue 8) --------------------------------------------------------------------
+    Fault(
+        "dedupe_whole_source",
+        "the model dedupes sources on the whole Source, mtime included",
+        (
+            (
+                "core/model.py",
+                "        if seen is None or s.order() < seen.order():\n            first[s.key] = s\n"
+                "    return list(first.values())\n",
+                "        first[(s.key, s.mtime_ns)] = s\n    return list(first.values())\n",
+            ),
+            (
+                "ingest/ingestor.py",
+                "            if o.source.key in pinned:\n",
+                "            if False:\n",
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "touching_one"),
+    ),
+    Fault(
+        "pinned_facts_move",
+        "the ledger moves a known source's mtime (facts not pinned)",
+        (
+            (
+                "store/index.py",
+                '    " ON CONFLICT (relpath, sha256) DO UPDATE SET seen_size = excluded.seen_size,"\n',
+                '    " ON CONFLICT (relpath, sha256) DO UPDATE SET mtime_ns = excluded.mtime_ns,'
+                ' seen_size = excluded.seen_size,"\n',
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "touching_every"),
+    ),
+    Fault(
+        "supersede_deletes",
+        "a superseded document's row is deleted (a visible id vanishes)",
+        (
+            (
+                "ingest/writer.py",
+                "            for c in kept:\n                self.index.put_document(c.row, change_facts(c))\n",
+                "            for c in kept:\n"
+                "                if c.stored_facts is not None:\n"
+                "                    self.index.execute(\n"
+                "                        'DELETE FROM documents WHERE doc_id = ?', (c.doc_id,))\n"
+                "                    continue\n"
+                "                self.index.put_document(c.row, change_facts(c))\n",
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "two_pass and scan"),
+    ),
+    Fault(
+        "facts_not_sticky",
+        "a task dropped from the tables loses the facts it was indexed with",
+        (
+            (
+                "core/tasks.py",
+                "    if current.from_tables or stored is None:\n        return current\n    return stored\n",
+                "    return current\n",
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "rewritten_to_a_header and scan"),
+    ),
+    Fault(
+        "late_link_misses_unknown_stage",
+        "a child whose parent's stage was unknown is never linked when the parent arrives",
+        (
+            (
+                "store/index.py",
+                "(a.parent_stage = ? OR a.parent_stage IS NULL)",
+                "a.parent_stage = ?",
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "unknown_stage and scan"),
+    ),
+    Fault(
+        "future_mtime_skips_settle",
+        "in watch, a future mtime skips the settle rule",
+        (
+            (
+                "live/readiness.py",
+                "    if age_ns < 0:  # a future mtime",
+                "    if age_ns < 0:\n        return Decision(Verdict.READ)\n    if age_ns < 0:  #",
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "future_mtime_only_once_written"),
+    ),
+    Fault(
+        "ledger_on_path_alone",
+        "the ledger matches a path alone: a file rewritten in place is never read again",
+        (
+            (
+                "store/index.py",
+                '"SELECT 1 FROM sources WHERE relpath = ? AND seen_size = ? AND seen_mtime_ns = ?",\n'
+                "            (relpath, size, mtime_ns),",
+                '"SELECT 1 FROM sources WHERE relpath = ?",\n            (relpath,),',
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "rewritten_in_place and watch"),
+    ),
+    Fault(
+        "replan_in_one_batch",
+        "a big re-plan runs in one batch, blocking the loop",
+        (("ingest/indexer.py", "REPLAN_CHUNK = 200", "REPLAN_CHUNK = 10**9"),),
+        ("tests/test_identity.py",),
+        ("-k", "large_replan"),
+    ),
+    Fault(
+        "status_string_split",
+        'get_latest_by_task(..., status="ok") turns the string into {"o", "k"}',
+        (
+            (
+                "reader.py",
+                "    return [status] if isinstance(status, str) else sorted(set(status))",
+                "    return sorted(set(status))",
+            ),
+        ),
+        ("tests/test_readers.py::test_status_as_a_plain_string",),
+    ),
+    Fault(
+        "no_reader_files",
+        "a writer leaves no -wal/-shm: other users cannot read the index",
+        (("store/sqlite.py", "            leave_reader_files(self.path)\n", "            pass\n"),),
+        ("tests/test_readers.py",),
+        ("-k", "readable_by_others or as_another_user"),
+    ),
+    Fault(
+        "typo_data_root_makes_an_index",
+        "a data root that does not exist becomes a new empty index",
+        (("config.py", "    if not root.is_dir():\n", "    if False:\n"),),
+        ("tests/test_readers.py",),
+        ("-k", "missing_data_root"),
+    ),
+    # -- live = scan, read-only, exactly once (issue 12) ---------------------------------------
+    Fault(
+        "watcher_ignores_events",
+        "the watcher ignores every file event (only reconcile would carry it)",
+        (("live/events.py", "            self._classify(event)\n", "            pass\n"),),
+        ("tests/test_watch_e2e.py::test_live_pipeline_converges_with_a_scan_of_the_finished_tree",),
+    ),
+    Fault(
+        "stale_chars_on_update",
+        "updates keep stale raw_chars/parsed_chars",
+        (
+            (
+                "ingest/writer.py",
+                '                c.row[f"{kind}_chars"] = staged.chars[f"{kind}.txt"]\n',
+                "                pass\n",
+            ),
+        ),
+        ("tests/test_watch_e2e.py::test_live_pipeline_converges_with_a_scan_of_the_finished_tree",),
+    ),
+    Fault(
+        "sources_opened_rdwr",
+        "sources opened O_RDWR",
+        (
+            (
+                "store/docstore.py",
+                "    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK\n",
+                "    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK\n",
+            ),
+        ),
+        ("tests/test_syscalls.py",),
+    ),
+    Fault(
+        "no_noatime",
+        "sources read without O_NOATIME",
+        (
+            (
+                "store/docstore.py",
+                '    noatime = getattr(os, "O_NOATIME", 0)\n',
+                "    noatime = 0\n",
+            ),
+        ),
+        ("tests/test_syscalls.py",),
+    ),
+    Fault(
+        "sources_locked",
+        "every source flock'ed (LOCK_EX) once opened",
+        (
+            (
+                "store/docstore.py",
+                "    try:\n        return os.open(path, flags | noatime)\n",
+                "    try:\n        fd = os.open(path, flags | noatime)\n"
+                "        import fcntl\n        fcntl.flock(fd, fcntl.LOCK_EX)\n        return fd\n",
+            ),
+        ),
+        ("tests/test_syscalls.py",),
+    ),
+    Fault(
+        "busy_lock_kills_the_second_writer",
+        "a second scan's thread dies on a busy writer lock (must fail, not only warn)",
+        (
+            (
+                "store/locks.py",
+                "            except BlockingIOError:\n",
+                "            except BlockingIOError:\n"
+                "                raise RuntimeError('the writer lock is busy')\n",
+            ),
+        ),
+        ("tests/test_faults.py::test_second_writer_waits_for_the_writer_lock",),
+    ),
+)
+
+
+def plant(fault: Fault, root: Path) -> str | None:
+    """Copy the package under ``root`` and apply the fault; None, or why it no longer applies."""
+    shutil.copytree(REPO / "daemon", root / "daemon", ignore=shutil.ignore_patterns("__pycache__"))
+    for rel, old, new in fault.edits:
+        path = root / PKG / rel
+        text = path.read_text()
+        if text.count(old) != 1:
+            return f"{rel}: the text to edit occurs {text.count(old)} times (update the fault)"
+        path.write_text(text.replace(old, new))
+    return None
+
+
+def run(fault: Fault, timeout: float) -> tuple[str, str]:
+    """(verdict, detail): CAUGHT when a named test fails against the planted fault."""
+    with tempfile.TemporaryDirectory(prefix=f"fault-{fault.name}-") as tmp:
+        root = Path(tmp)
+        problem = plant(fault, root)
+        if problem is not None:
+            return "STALE", problem
+        copy = str(root / "daemon")
+        env = {**os.environ, "PYTHONPATH": copy}
+        check = subprocess.run(
+            [sys.executable, "-c", "import docwatch; print(docwatch.__file__)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+        )
+        if not check.stdout.startswith(copy):
+            return "ERROR", f"the copy is not the package imported: {check.stdout or check.stderr}"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-x",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            f"pythonpath={copy}",
+            *fault.extra,
+            *fault.tests,
+        ]
+        try:
+            done = subprocess.run(
+                cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return "CAUGHT", f"the tests hung past {timeout:.0f}s"
+        tail = (done.stdout.strip().splitlines() or ["?"])[-1]
+        if done.returncode == 5:
+            return "ERROR", f"no test selected: {tail}"
+        return ("CAUGHT" if done.returncode != 0 else "SURVIVED"), tail
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="faults to run (default: all)")
+    ap.add_argument("--list", action="store_true", help="list the faults and exit")
+    ap.add_argument("--timeout", type=float, default=600.0, help="per fault (seconds)")
+    args = ap.parse_args(argv)
+    by_name = {f.name: f for f in FAULTS}
+    if args.list:
+        for f in FAULTS:
+            print(f"{f.name:36} {f.promise}")
+        return 0
+    unknown = [n for n in args.names if n not in by_name]
+    if unknown:
+        ap.error(f"unknown faults: {', '.join(unknown)}")
+    chosen = [by_name[n] for n in args.names] or list(FAULTS)
+    bad = 0
+    for fault in chosen:
+        started = time.monotonic()
+        verdict, detail = run(fault, args.timeout)
+        bad += verdict != "CAUGHT"
+        print(
+            f"{verdict:8} {fault.name:36} {time.monotonic() - started:5.0f}s  {fault.promise}"
+            f"  [{detail}]",
+            flush=True,
+        )
+    print(f"{len(chosen) - bad} of {len(chosen)} seeded faults caught")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
