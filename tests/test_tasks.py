@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from docwatch.core.tasks import TaskTables, parse_bool, parse_table, task_info
-from docwatch.ingest import tables as tasks
 from docwatch.ingest.tables import TaskTableReader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -277,19 +278,44 @@ def test_undecodable_and_unreadable_files_are_problems(tmp_path: Path) -> None:
     assert any(str(folder) in p and "IsADirectoryError" in p for p in reader.problems)
 
 
-def test_permission_denied_is_a_problem(tmp_path: Path, monkeypatch) -> None:
-    path = write(tmp_path / "1_raw/llm_models.csv", lines("id,provider", "m,p"))
-    real_read = Path.read_bytes
-
-    def denied(self: Path) -> bytes:  # chmod 000 does not stop root, so deny in the read
-        if self == path:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_read(self)
-
-    monkeypatch.setattr(Path, "read_bytes", denied)
-    reader = TaskTableReader(tmp_path, retries=3)
-    assert reader.load().models == {}
-    assert reader.problems == [
+def test_permission_denied_is_a_problem() -> None:
+    """As a real other user (root reads anything): a table it may not read is a problem with
+    the path and the reason, and the other tables still load."""
+    root = Path(tempfile.mkdtemp(prefix="docwatch-perm-"))
+    try:
+        root.chmod(0o755)
+        path = write(root / "1_raw/llm_models.csv", lines("id,provider", "m,p"))
+        write(root / "1_raw/draft_templates.csv", lines("template_id,parser", "t,"))
+        for folder in (root / "1_raw",):
+            folder.chmod(0o755)
+        path.chmod(0o600)  # root's only
+        (root / "1_raw/draft_templates.csv").chmod(0o644)
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: nobody, no groups
+            try:
+                os.close(read_fd)
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                reader = TaskTableReader(root, retries=3, sleep=lambda s: None)
+                tables = reader.load()
+                out = {
+                    "problems": reader.problems,
+                    "models": tables.models,
+                    "templates": sorted(tables.draft_templates),
+                }
+                os.write(write_fd, json.dumps(out).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            got = json.loads(pipe.read() or b"{}")
+        os.waitpid(pid, 0)
+    finally:
+        shutil.rmtree(root)
+    assert got["models"] == {} and got["templates"] == ["t"]
+    assert got["problems"] == [
         f"{path}: unreadable (PermissionError: Permission denied); keeping the last good copy "
         "(0 rows) and retrying on the next change"
     ]
@@ -306,33 +332,28 @@ def test_missing_key_column_and_empty_file(tmp_path: Path) -> None:
     ]
 
 
-def test_bad_reads_are_retried_then_succeed(tmp_path: Path, monkeypatch) -> None:
-    path = write(tmp_path / "2_tasks/draft_generation_tasks.csv", lines(DRAFT_HEADER, "d1,c,t,m"))
-    real_read = Path.read_bytes
-    calls: list[Path] = []
-
-    def growing_read(self: Path) -> bytes:
-        data = real_read(self)
-        if self == path:
-            calls.append(self)
-            if len(calls) == 1:  # the writer appends while we read
-                with open(self, "a", encoding="utf-8") as handle:
-                    handle.write("d2,c,t,m,M\n")
-        return data
-
+def test_bad_reads_are_retried_then_succeed(tmp_path: Path) -> None:
+    """pandas rewrites in place: the first read sees the file cut short; the writer finishes it
+    while the reader waits (its sleep), and the retry reads the whole table."""
+    path = write(tmp_path / "2_tasks/draft_generation_tasks.csv", DRAFT_HEADER + "\nd1,c,t,m")
     sleeps: list[float] = []
-    monkeypatch.setattr(Path, "read_bytes", growing_read)
-    monkeypatch.setattr(tasks.time, "sleep", sleeps.append)
-    reader = TaskTableReader(tmp_path, retries=3, retry_delay=0.5)
+
+    def writer_finishes_while_we_wait(seconds: float) -> None:
+        sleeps.append(seconds)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(",M\nd2,c,t,m,M\n")
+
+    reader = TaskTableReader(
+        tmp_path, retries=3, retry_delay=0.5, sleep=writer_finishes_while_we_wait
+    )
     assert set(reader.load().draft_tasks) == {"d1", "d2"}
-    assert reader.problems == [] and len(calls) == 2 and sleeps == [0.5]
+    assert reader.problems == [] and sleeps == [0.5]
 
 
-def test_persistently_bad_file_uses_all_retries(tmp_path: Path, monkeypatch) -> None:
+def test_persistently_bad_file_uses_all_retries(tmp_path: Path) -> None:
     write(tmp_path / "2_tasks/essay_generation_tasks.csv", ESSAY_HEADER + "\ne1,c")
     sleeps: list[float] = []
-    monkeypatch.setattr(tasks.time, "sleep", sleeps.append)
-    reader = TaskTableReader(tmp_path, retries=2, retry_delay=0.1)
+    reader = TaskTableReader(tmp_path, retries=2, retry_delay=0.1, sleep=sleeps.append)
     reader.load()
     assert sleeps == [0.1, 0.1] and len(reader.problems) == 1
 

@@ -8,12 +8,15 @@ Read-only: files are opened for reading only, never written or locked.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 from docwatch.core.layout import TASKS_DIR
 from docwatch.core.tasks import TABLE_FILES, Table, TaskTables, parse_table
+from docwatch.store.docstore import open_source
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
 
@@ -49,11 +52,13 @@ class TaskTableReader:
         log: logging.Logger | None = None,
         retries: int = 3,
         retry_delay: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.data_root = Path(data_root)
         self.log = log or logging.getLogger(__name__)
         self.retries = max(0, retries)
         self.retry_delay = retry_delay
+        self.sleep = sleep
         self.problems: list[str] = []
         self._good: dict[str, Table] = {}
         self._sigs: dict[str, Signature | None] | None = None  # None: never loaded
@@ -105,7 +110,7 @@ class TaskTableReader:
         for _ in range(self.retries):
             if not result.retry:
                 break
-            time.sleep(self.retry_delay)
+            self.sleep(self.retry_delay)
             result = self._read_once(path, key, needs_final_newline)
         return result
 
@@ -119,7 +124,7 @@ class TaskTableReader:
             return _Read(None, f"cannot stat ({_describe(exc)})", None)
         sig = (before.st_size, before.st_mtime_ns, before.st_ino)
         try:
-            data = path.read_bytes()
+            data = _read_source(path)
         except FileNotFoundError:
             return _Read({}, None, None)
         except OSError as exc:
@@ -134,3 +139,15 @@ class TaskTableReader:
         if isinstance(parsed, str):
             return _Read(None, parsed, sig, retry=True)
         return _Read(parsed, None, sig)
+
+
+def _read_source(path: Path) -> bytes:
+    """The whole file, read as every legacy file is: O_NOFOLLOW, O_NOATIME, never written."""
+    fd = open_source(path)
+    try:
+        parts = []
+        while chunk := os.read(fd, 1 << 20):
+            parts.append(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)

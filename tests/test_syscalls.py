@@ -1,0 +1,846 @@
+"""What the process really does to the files, seen by ``strace`` (issue 12).
+
+* Read-only on sources (SPEC "Guarantees"): ``docwatch scan``, ``scan --link`` and a running
+  ``docwatch watch`` (while the simulated pipeline writes) are traced with ``strace -f -y``;
+  nothing inside the legacy folders (``1_raw``, ``2_tasks``, ``3_generation``,
+  ``4_evaluation``) is opened for writing, locked, renamed, unlinked, truncated, re-timed,
+  chmod'ed, chown'ed, linked to or created, and every file there is opened
+  ``O_NOATIME|O_NOFOLLOW``.  The index and the documents stay at their defaults (under the data
+  root, outside the legacy folders), so the checks look at paths, not at "anything under
+  data/".
+  The task tables and templates (``2_tasks``, ``1_raw``) are checked apart from the pipeline's
+  output folders, so that one finding does not hide the other.
+* atime: on a ``relatime`` mount a plain read of a file whose atime is older than its mtime
+  updates the atime; a scan must not (O_NOATIME honoured).
+* Durable before visible, by syscalls (``strace`` plus ``DOCWATCH_TRACE`` markers, which show
+  up in the syscall stream as writes to the trace file): staged files synced before the intents
+  commit; documents renamed into place only after it and synced before the rows commit;
+  replacements of visible files only after the rows commit, and synced before the intents
+  are cleared.
+* The suite's configuration turns an exception in a test's thread into a failure.
+
+``strace`` missing or ptrace refused is a failure with the reason, never a skip
+(``make system-deps`` / ``.ci/install-system-deps`` install strace).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import legacy_tree
+import pytest
+from support import NotifySocket, wait_until
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+STRACE = shutil.which("strace") or "/usr/bin/strace"
+LEGACY_TOP = ("1_raw", "2_tasks", "3_generation", "4_evaluation")
+PIPELINE_TOP = ("3_generation", "4_evaluation")
+TABLE_TOP = ("1_raw", "2_tasks")
+
+ORDER_TRACE = ["syncfs", "fsync", "fdatasync", "rename", "renameat", "renameat2", "pwrite64"]
+ORDER_TRACE += ["write", "openat", "link", "linkat", "unlink", "unlinkat"]
+
+WRITE_FLAGS = {"O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND", "O_TMPFILE"}
+LOCK_CMD = re.compile(r"^F_(OFD_)?SETLKW?(64)?$|^F_SETLEASE$")
+#: name -> the (dirfd index | None | "fd", path index) of every path the call changes.  A hard
+#: link's source (``link``'s first path) is not changed by it: only the new name counts.
+CHANGED = {
+    "rename": [(None, 0), (None, 1)],
+    "renameat": [(0, 1), (2, 3)],
+    "renameat2": [(0, 1), (2, 3)],
+    "unlink": [(None, 0)],
+    "unlinkat": [(0, 1)],
+    "rmdir": [(None, 0)],
+    "truncate": [(None, 0)],
+    "ftruncate": [("fd", 0)],
+    "utimensat": [(0, 1)],  # a NULL path: the fd itself (futimens)
+    "utime": [(None, 0)],
+    "utimes": [(None, 0)],
+    "futimesat": [(0, 1)],
+    "chmod": [(None, 0)],
+    "fchmod": [("fd", 0)],
+    "fchmodat": [(0, 1)],
+    "fchmodat2": [(0, 1)],
+    "chown": [(None, 0)],
+    "lchown": [(None, 0)],
+    "fchown": [("fd", 0)],
+    "fchownat": [(0, 1)],
+    "link": [(None, 1)],
+    "linkat": [(2, 3)],
+    "symlink": [(None, 1)],
+    "symlinkat": [(1, 2)],
+    "mkdir": [(None, 0)],
+    "mkdirat": [(0, 1)],
+    "mknod": [(None, 0)],
+    "mknodat": [(0, 1)],
+    "setxattr": [(None, 0)],
+    "lsetxattr": [(None, 0)],
+    "fsetxattr": [("fd", 0)],
+    "removexattr": [(None, 0)],
+    "lremovexattr": [(None, 0)],
+    "fremovexattr": [("fd", 0)],
+}
+#: Everything that could change a file or a directory entry, or lock a file.  In strace's
+#: filter ``?`` leaves out a syscall this architecture lacks (``open``, ``rename`` on arm64).
+MUTATING = list(CHANGED)
+READ_ONLY_TRACE = ["open", "openat", "flock", "fcntl", *MUTATING]
+
+CONFIG = """\
+settle_seconds = 0.5
+pair_window = 2
+reconcile_interval = "1h"
+log_level = "INFO"
+"""
+
+
+# --- strace: running it and reading what it wrote ---------------------------------------------
+
+
+def require_strace() -> None:
+    """Fail (never skip) when strace is missing or may not trace here."""
+    if not os.access(STRACE, os.X_OK):
+        pytest.fail(
+            "strace is not installed (needed to check read-only and the durable order): "
+            "run `make system-deps` (.ci/install-system-deps)"
+        )
+    probe = subprocess.run(
+        [STRACE, "-f", "-o", "/dev/null", "-e", "trace=openat", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if probe.returncode != 0:
+        pytest.fail(
+            f"strace cannot trace a child here (ptrace not permitted? rc={probe.returncode}): "
+            f"{probe.stderr.strip()}"
+        )
+
+
+def strace_argv(out: Path, syscalls: list[str]) -> list[str]:
+    trace = ",".join(f"?{s}" for s in syscalls)
+    return [STRACE, "-f", "-y", "-s", "4096", "-o", str(out), "-e", f"trace={trace}"]
+
+
+@dataclass
+class Call:
+    """One syscall, its args split at the top level, the index of its line when it started
+    and when it returned (one ``strace -f`` file is one order of events)."""
+
+    pid: int
+    name: str
+    args: list[str]
+    ret: str
+    start: int
+    end: int
+    text: str
+
+    def fd_path(self, i: int) -> str | None:
+        return fd_path(self.args[i]) if i < len(self.args) else None
+
+    def ret_path(self) -> str | None:
+        return fd_path(self.ret)
+
+
+_LINE = re.compile(r"^(\d+)\s+(.*)$")
+_CALL = re.compile(r"^(\w+)\((.*)\)\s+=\s+(.*)$", re.S)
+_RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)$", re.S)
+_FD = re.compile(r"^(?:AT_FDCWD|-?\d+)<(.*)>$", re.S)
+_STR = re.compile(r'^"((?:[^"\\]|\\.)*)"(?:\.\.\.)?$', re.S)
+
+
+def _unescape(s: str) -> str:
+    return codecs.escape_decode(s.encode("utf-8", "surrogateescape"))[0].decode(
+        "utf-8", "surrogateescape"
+    )
+
+
+def fd_path(arg: str) -> str | None:
+    """The path ``-y`` printed for an fd (or AT_FDCWD: the cwd); None for sockets, NULL…"""
+    m = _FD.match(arg.strip())
+    if not m:
+        return None
+    path = _unescape(m.group(1))
+    if path.endswith(" (deleted)"):
+        path = path[: -len(" (deleted)")]
+    return path if path.startswith("/") else None
+
+
+def string_arg(arg: str) -> str | None:
+    m = _STR.match(arg.strip())
+    return _unescape(m.group(1)) if m else None
+
+
+def split_args(s: str) -> list[str]:
+    """Split strace's argument text at top-level commas (strings, structs, fd paths kept)."""
+    out, cur, depth, i, in_str, in_fd = [], [], 0, 0, False, False
+    while i < len(s):
+        c = s[i]
+        if in_str:
+            cur.append(c)
+            if c == "\\" and i + 1 < len(s):
+                cur.append(s[i + 1])
+                i += 1
+            elif c == '"':
+                in_str = False
+        elif in_fd:
+            cur.append(c)
+            in_fd = c != ">"
+        elif c == '"':
+            in_str = True
+            cur.append(c)
+        elif c == "<" and cur and re.fullmatch(r"(AT_FDCWD|-?\d+)", "".join(cur).strip()):
+            in_fd = True
+            cur.append(c)
+        elif c in "{[(":
+            depth += 1
+            cur.append(c)
+        elif c in "}])":
+            depth -= 1
+            cur.append(c)
+        elif c == "," and depth == 0:
+            out.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(c)
+        i += 1
+    if cur or out:
+        out.append("".join(cur).strip())
+    return out
+
+
+def parse_strace(path: Path) -> list[Call]:
+    """Every completed syscall in an ``strace -f -y`` file (unfinished/resumed pairs joined),
+    in the order they returned."""
+    calls: list[Call] = []
+    pending: dict[int, tuple[str, int]] = {}
+    for n, line in enumerate(path.read_text(errors="surrogateescape").splitlines()):
+        m = _LINE.match(line)
+        if not m:
+            continue
+        pid, rest = int(m.group(1)), m.group(2)
+        if rest.startswith(("+++", "---")):
+            continue
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = (rest[: -len("<unfinished ...>")].rstrip(), n)
+            continue
+        start = n
+        resumed = _RESUMED.match(rest)
+        if resumed:
+            head, start = pending.pop(pid, (f"{resumed.group(1)}(", n))
+            rest = head + resumed.group(2)
+        call = _CALL.match(rest)
+        if not call:
+            continue
+        name, args, ret = call.groups()
+        calls.append(Call(pid, name, split_args(args), ret.strip(), start, n, rest))
+    return calls
+
+
+def resolve(call: Call, dirfd: int | None, i: int, cwd: Path) -> str | None:
+    """The absolute path of argument ``i`` (a string, relative to argument ``dirfd``'s fd)."""
+    if i >= len(call.args):
+        return None
+    raw = string_arg(call.args[i])
+    if raw is None:
+        return None
+    if raw.startswith("/"):
+        return os.path.normpath(raw)
+    base = call.fd_path(dirfd) if dirfd is not None else str(cwd)
+    return os.path.normpath(os.path.join(base or str(cwd), raw))
+
+
+def changed_paths(call: Call, cwd: Path) -> list[str]:
+    out = []
+    for dirfd, i in CHANGED.get(call.name, ()):
+        if dirfd == "fd":
+            p = call.fd_path(i)
+        elif call.name == "utimensat" and len(call.args) > 1 and call.args[1] == "NULL":
+            p = call.fd_path(0)
+        else:
+            p = resolve(call, dirfd, i, cwd)
+        if p:
+            out.append(p)
+    return out
+
+
+def legacy_rel(path: str | None, data_root: Path, tops=LEGACY_TOP) -> str | None:
+    """``path`` relative to the data root when it lies in (or is) one of the legacy folders."""
+    if not path:
+        return None
+    rel = os.path.relpath(os.path.normpath(path), data_root)
+    if rel.startswith(".."):
+        return None
+    return rel if rel.split(os.sep)[0] in tops else None
+
+
+def open_path(call: Call, cwd: Path) -> str | None:
+    if call.name == "openat":
+        return resolve(call, 0, 1, cwd)
+    if call.name == "open":
+        return resolve(call, None, 0, cwd)
+    return None
+
+
+def open_flags(call: Call) -> set[str]:
+    i = 2 if call.name == "openat" else 1
+    return set(call.args[i].split("|")) if i < len(call.args) else set()
+
+
+# --- the traced runs --------------------------------------------------------------------------
+
+
+@dataclass
+class Traced:
+    """One traced docwatch run: its data root, cwd and syscalls."""
+
+    label: str
+    data_root: Path
+    cwd: Path
+    calls: list[Call]
+    strace_file: Path
+    log: str = ""
+
+    @property
+    def db(self) -> Path:
+        return self.data_root / "db" / "documents.sqlite"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
+    env.pop("WATCHDOG_USEC", None)
+    return env | extra
+
+
+def traced_scan(
+    tmp: Path,
+    data_root: Path,
+    syscalls: list[str],
+    *,
+    label: str,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Traced:
+    out = tmp / f"strace-{label}.txt"
+    argv = strace_argv(out, syscalls) + [PYTHON, "-m", "docwatch", "scan", "--json"]
+    argv += ["--data-root", str(data_root), *extra]
+    proc = subprocess.run(
+        argv, cwd=tmp, env=env or clean_env(), capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, f"traced scan failed (rc {proc.returncode}):\n{proc.stderr}"
+    return Traced(label, data_root, tmp, parse_strace(out), out, proc.stdout + proc.stderr)
+
+
+def children_of(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+def traced_watch(tmp: Path) -> Traced:
+    """``docwatch watch`` under strace while the simulated pipeline writes live; SIGTERM to the
+    daemon (strace's child) once it has indexed everything."""
+    data_root = tmp / "data"
+    data_root.mkdir()
+    config = tmp / "docwatch.toml"
+    config.write_text(CONFIG)
+    out, log = tmp / "strace-watch.txt", tmp / "watch.log"
+    notify = NotifySocket()
+    argv = strace_argv(out, READ_ONLY_TRACE) + [PYTHON, "-m", "docwatch", "watch"]
+    argv += ["--config", str(config), "--data-root", str(data_root)]
+    with open(log, "wb") as log_fh:
+        strace = subprocess.Popen(
+            argv, cwd=tmp, env=clean_env(NOTIFY_SOCKET=notify.path), stdout=log_fh, stderr=log_fh
+        )
+    try:
+        wait_until(lambda: notify.seen("READY=1") or strace.poll() is not None, 90, what="READY=1")
+        assert strace.poll() is None, log.read_text(errors="replace")
+        daemon = wait_until(lambda: children_of(strace.pid), 10, what="the traced daemon")[0]
+        legacy_tree.run_pipeline(data_root, combos=1, seed=3, writers=4, raw_write_delay=0.01)
+        wait_until(lambda: _caught_up(config, data_root), 90, interval=0.5, what="catch-up")
+        os.kill(daemon, signal.SIGTERM)
+        try:
+            rc = strace.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("docwatch watch did not exit after SIGTERM:\n" + log.read_text())
+        assert rc == 0, f"docwatch watch exited {rc}:\n{log.read_text(errors='replace')}"
+    finally:
+        if strace.poll() is None:  # the daemon first: a killed strace leaves its tracee running
+            for pid in children_of(strace.pid):
+                os.kill(pid, signal.SIGKILL)
+            strace.kill()
+            strace.wait(10)
+        notify.close()
+    return Traced("watch", data_root, tmp, parse_strace(out), out, log.read_text(errors="replace"))
+
+
+def _caught_up(config: Path, data_root: Path) -> bool:
+    from docwatch.config import load_config
+    from docwatch.ingest.scan import scan
+
+    db = data_root / "db" / "documents.sqlite"
+    if not db.exists():
+        return False
+    cfg = load_config(config, {}, {"data_root": data_root})
+    result = scan(cfg, run_id="probe", dry_run=True)
+    busy = sum(c["new"] + c["deferred"] for c in result.counts.values())
+    return busy == 0 and not query(db, "SELECT 1 FROM documents WHERE status = 'pending'")
+
+
+def query(db: Path, sql: str) -> list[tuple]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Traced]:
+    """The three traced runs the read-only tests look at (made once for the module)."""
+    require_strace()
+    found: dict[str, Traced] = {}
+    for label, extra in (("scan", ()), ("scan-link", ("--link",))):
+        tmp = tmp_path_factory.mktemp(label)
+        data = tmp / "data"
+        legacy_tree.build_tree(data, combos=1, seed=7)
+        found[label] = traced_scan(tmp, data, READ_ONLY_TRACE, label=label, extra=extra)
+    found["watch"] = traced_watch(tmp_path_factory.mktemp("watch"))
+    return found
+
+
+RUNS = ["scan", "scan-link", "watch"]
+
+
+def _report(problems: list[str], what: str, run: Traced) -> str:
+    shown = "\n  ".join(problems[:15])
+    return f"{run.label}: {len(problems)} {what} (strace: {run.strace_file}):\n  {shown}"
+
+
+def _opened_files(run: Traced, tops) -> list[tuple[str, set[str], Call]]:
+    """(relpath, flags, call) of every open of a non-directory inside ``tops``."""
+    out = []
+    for c in run.calls:
+        path = open_path(c, run.cwd)
+        rel = legacy_rel(path, run.data_root, tops)
+        if rel is None:
+            continue
+        flags = open_flags(c)
+        if "O_DIRECTORY" in flags or os.path.isdir(path):
+            continue
+        out.append((rel, flags, c))
+    return out
+
+
+def _ledger(run: Traced) -> set[str]:
+    return {r[0] for r in query(run.db, "SELECT relpath FROM sources")}
+
+
+# --- 1. read-only on sources ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("label", RUNS)
+def test_nothing_in_the_legacy_folders_is_written_locked_or_changed(runs, label):
+    run = runs[label]
+    problems = []
+    for c in run.calls:
+        path = open_path(c, run.cwd)
+        if legacy_rel(path, run.data_root) and open_flags(c) & WRITE_FLAGS:
+            problems.append(f"opened for writing: {c.text[:300]}")
+        if c.name in ("flock", "fcntl") and legacy_rel(c.fd_path(0), run.data_root):
+            cmd = c.args[1] if len(c.args) > 1 else ""
+            if c.name == "flock" or LOCK_CMD.match(cmd):
+                problems.append(f"locked: {c.text[:300]}")
+        if c.name in CHANGED:  # even an attempt that failed (mkdir -p of a legacy folder…)
+            touched = [p for p in changed_paths(c, run.cwd) if legacy_rel(p, run.data_root)]
+            if touched:
+                problems.append(f"changed {touched}: {c.text[:300]}")
+    assert not problems, _report(problems, "changes to the legacy folders", run)
+    # Not vacuous: the trace saw the process read every source it indexed, and (with --link)
+    # link them into its own folders.
+    opened = {rel for rel, _, c in _opened_files(run, PIPELINE_TOP) if c.ret.split()[0] != "-1"}
+    ledger = _ledger(run)
+    assert len(ledger) > 40, ledger
+    assert ledger <= opened, f"sources indexed but never seen opened: {sorted(ledger - opened)[:5]}"
+    if label == "scan-link":
+        links = [c for c in run.calls if c.name in ("link", "linkat") and c.ret == "0"]
+        assert len(links) >= len(ledger) // 2, "--link made no hard links"
+
+
+@pytest.mark.parametrize("label", RUNS)
+def test_pipeline_files_are_opened_noatime_and_nofollow(runs, label):
+    run = runs[label]
+    opens = _opened_files(run, PIPELINE_TOP)
+    assert opens, f"{run.label}: no pipeline file was opened (strace: {run.strace_file})"
+    problems = [
+        f"{rel}: {sorted(flags)} lacks {sorted({'O_NOATIME', 'O_NOFOLLOW'} - flags)}"
+        for rel, flags, _ in opens
+        if not {"O_NOATIME", "O_NOFOLLOW"} <= flags
+    ]
+    assert not problems, _report(problems, "opens without O_NOATIME|O_NOFOLLOW", run)
+
+
+@pytest.mark.parametrize("label", ["scan", "watch"])
+def test_task_tables_and_templates_are_opened_noatime_and_nofollow(runs, label):
+    """``2_tasks/*.csv`` and ``1_raw/*.csv`` are in the legacy folders too: reading them must
+    not move their atime (nor follow a symlink planted there)."""
+    run = runs[label]
+    opens = _opened_files(run, TABLE_TOP)
+    assert {rel.split(os.sep)[0] for rel, _, _ in opens} == set(TABLE_TOP), opens
+    problems = [
+        f"{rel}: {sorted(flags)} lacks {sorted({'O_NOATIME', 'O_NOFOLLOW'} - flags)}"
+        for rel, flags, _ in opens
+        if not {"O_NOATIME", "O_NOFOLLOW"} <= flags
+    ]
+    assert not problems, _report(problems, "opens without O_NOATIME|O_NOFOLLOW", run)
+
+
+# --- 2. atime ---------------------------------------------------------------------------------
+
+
+def mount_options(path: Path) -> tuple[str, set[str]]:
+    """(mount point, per-mount options) of the filesystem holding ``path``."""
+    best, opts = "", set()
+    real = os.path.realpath(path)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point = codecs.decode(fields[4], "unicode_escape")
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, opts = point, set(fields[5].split(","))
+    return best, opts
+
+
+def _age_atimes(files: list[Path]) -> dict[Path, int]:
+    """atime an hour older than mtime: relatime then updates atime on a normal read."""
+    out = {}
+    for f in files:
+        st = os.stat(f)
+        os.utime(f, ns=(st.st_mtime_ns - 3600 * 10**9, st.st_mtime_ns))
+        out[f] = os.stat(f).st_atime_ns
+    return out
+
+
+@pytest.fixture
+def atime_tree(tmp_path) -> Path:
+    point, opts = mount_options(tmp_path)
+    if "noatime" in opts:
+        pytest.fail(
+            f"{tmp_path} is on {point}, mounted noatime: a read never moves atime there, so the "
+            "O_NOATIME check would prove nothing; run the tests on a relatime/strictatime mount"
+        )
+    data = tmp_path / "data"
+    legacy_tree.build_tree(data, combos=1, seed=9)
+    control = tmp_path / "control.txt"  # outside the legacy folders
+    raws = data / "3_generation" / "draft_responses_raw"
+    shutil.copy(next(p for p in sorted(raws.iterdir()) if p.is_file()), control)
+    before = _age_atimes([control])
+    control.read_bytes()  # a plain read: relatime must update this atime, or the test is moot
+    assert os.stat(control).st_atime_ns != before[control], (
+        f"a plain read did not move the atime on {point} ({sorted(opts)}): cannot check O_NOATIME"
+    )
+    return data
+
+
+def _scan_and_compare_atimes(data: Path, tops) -> None:
+    files = sorted(p for top in tops for p in (data / top).rglob("*") if p.is_file() and p.suffix)
+    assert len(files) > 5, files
+    before = _age_atimes(files)
+    out = subprocess.run(
+        [PYTHON, "-m", "docwatch", "scan", "--json", "--data-root", str(data)],
+        cwd=data.parent,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    counts = json.loads(out.stdout)["stages"]
+    assert sum(c["new"] for c in counts.values()) > 5, out.stdout  # it did read the files
+    moved = [str(f.relative_to(data)) for f in files if os.stat(f).st_atime_ns != before[f]]
+    assert not moved, f"the scan moved the atime of {len(moved)} of {len(files)}: {moved[:10]}"
+
+
+def test_a_scan_leaves_the_atime_of_pipeline_files_alone(atime_tree):
+    _scan_and_compare_atimes(atime_tree, PIPELINE_TOP)
+
+
+def test_a_scan_leaves_the_atime_of_task_tables_and_templates_alone(atime_tree):
+    _scan_and_compare_atimes(atime_tree, TABLE_TOP)
+
+
+# --- 3. the durable order, by syscalls --------------------------------------------------------
+
+S = 10**9
+DAY = 86400 * S
+T0 = time.time_ns() - 2 * DAY
+TASKS = [f"combo_v1_{k:012x}__creative-synthesis-v2__sonnet-4" for k in range(4)]
+
+
+def _write(data: Path, rel: str, text: str, t_ns: int) -> None:
+    path = data / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.utime(path, ns=(t_ns, t_ns))
+
+
+def first_state(data: Path) -> None:
+    """Raw drafts with their prompt v1; the parsed files and a prompt v2 not yet written."""
+    shutil.copytree(REPO / "examples" / "1_raw", data / "1_raw")
+    for k, task in enumerate(TASKS):
+        t = T0 + k * 100 * S
+        _write(data, f"3_generation/draft_prompts/{task}_v1.txt", f"prompt one {k}\n", t)
+        raw = f"<essay>\nthe draft {k}\n</essay>\n"
+        _write(data, f"3_generation/draft_responses_raw/{task}_v1.txt", raw, t + 10 * S)
+
+
+def second_state(data: Path) -> None:
+    """The parsed files arrive (pairing: a visible document gains parsed.txt and a new
+    metadata.json), and a prompt v2 older than the raw (its prompt.txt is replaced); new
+    evaluations of the drafts (new directories in the same batches)."""
+    for k, task in enumerate(TASKS):
+        t = T0 + k * 100 * S
+        _write(data, f"3_generation/draft_responses/{task}_v1.txt", f"the draft {k}\n", t + 11 * S)
+        _write(data, f"3_generation/draft_prompts/{task}_v2.txt", f"prompt two {k}\n", t + 5 * S)
+        rel = f"4_evaluation/evaluation_responses/{task}__novelty__sonnet-4_v1.txt"
+        _write(data, rel, f"score {k}\nSCORE: 7\n", t + 50 * S)
+
+
+@dataclass
+class Event:
+    """A step of the write path, as syscalls show it."""
+
+    kind: str  # staged | sync | fsync | commit | rename | unlink | marker
+    start: int
+    end: int
+    paths: tuple[str, ...] = ()
+    marker: str = ""
+    calls: list[Call] = field(default_factory=list)
+
+
+def durable_events(run: Traced, trace_file: Path) -> list[Event]:
+    """The syscalls that matter for durability, in order; consecutive syncs of the SQLite
+    files form one ``commit``."""
+    docs, db = run.data_root / "docs", run.db
+    staging = str(docs / ".tmp") + os.sep
+    db_files = {str(db), f"{db}-wal", f"{db}-journal", str(db.parent)}
+    events: list[Event] = []
+    for c in run.calls:
+        if c.ret.split()[0] == "-1":
+            continue
+        target = c.fd_path(0)
+        if c.name in ("write", "pwrite64"):
+            if target == str(trace_file):
+                marker = string_arg(c.args[1]).split()[1]
+                events.append(Event("marker", c.start, c.end, marker=marker))
+            elif target and target.startswith(staging):
+                events.append(Event("staged", c.start, c.end, (target,)))
+        elif c.name == "openat" and "O_CREAT" in open_flags(c):
+            path = c.ret_path()
+            if path and path.startswith(staging):
+                events.append(Event("staged", c.start, c.end, (path,)))
+        elif c.name in ("link", "linkat"):
+            new = changed_paths(c, run.cwd)[0]
+            if new.startswith(staging):
+                events.append(Event("staged", c.start, c.end, (new,)))
+        elif c.name == "syncfs":
+            events.append(Event("sync", c.start, c.end, (target or "",)))
+        elif c.name in ("fsync", "fdatasync"):
+            if target in db_files:
+                if events and events[-1].kind == "commit":
+                    events[-1].end = c.end
+                    events[-1].calls.append(c)
+                else:
+                    events.append(Event("commit", c.start, c.end, (target,), calls=[c]))
+            else:
+                events.append(Event("fsync", c.start, c.end, (target or "",)))
+        elif c.name.startswith("rename"):
+            old, new = changed_paths(c, run.cwd)
+            if new.startswith(str(docs) + os.sep) and not new.startswith(staging):
+                events.append(Event("rename", c.start, c.end, (old, new)))
+        elif c.name in ("unlink", "unlinkat"):
+            (path,) = changed_paths(c, run.cwd)
+            if path.startswith(str(docs) + os.sep) and not path.startswith(staging):
+                events.append(Event("unlink", c.start, c.end, (path,)))
+    return events
+
+
+def _synced(events: list[Event], after: int, before: int, files: set[str]) -> bool:
+    """A syncfs, or an fsync of every one of ``files``, strictly between two line numbers."""
+    between = [e for e in events if e.start > after and e.end < before]
+    if any(e.kind == "sync" for e in between):
+        return True
+    fsynced = {e.paths[0] for e in between if e.kind == "fsync"}
+    return bool(files) and files <= fsynced
+
+
+def check_batches(run: Traced, trace_file: Path, existing: set[str]) -> dict[str, int]:
+    """Check each batch (``staged`` … ``cleaned`` markers); ``existing``: the document files
+    there were before the run (a rename onto one of them is a replacement)."""
+    events = durable_events(run, trace_file)
+    markers = [e for e in events if e.kind == "marker"]
+    cleaned = [e.end for e in markers if e.marker == "cleaned"]
+    assert sum(e.marker == "staged" for e in markers) == len(cleaned) > 0, markers
+    totals = {"batches": 0, "created": 0, "added": 0, "replaced": 0}
+    lower = -1
+    for upper in cleaned:
+        window = [e for e in events if lower < e.start and e.end <= upper]
+        lower = upper
+        where = (
+            f"{run.label}, batch {totals['batches'] + 1} (lines ≤ {upper + 1} of {run.strace_file})"
+        )
+        totals["batches"] += 1
+        staged = [e for e in window if e.kind == "staged"]
+        assert staged, f"{where}: no staged file written"
+        last_staged = staged[-1].end
+        commits = [e for e in window if e.kind == "commit" and e.start > last_staged]
+        assert commits, f"{where}: no SQLite commit (-wal fsync) after the files were staged"
+        intents = commits[0]
+        files = {p for e in staged for p in e.paths}
+        synced = _synced(window, last_staged, intents.start, files)
+        assert synced, (
+            f"{where}: no syncfs (nor an fsync of each staged file) between the last staged "
+            "write and the intents commit"
+        )
+        renames = [e for e in window if e.kind == "rename"]
+        early = [e.paths[1] for e in renames if e.start < intents.end]
+        assert not early, f"{where}: renamed into docs/ before the intents commit: {early[:3]}"
+        publish = [e for e in renames if e.paths[1] not in existing]
+        replace = [e for e in renames if e.paths[1] in existing]
+        assert len(commits) >= 2, f"{where}: no rows commit after the intents commit"
+        rows = commits[1]
+        late = [e.paths[1] for e in publish if e.end > rows.start]
+        assert not late, f"{where}: new directories/files renamed after the rows commit: {late}"
+        last_publish = max([e.end for e in publish], default=intents.end)
+        dirs = {os.path.dirname(e.paths[1]) for e in publish}
+        synced = _synced(window, last_publish, rows.start, dirs)
+        assert synced, (
+            f"{where}: no syncfs (nor fsync of the directories) between the last rename into "
+            "place and the rows commit"
+        )
+        removed = [e for e in window if e.kind == "unlink"]
+        visible_changes = replace + removed
+        early = [e.paths[-1] for e in visible_changes if e.start < rows.end]
+        assert not early, f"{where}: visible files replaced/removed before the rows commit: {early}"
+        if visible_changes:
+            assert len(commits) >= 3, f"{where}: replacements done, intents never cleared"
+            last = max(e.end for e in visible_changes)
+            dirs = {os.path.dirname(e.paths[-1]) for e in visible_changes}
+            synced = _synced(window, last, commits[2].start, dirs)
+            assert synced, (
+                f"{where}: no syncfs between the last replacement and the intents clearing"
+            )
+        docs = str(run.data_root / "docs")
+        totals["created"] += sum(
+            os.path.dirname(os.path.dirname(e.paths[1])) == docs for e in publish
+        )
+        totals["added"] += len(publish)
+        totals["replaced"] += len(replace)
+    return totals
+
+
+def doc_files(docs: Path) -> set[str]:
+    return {
+        str(p)
+        for stage in docs.iterdir()
+        if stage.name != ".tmp"
+        for p in stage.glob("*/*")
+        if p.is_file()
+    }
+
+
+def test_durable_order_of_a_batch_by_syscalls(tmp_path):
+    require_strace()
+    data = tmp_path / "data"
+    first_state(data)
+    trace = tmp_path / "points.trace"
+    env = clean_env(DOCWATCH_TRACE=str(trace))
+    first = traced_scan(tmp_path, data, ORDER_TRACE, label="first", env=env)
+    one = check_batches(first, trace, set())
+    assert one["created"] == len(TASKS) and one["replaced"] == 0, one
+
+    second_state(data)
+    existing = doc_files(data / "docs")
+    second = traced_scan(tmp_path, data, ORDER_TRACE, label="second", env=env)
+    two = check_batches(second, trace, existing)
+    # Not vacuous: the second scan created the evaluations, added parsed.txt to the drafts
+    # and replaced their metadata.json and prompt.txt.
+    assert two["created"] == len(TASKS), two
+    replaced = {
+        os.path.basename(e.paths[1])
+        for e in durable_events(second, trace)
+        if e.kind == "rename" and e.paths[1] in existing
+    }
+    assert {"metadata.json", "prompt.txt"} <= replaced, (two, replaced)
+    rows = query(second.db, "SELECT count(*) FROM documents WHERE stage = 'draft'")
+    assert rows == [(len(TASKS),)]
+    for task in TASKS:
+        (doc_dir,) = query(
+            second.db, f"SELECT doc_dir FROM documents WHERE task_id = '{task}' AND status='ok'"
+        )[0]
+        assert (data / doc_dir / "prompt.txt").read_text().startswith("prompt two")
+
+
+# --- 4. a failure in a test's thread fails the test -------------------------------------------
+
+THREAD_TEST = """\
+import threading
+
+
+def test_a_thread_dies():
+    def boom():
+        raise RuntimeError("died in a thread")
+
+    t = threading.Thread(target=boom)
+    t.start()
+    t.join()
+"""
+
+
+def _pytest_session(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    test_file = tmp_path / "test_thread_dies.py"
+    test_file.write_text(THREAD_TEST)
+    return subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", str(REPO / "pyproject.toml")]
+        + ["--rootdir", str(REPO), *extra, str(test_file)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_exception_in_a_test_thread_fails_the_test(tmp_path):
+    """pyproject's pytest options make PytestUnhandledThreadExceptionWarning an error: a test
+    whose thread raised fails (pytest alone would only warn)."""
+    configured = _pytest_session(tmp_path)
+    out = configured.stdout + configured.stderr
+    assert configured.returncode == 1 and "1 failed" in out, (
+        "a test whose thread raised did not fail under the project's pytest configuration; "
+        "pyproject.toml needs filterwarnings = "
+        '["error::pytest.PytestUnhandledThreadExceptionWarning"] in [tool.pytest.ini_options]\n'
+        + out
+    )
+    assert "PytestUnhandledThreadExceptionWarning" in out, out
+    assert "RuntimeError: died in a thread" in out, out
+    # The control: without that option the same test passes (so the failure came from it).
+    plain = _pytest_session(tmp_path, "-o", "filterwarnings=")
+    assert plain.returncode == 0 and "1 passed" in plain.stdout, plain.stdout + plain.stderr
