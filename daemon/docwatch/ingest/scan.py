@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Protocol
 
 from docwatch.config import Config, require_data_root
-from docwatch.core.layout import KINDS, STAGES, folder_roles, parse_name
+from docwatch.core.layout import STAGES
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.ingestor import BatchReport
-from docwatch.ingest.sources import Candidate, Stat, list_folder, probe
+from docwatch.ingest.listing import count_entries, listing, task_batches
+from docwatch.ingest.sources import INDEXED, NEW, Candidate, Stat, probe
 from docwatch.store.backend import open_index
 
 log = logging.getLogger("docwatch.scan")
@@ -73,34 +74,7 @@ class ScanResult:
 
 def list_candidates(cfg: Config, stages: Iterable[str]) -> list[Candidate]:
     """Every entry of the selected stages' folders, ordered so a task's files share a batch."""
-    wanted = set(stages)
-    roles = [r for r in folder_roles(cfg.folders) if r.stage in wanted]
-    found = [c for role in roles for c in list_folder(cfg.data_root, role)]
-    kind_order = {k: i for i, k in enumerate(KINDS)}
-    stage_order = {s: i for i, s in enumerate(STAGES)}
-
-    def key(c: Candidate) -> tuple:
-        parsed = parse_name(c.path.name)
-        task = parsed.task_id if not isinstance(parsed, str) else c.path.name
-        return (stage_order[c.role.stage], task, kind_order[c.role.kind], c.relpath)
-
-    return sorted(found, key=key)
-
-
-def task_batches(cands: list[Candidate], size: int) -> Iterable[list[Candidate]]:
-    """Cut the ordered listing into batches of about ``size`` files, never splitting a task."""
-    batch: list[Candidate] = []
-    last_task = None
-    for c in cands:
-        parsed = parse_name(c.path.name)
-        task = (c.role.stage, parsed.task_id if not isinstance(parsed, str) else None)
-        if len(batch) >= size and task != last_task:
-            yield batch
-            batch = []
-        batch.append(c)
-        last_task = task
-    if batch:
-        yield batch
+    return list(listing(cfg.data_root, cfg.folders, stages))
 
 
 def scan(
@@ -114,25 +88,25 @@ def scan(
 ) -> ScanResult:
     """Index everything settled under the data root; safe to run any number of times.
 
-    ``progress(total)`` is called once the folders are listed and returns ``update(n)``;
+    ``progress(total)`` is called once the folders are counted and returns ``update(n)``;
     ``run_facts`` opens the Dagster run records (the CLI passes it when configured).
     """
     started = time.monotonic()
     require_data_root(cfg)
     stages = [s for s in STAGES if s in set(stages)]
     result = ScanResult(dry_run=dry_run, run_id=run_id)
-    cands = list_candidates(cfg, stages)
+    update = None
     if progress is not None:
-        progress = progress(len(cands))
+        update = progress(count_entries(cfg.data_root, cfg.folders, stages))
     if dry_run:
-        _dry_run(cfg, cands, result, progress)
+        _dry_run(cfg, stages, result, update)
     else:
         indexer = Indexer(cfg, run_id)
         try:
             indexer.recover()
             records = run_facts(indexer) if run_facts is not None else None
             try:
-                catch_up(indexer, cands, result.add, progress=progress)
+                catch_up(indexer, result.add, stages=stages, progress=update)
                 if records is not None:  # documents indexed before this scan
                     result.add(records.refresh(indexer))
             finally:
@@ -144,22 +118,28 @@ def scan(
     return result
 
 
+def _never(relpath: str, size: int, mtime_ns: int) -> bool:
+    """The listing already skipped what the ledger knows: every candidate is read."""
+    return False
+
+
 def catch_up(
     indexer: Indexer,
-    cands: list[Candidate],
     add: Callable[[BatchReport], None],
     *,
+    stages: Iterable[str] = STAGES,
     progress: Callable[[int], None] | None = None,
     between: Callable[[], None] = lambda: None,
     stop: Callable[[], bool] = lambda: False,
     settle_future: bool = True,
-) -> None:
-    """What ``scan`` does with a listing (and ``watch`` at start-up and reconcile): rebuild
-    missing document directories, ingest in task-ordered batches, give files with a future
-    mtime a second look once they had time to settle, expire old pending raws, and re-plan
-    what waits, a chunk at a time.  ``between`` runs after every batch (the daemon feeds its
-    watchdog there); ``stop`` ends the pass early.  ``settle_future`` False leaves files with a
-    future mtime deferred (in the report's ``retry``: the daemon watches them settle).
+) -> int:
+    """What ``scan`` does (and ``watch`` at start-up and reconcile): rebuild missing document
+    directories, list the folders against the ledger and ingest what is new in task-ordered
+    batches, give files with a future mtime a second look once they had time to settle,
+    expire old pending raws, and re-plan what waits, a chunk at a time.  ``between`` runs
+    after every batch (the daemon feeds its watchdog there); ``stop`` ends the pass early.
+    ``settle_future`` False leaves files with a future mtime deferred (in the report's
+    ``retry``: the daemon watches them settle).  Returns how many entries were listed.
     """
     repair = missing_document_tasks(indexer)
     if repair:
@@ -167,26 +147,31 @@ def catch_up(
             "%d document directories are missing; rebuilding them from the sources", len(repair)
         )
         indexer.queue_replan(repair)
-    stats = indexer.index.ledger_stats()
-
-    def known(relpath: str, size: int, mtime_ns: int) -> bool:
-        return in_ledger_stats(stats, relpath, size, mtime_ns)
-
+    counts: Counter = Counter()
+    cfg = indexer.cfg
+    cands = listing(cfg.data_root, cfg.folders, stages, indexer.index.ledger_in_folder, counts)
     future: list[Candidate] = []
     listed_at = time.monotonic()
-    for batch in task_batches(cands, indexer.cfg.batch_max_files):
+    done = 0
+    for batch in task_batches(cands, cfg.batch_max_files):
         if stop():
-            return
-        report = indexer.ingest(batch, known=known)
+            return done
+        report = indexer.ingest(batch, known=_never)
         future += report.future
         add(report)
         between()
+        done += len(batch)
         if progress:
             progress(len(batch))
+    known = BatchReport(counts=counts)
+    add(known)  # the files the ledger knew: counted "indexed", never opened
+    if progress:
+        progress(sum(counts.values()))
     if future and settle_future and not stop():
-        add(settled_future(indexer, future, listed_at, known))
+        add(settled_future(indexer, future, listed_at, _never))
     indexer.expire_pending()
     add(indexer.ingest_queued(between))
+    return done + sum(counts.values())
 
 
 def settled_future(
@@ -216,41 +201,53 @@ def settled_future(
 
 
 def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
-    """Tasks with an indexed document whose directory is gone (deleted by hand)."""
-    present = set()
+    """Tasks with an indexed document whose directory is gone (deleted by hand): each stage's
+    directory names, sorted, merged with its documents in doc_id order (memory stays flat)."""
+    missing = set()
     for stage in STAGES:
-        stage_dir = indexer.store.docs_root / stage
-        if stage_dir.is_dir():
-            present |= {(stage, e.name) for e in os.scandir(stage_dir)}
-    return {(s, t) for s, d, t in indexer.index.document_places() if (s, d) not in present}
+        try:
+            present = sorted(os.listdir(indexer.store.docs_root / stage))
+        except FileNotFoundError:
+            present = []
+        i = 0
+        for doc_id, task_id in indexer.index.doc_ids(stage):
+            while i < len(present) and present[i] < doc_id:
+                i += 1
+            if i >= len(present) or present[i] != doc_id:
+                missing.add((stage, task_id))
+    return missing
 
 
 def _dry_run(
-    cfg: Config, cands: list[Candidate], result: ScanResult, progress: Callable[[int], None] | None
+    cfg: Config, stages: list[str], result: ScanResult, progress: Callable[[int], None] | None
 ) -> None:
     """Probe without writing anything (the index is only read, if it exists)."""
-    stats: dict = {}
+    index = None
     if cfg.index_url or Path(cfg.db).exists():
         index = open_index(cfg.index_location, readonly=True)
-        stats = index.ledger_stats()
-        index.close()
-    now = time.time_ns()
-    for c in cands:
-        o = probe(
-            c,
-            known=lambda r, s, m: in_ledger_stats(stats, r, s, m),
-            now_ns=now,
-            settle_ns=int(cfg.settle_seconds * 1e9),
-            max_bytes=cfg.max_file_bytes,
-        )
-        result.counts[c.role.stage][o.status] += 1
-        if o.status == "error":
-            result.problems.append((o.relpath, o.reason or "error"))
+    try:
+        counts: Counter = Counter()
+        ledger = index.ledger_in_folder if index is not None else None
+        now = time.time_ns()
+        for c in listing(cfg.data_root, cfg.folders, stages, ledger, counts):
+            o = probe(
+                c,
+                known=_never,
+                now_ns=now,
+                settle_ns=int(cfg.settle_seconds * 1e9),
+                max_bytes=cfg.max_file_bytes,
+            )
+            if o.status == NEW and index is not None and index.pinned([o.source.key]):
+                o.status = INDEXED  # the same bytes with another mtime (a touch)
+            result.counts[c.role.stage][o.status] += 1
+            if o.status == "error":
+                result.problems.append((o.relpath, o.reason or "error"))
+            if progress:
+                progress(1)
+        for (stage, status), n in counts.items():
+            result.counts[stage][status] += n
         if progress:
-            progress(1)
-
-
-def in_ledger_stats(stats: dict, relpath: str, size: int, mtime_ns: int) -> bool:
-    """The no-read skip against ``Index.ledger_stats()``: this path last seen with this stat?"""
-    seen = stats.get(relpath)
-    return seen == (size, mtime_ns) or (isinstance(seen, set) and (size, mtime_ns) in seen)
+            progress(sum(counts.values()))
+    finally:
+        if index is not None:
+            index.close()

@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,7 +36,7 @@ class Stat(NamedTuple):
     st_mtime_ns: int
 
     @classmethod
-    def of(cls, st: os.stat_result) -> Stat:
+    def of(cls, st: os.stat_result | Stat) -> Stat:
         return cls(st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
 
 
@@ -127,8 +127,8 @@ def probe(
         return Outcome(cand, INDEXED)
     if not ready:
         unsettled = settle_problem(st.st_mtime_ns, now_ns, settle_ns)
-        if unsettled:
-            return Outcome(cand, DEFERRED, unsettled)
+        if unsettled:  # the stat seen now: a second look compares with it
+            return Outcome(replace(cand, lstat=Stat.of(st)), DEFERRED, unsettled)
     return _read(cand, parsed, st)
 
 

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Protocol
 
 from docwatch.config import Config
-from docwatch.core.layout import STAGES, folder_roles
+from docwatch.core.layout import folder_roles
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.ingestor import BatchReport
-from docwatch.ingest.scan import catch_up, list_candidates
+from docwatch.ingest.scan import catch_up
 from docwatch.ingest.sources import list_folder
 from docwatch.live.batches import Batches
 from docwatch.live.events import (
@@ -302,10 +302,10 @@ class Watcher:
             self._ping()
 
     def _catch_up(self, why: str) -> None:
-        """List every folder and ingest what is new, like ``scan`` (settle rule applies)."""
+        """List every folder against the ledger and ingest what is new, like ``scan`` (the
+        settle rule applies; files with a future mtime go to the pending table to settle)."""
         assert self.indexer is not None
         started = time.monotonic()
-        cands = list_candidates(self.cfg, STAGES)
         before = self.stats["docs_created"] + self.stats["docs_updated"]
         done = [0]
 
@@ -316,11 +316,10 @@ class Watcher:
             self._between_batches()
             if not self.ready.is_set():
                 done[0] += self.cfg.batch_max_files
-                self.notifier.status(f"catching up: {min(done[0], len(cands))}/{len(cands)} files")
+                self.notifier.status(f"catching up: {done[0]} files read")
 
-        catch_up(
+        listed = catch_up(
             self.indexer,
-            cands,
             add,
             between=between,
             stop=self.stop_requested.is_set,
@@ -332,7 +331,7 @@ class Watcher:
             level,
             "%s pass: %d files listed, %d documents written, %.2fs",
             why,
-            len(cands),
+            listed,
             changed,
             time.monotonic() - started,
         )

@@ -174,20 +174,42 @@ class Index:
         ).fetchone()
         return row is not None
 
-    def ledger_stats(self) -> dict[str, tuple[int, int] | set]:
-        """relpath → (size, mtime_ns) last seen for it (a set when several versions exist)."""
-        stats: dict[str, tuple[int, int] | set] = {}
-        for relpath, size, mtime_ns in self.execute(
-            "SELECT relpath, seen_size, seen_mtime_ns FROM sources"
-        ):
-            seen = stats.get(relpath)
-            if seen is None:
-                stats[relpath] = (size, mtime_ns)
-            elif isinstance(seen, tuple):
-                stats[relpath] = {seen, (size, mtime_ns)}
-            else:
-                seen.add((size, mtime_ns))
-        return stats
+    #: Appended to a text column where rows must come in byte order (PostgreSQL: its locale).
+    byte_order = ""
+
+    def ledger_in_folder(self, folder: str, page: int = 5000) -> Iterator[tuple[str, int, int]]:
+        """(relpath, seen_size, seen_mtime_ns) of the sources directly in ``folder``, ordered
+        by relpath, read a page at a time (memory stays flat in the ledger's size)."""
+        rel = f"relpath{self.byte_order}"
+        sql = (
+            "SELECT relpath, sha256, seen_size, seen_mtime_ns FROM sources"
+            f" WHERE {rel} >= ? AND {rel} < ? AND ({rel} > ? OR ({rel} = ? AND sha256 > ?))"
+            f" ORDER BY {rel}, sha256 LIMIT ?"
+        )
+        low, high = folder + "/", folder + "0"  # "0" follows "/": every path in the folder
+        last = (low, "")
+        while True:
+            rows = self.execute(sql, (low, high, last[0], last[0], last[1], page)).fetchall()
+            for r in rows:
+                yield r[0], r[2], r[3]
+            if len(rows) < page:
+                return
+            last = (rows[-1][0], rows[-1][1])
+
+    def doc_ids(self, stage: str, page: int = 10000) -> Iterator[tuple[str, str]]:
+        """(doc_id, task_id) of one stage's documents, by doc_id, a page at a time."""
+        sql = (
+            f"SELECT doc_id, task_id FROM documents WHERE stage = ? AND doc_id{self.byte_order} > ?"
+            f" ORDER BY doc_id{self.byte_order} LIMIT ?"
+        )
+        last = ""
+        while True:
+            rows = self.execute(sql, (stage, last, page)).fetchall()
+            for r in rows:
+                yield r[0], r[1]
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
 
     def pinned(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Source]:
         """The ledger's Source (pinned facts) for each (relpath, sha256) already ingested."""

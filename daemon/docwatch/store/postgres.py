@@ -58,6 +58,7 @@ def _row_factory(cursor: Any):
 class PostgresIndex(Index):
     dialect = "postgres"
     begin_sql = "BEGIN"
+    byte_order = ' COLLATE "C"'
 
     def __init__(self, con: Any, url: str, *, readonly: bool) -> None:
         super().__init__(con, redact(url), readonly=readonly)
