@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+from json.encoder import encode_basestring as _json_string
 
 ID_LENGTH = 16
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -11,9 +11,12 @@ _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 def hash36(*parts: str | None, length: int = ID_LENGTH) -> str:
     """Base36 digest of the parts (None and '' are distinct), fixed ``length`` characters."""
-    # JSON keeps the encoding unambiguous: ("a", "b") and ("a,b",) never collide.
-    encoded = json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    number = int.from_bytes(hashlib.sha256(encoded).digest(), "big")
+    # JSON keeps the encoding unambiguous: ("a", "b") and ("a,b",) never collide.  The bytes
+    # are json.dumps(parts, ensure_ascii=False, separators=(",", ":")), built without its
+    # overhead (ids are computed for every document; they must never change).
+    text = "[" + ",".join("null" if p is None else _json_string(p) for p in parts) + "]"
+    # Only the low ``length`` base-36 digits are kept: reduce first (small ints divide fast).
+    number = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest(), "big") % 36**length
     chars = []
     for _ in range(length):
         number, digit = divmod(number, 36)

@@ -27,8 +27,18 @@ from docwatch.ingest.planner import (
     parent_stages,
     plan_changes,
 )
-from docwatch.ingest.sources import DEFERRED, ERROR, IGNORED, INDEXED, NEW, Candidate, Outcome
-from docwatch.ingest.sources import probe as probe_one
+from docwatch.ingest.pool import map_io
+from docwatch.ingest.sources import (
+    DEFERRED,
+    ERROR,
+    IGNORED,
+    INDEXED,
+    NEW,
+    Candidate,
+    Outcome,
+    classify,
+    read,
+)
 from docwatch.ingest.writer import BatchInput, Writer
 from docwatch.store.docstore import DocStore, Op
 from docwatch.store.index import Index
@@ -110,17 +120,30 @@ class Ingestor:
     ) -> list[Outcome]:
         now = time.time_ns()
         known = known or self.index.ledger_knows
-        seen: dict[str, Outcome] = {}
-        for cand in candidates:
-            seen[cand.relpath] = probe_one(
+        seen: dict[str, Outcome | tuple] = {}
+        for cand in candidates:  # lstat and the ledger, here; the reads, on the I/O threads
+            seen[cand.relpath] = (
                 cand,
-                known=known,
-                now_ns=now,
-                settle_ns=self.settings.settle_ns,
-                max_bytes=self.settings.max_bytes,
-                ready=ready,
+                classify(
+                    cand,
+                    known=known,
+                    now_ns=now,
+                    settle_ns=self.settings.settle_ns,
+                    max_bytes=self.settings.max_bytes,
+                    ready=ready,
+                ),
             )
-        return list(seen.values())
+        to_read = [(c, found) for c, found in seen.values() if not isinstance(found, Outcome)]
+        results = map_io(lambda cf: read(cf[0], *cf[1]), to_read)
+        read_by_path = {}
+        for (cand, _), result in zip(to_read, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            read_by_path[cand.relpath] = result
+        return [
+            found if isinstance(found, Outcome) else read_by_path[c.relpath]
+            for c, found in seen.values()
+        ]
 
     # -- the batch -----------------------------------------------------------------------
 

@@ -103,6 +103,23 @@ def probe(
     ready: bool = False,
 ) -> Outcome:
     """Classify and (when new and settled) read one candidate, hashing its bytes."""
+    found = classify(
+        cand, known=known, now_ns=now_ns, settle_ns=settle_ns, max_bytes=max_bytes, ready=ready
+    )
+    return found if isinstance(found, Outcome) else read(cand, *found)
+
+
+def classify(
+    cand: Candidate,
+    *,
+    known: Callable[[str, int, int], bool],
+    now_ns: int,
+    settle_ns: int,
+    max_bytes: int,
+    ready: bool = False,
+) -> Outcome | tuple[ParsedName, Stat | os.stat_result]:
+    """Everything ``probe`` decides without reading the file: an Outcome, or what ``read``
+    needs (the name and the stat) when the file must be read now."""
     name = cand.path.name
     try:
         cand.relpath.encode("utf-8")
@@ -129,7 +146,7 @@ def probe(
         unsettled = settle_problem(st.st_mtime_ns, now_ns, settle_ns)
         if unsettled:  # the stat seen now: a second look compares with it
             return Outcome(replace(cand, lstat=Stat.of(st)), DEFERRED, unsettled)
-    return _read(cand, parsed, st)
+    return parsed, st
 
 
 FUTURE = "mtime in the future; read once it stays unchanged for settle_seconds"
@@ -159,7 +176,8 @@ def _kind_problem(st: Stat | os.stat_result) -> str | None:
     return None
 
 
-def _read(cand: Candidate, name: ParsedName, st: Stat | os.stat_result) -> Outcome:
+def read(cand: Candidate, name: ParsedName, st: Stat | os.stat_result) -> Outcome:
+    """Read and hash one file that ``classify`` found new (thread-safe: only its own fds)."""
     try:
         fd = open_source(cand.path)
     except FileNotFoundError:

@@ -18,6 +18,7 @@ from docwatch import __version__
 from docwatch.core.clock import now_iso
 from docwatch.core.model import Source, TaskInfo
 from docwatch.ingest.planner import Change, change_facts, metadata
+from docwatch.ingest.pool import map_io
 from docwatch.store import faults
 from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
 from docwatch.store.index import Index
@@ -124,24 +125,27 @@ class Writer:
 
     def _stage_all(self, batch: Batch, batch_in: BatchInput, result: WriteResult) -> list[Change]:
         staged_by_task: dict[tuple[str, str], list] = {}
-        for c in batch_in.changes:
-            if c.task in result.retry:
-                continue
-            try:
-                staged = self._stage_one(batch, c, batch_in.contents)
-            except SourceChanged as exc:
-                log.info("%s; retrying its task", exc)
+        changes = batch_in.changes
+        outcomes = map_io(lambda c: self._stage_one(batch, c, batch_in.contents), changes)
+        for c, staged in zip(changes, outcomes, strict=True):
+            if isinstance(staged, SourceChanged):
+                log.info("%s; retrying its task", staged)
                 self._drop_task(batch, c.task, staged_by_task, result)
-                continue
-            except OSError as exc:
+            elif isinstance(staged, OSError):
                 paths = {str(self.data_root / s.relpath) for s in c.files.values()}
-                if exc.errno not in SOURCE_ERRNOS or str(exc.filename) not in paths:
-                    raise  # our own files (docs_root): the caller's backoff or a clear stop
-                log.warning("%s: %s; its task waits for the next pass", exc.filename, exc.strerror)
+                if staged.errno not in SOURCE_ERRNOS or str(staged.filename) not in paths:
+                    raise staged  # our own files (docs_root): the caller's backoff or a stop
+                log.warning(
+                    "%s: %s; its task waits for the next pass", staged.filename, staged.strerror
+                )
                 self._drop_task(batch, c.task, staged_by_task, result)
-                continue
-            staged_by_task.setdefault(c.task, []).append(staged)
-        return [c for c in batch_in.changes if c.task not in result.retry]
+            elif isinstance(staged, BaseException):
+                raise staged
+            elif c.task in result.retry:  # another file of its task failed
+                batch.drop(staged)
+            else:
+                staged_by_task.setdefault(c.task, []).append(staged)
+        return [c for c in changes if c.task not in result.retry]
 
     @staticmethod
     def _drop_task(batch: Batch, task, staged_by_task: dict, result: WriteResult) -> None:

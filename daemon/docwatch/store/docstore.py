@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,6 +156,7 @@ class Batch:
         self.store = store
         self.root = root
         self.documents: list[StagedDocument] = []
+        self._lock = threading.Lock()  # documents are staged on several I/O threads
         root.mkdir(mode=store.dir_mode)
 
     def stage(
@@ -178,7 +180,8 @@ class Batch:
         except BaseException:
             shutil.rmtree(staged.staged_dir, ignore_errors=True)
             raise
-        self.documents.append(staged)
+        with self._lock:
+            self.documents.append(staged)
         return staged
 
     def write_metadata(self, staged: StagedDocument, metadata: dict) -> None:
@@ -193,7 +196,8 @@ class Batch:
             staged.replace = tuple(n for n in staged.files if n in present)
 
     def drop(self, staged: StagedDocument) -> None:
-        self.documents.remove(staged)
+        with self._lock:
+            self.documents.remove(staged)
         shutil.rmtree(staged.staged_dir, ignore_errors=True)
 
     def intents(self) -> list[tuple[str, str, str, dict]]:

@@ -1,0 +1,44 @@
+"""A small pool of threads for file I/O: reads and hashes, copies and writes release the GIL,
+so a batch's files are read and staged side by side (the machine's cores and the disk's queue
+both get work) while the plan and the commit stay on the calling thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Threads for file I/O; a batch with fewer items than ``SERIAL_BELOW`` runs on the caller.
+IO_THREADS = 4
+SERIAL_BELOW = 8
+
+_pool: ThreadPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="docwatch-io")
+        return _pool
+
+
+def map_io(fn: Callable[[T], R], items: Iterable[T]) -> list[R | BaseException]:
+    """``fn`` over ``items`` on the I/O threads, results in order; an item's exception is
+    returned in its place (the caller decides what one bad file means for its batch)."""
+    items = list(items)
+    if len(items) < SERIAL_BELOW:
+        return [_call(fn, item) for item in items]
+    return list(_executor().map(lambda item: _call(fn, item), items))
+
+
+def _call(fn: Callable[[T], R], item: T) -> R | BaseException:
+    try:
+        return fn(item)
+    except Exception as exc:
+        return exc
