@@ -46,7 +46,7 @@ def test_defaults() -> None:
     assert config.folders == DEFAULT_FOLDERS
     assert (config.settle_seconds, config.pair_window, config.reconcile_interval) == (2, 600, 600)
     assert (config.observer, config.poll_interval) == ("inotify", 2.0)
-    assert (config.batch_max_files, config.batch_max_delay) == (2000, 0.05)
+    assert (config.batch_max_files, config.batch_max_delay) == (2000, 0.0)
     assert (config.log_level, config.log_format) == ("INFO", "auto")
     assert (config.file_mode, config.dir_mode) == (0o644, 0o755)
     assert config.max_file_bytes == 256 * 1024 * 1024

@@ -216,7 +216,7 @@ _FIELDS: dict[str, tuple[Callable[[object], object], object]] = {
     "observer": (_choice("inotify", "polling"), "inotify"),
     "poll_interval": (_positive_duration, 2.0),
     "batch_max_files": (_whole({None: 1}, "expected a whole number of at least 1"), 2000),
-    "batch_max_delay": (_duration, 0.05),
+    "batch_max_delay": (_duration, 0.0),
     "log_level": (_choice(*_LEVELS, upper=True), "INFO"),
     "log_format": (_choice("auto", "human", "journal", "json"), "auto"),
     "file_mode": (_mode(0o400), 0o644),
