@@ -164,13 +164,14 @@ FAULTS = (
         (
             (
                 "ingest/writer.py",
-                "            for c in kept:\n                self.index.put_document(c.row, change_facts(c))\n",
+                "            self.index.put_documents((c.row, change_facts(c)) for c in kept)\n",
+                "            self.index.put_documents(\n"
+                "                (c.row, change_facts(c)) for c in kept if c.stored_facts is None\n"
+                "            )\n"
                 "            for c in kept:\n"
                 "                if c.stored_facts is not None:\n"
                 "                    self.index.execute(\n"
-                "                        'DELETE FROM documents WHERE doc_id = ?', (c.doc_id,))\n"
-                "                    continue\n"
-                "                self.index.put_document(c.row, change_facts(c))\n",
+                "                        'DELETE FROM documents WHERE doc_id = ?', (c.doc_id,))\n",
             ),
         ),
         ("tests/test_identity.py",),
@@ -195,8 +196,8 @@ FAULTS = (
         (
             (
                 "store/index.py",
-                "(a.parent_stage = ? OR a.parent_stage IS NULL)",
-                "a.parent_stage = ?",
+                'for stage in [r["parent_stage"]] if r["parent_stage"] else ["essay", "draft"]:',
+                'for stage in [r["parent_stage"]]:',
             ),
         ),
         ("tests/test_identity.py",),

@@ -41,7 +41,7 @@ from docwatch.ingest.sources import (
 )
 from docwatch.ingest.writer import BatchInput, Writer
 from docwatch.store.docstore import DocStore, Op
-from docwatch.store.index import Index
+from docwatch.store.index import Index, TasksData
 
 log = logging.getLogger("docwatch.ingest")
 
@@ -279,10 +279,12 @@ class Ingestor:
         )
         todo = {stage: {t for s, t in tasks if s == stage} for stage in STAGES}
         ids: dict[str, Task] = {}
+        stored = Prefetched(self.index)
         for stage in STAGES:  # parents (earlier stages) are planned before their children
+            stored.ensure((stage, t) for t in todo[stage])  # a few queries for the whole stage
             for task_id in sorted(todo[stage]):
                 task = (stage, task_id)
-                info = effective_info(task_info(tables, *task), self.index.task_facts(*task))
+                info = effective_info(task_info(tables, *task), stored.data.facts.get(task))
                 parent_tasks = {(s, info.parent_task_id) for s in parent_stages(info)}
                 if self.index.lock_tasks(parent_tasks) != parent_tasks:
                     out.deferred.add(task)  # another writer is planning its parent: later
@@ -292,7 +294,7 @@ class Ingestor:
                     for s in parent_stages(info)
                 }
                 changes = self._plan_task(
-                    task, info, new_by_task.get(task, []), parents, settings, force
+                    task, info, new_by_task.get(task, []), parents, settings, force, stored
                 )
                 clash = next(
                     (c.doc_id for c in changes.changes if ids.get(c.doc_id, task) != task), None
@@ -307,7 +309,7 @@ class Ingestor:
                 out.planned[task], out.infos[task] = changes, info
                 overlay[task] = changes.ok_candidates
                 if changes.changes:
-                    children = set(self.index.children_of(*task)) - set(out.planned)
+                    children = stored.data.children.get(task, set()) - set(out.planned)
                     locked = self.index.lock_tasks(children)
                     out.unlocked |= children - locked
                     for child_stage, child_id in locked:
@@ -322,10 +324,11 @@ class Ingestor:
         parents: dict[str, list[ParentCandidate]],
         settings: PlanSettings,
         force: set[str],
+        stored: Prefetched,
     ) -> TaskChanges:
-        """Load one task's sources and documents, and plan it."""
-        existing = self.index.task_documents(*task)
-        pinned = self.index.task_sources(*task)
+        """Plan one task from its stored sources and documents and its new sources."""
+        existing = stored.data.documents.get(task, {})
+        pinned = stored.data.sources.get(task, [])
         missing = {
             doc_id for doc_id in existing if not self.store.doc_path(task[0], doc_id).is_dir()
         }
@@ -349,6 +352,26 @@ class Ingestor:
         if cands is None:
             cands = overlay[task] = self.index.ok_candidates(*task)  # same for the batch
         return cands
+
+
+class Prefetched:
+    """What the index holds about the tasks a batch plans, read a stage at a time."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self.data = TasksData()
+        self.fetched: set[Task] = set()
+
+    def ensure(self, tasks: Iterable[Task]) -> None:
+        missing = set(tasks) - self.fetched
+        if not missing:
+            return
+        more = self.index.tasks_data(missing)
+        for name in ("facts", "sources", "documents"):
+            getattr(self.data, name).update(getattr(more, name))
+        for parent, children in more.children.items():
+            self.data.children.setdefault(parent, set()).update(children)
+        self.fetched |= missing
 
 
 @dataclass

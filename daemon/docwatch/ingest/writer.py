@@ -105,8 +105,7 @@ class Writer:
             self.index.put_sources(sources + batch_in.touched, batch_in.seen)
             self.index.put_problems(result.problems)
             self.index.put_tasks(i for i in batch_in.tasks if (i.stage, i.task_id) not in retry)
-            for c in kept:
-                self.index.put_document(c.row, change_facts(c))
+            self.index.put_documents((c.row, change_facts(c)) for c in kept)
             if batch is not None and batch.has_work_after_commit():
                 self.index.mark_intents_committed(c.doc_id for c in kept)
             elif kept:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from docwatch.core.clock import now_iso
@@ -214,21 +215,42 @@ class Index:
     def pinned(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Source]:
         """The ledger's Source (pinned facts) for each (relpath, sha256) already ingested."""
         out = {}
-        for relpath, sha in keys:
-            r = self.one(
-                f"SELECT {', '.join(SOURCE_COLUMNS)} FROM sources WHERE relpath = ? AND sha256 = ?",
-                (relpath, sha),
-            )
-            if r is not None:
-                out[(relpath, sha)] = source_from_row(r)
+        sql = f"SELECT {', '.join(SOURCE_COLUMNS)} FROM sources WHERE (relpath, sha256) IN "
+        for chunk in _chunks(list(keys)):
+            for r in self.execute(sql + _values(chunk), [v for k in chunk for v in k]):
+                out[(r["relpath"], r["sha256"])] = source_from_row(r)
         return out
 
-    def task_sources(self, stage: str, task_id: str) -> list[Source]:
-        rows = self.execute(
-            f"SELECT {', '.join(SOURCE_COLUMNS)} FROM sources WHERE stage = ? AND task_id = ?",
-            (stage, task_id),
-        )
-        return [source_from_row(r) for r in rows]
+    def tasks_data(self, tasks: Iterable[tuple[str, str]]) -> TasksData:
+        """What planning reads about each task, for many tasks in a few queries: the stored
+        facts, sources, documents, and the tasks whose documents name each as their parent."""
+        data = TasksData()
+        for chunk in _chunks(sorted(set(tasks))):
+            params = [v for task in chunk for v in task]
+            pairs = _values(chunk)
+            for r in self.execute(f"SELECT * FROM tasks WHERE (stage, task_id) IN {pairs}", params):
+                data.facts[(r["stage"], r["task_id"])] = _task_info(r)
+            sql = f"SELECT {', '.join(SOURCE_COLUMNS)} FROM sources WHERE (stage, task_id) IN "
+            for r in self.execute(sql + pairs, params):
+                data.sources.setdefault((r["stage"], r["task_id"]), []).append(source_from_row(r))
+            sql = (
+                f"SELECT d.*, {_ATTEMPT_SELECT} FROM documents d JOIN attempts a USING (doc_id)"
+                f" WHERE (d.stage, d.task_id) IN {pairs}"
+            )
+            for r in self.execute(sql, params):
+                docs = data.documents.setdefault((r["stage"], r["task_id"]), {})
+                docs[r["doc_id"]] = row_to_dict(r)
+            ids = [task[1] for task in chunk]
+            sql = (
+                "SELECT DISTINCT d.stage, d.task_id, a.parent_stage, a.parent_task_id"
+                " FROM attempts a JOIN documents d USING (doc_id)"
+                f" WHERE a.parent_task_id IN ({_marks(ids)})"
+            )
+            for r in self.execute(sql, ids):
+                for stage in [r["parent_stage"]] if r["parent_stage"] else ["essay", "draft"]:
+                    parent = (stage, r["parent_task_id"])
+                    data.children.setdefault(parent, set()).add((r["stage"], r["task_id"]))
+        return data
 
     def max_raw_version(self, stage: str, task_id: str) -> int:
         value = self.scalar(
@@ -258,10 +280,6 @@ class Index:
 
     # -- sticky task facts ----------------------------------------------------------------
 
-    def task_facts(self, stage: str, task_id: str) -> TaskInfo | None:
-        r = self.one("SELECT * FROM tasks WHERE stage = ? AND task_id = ?", (stage, task_id))
-        return None if r is None else _task_info(r)
-
     def all_task_facts(self) -> Iterator[tuple[TaskInfo, str | None]]:
         """Every stored task with the fingerprint it was planned with."""
         for r in self.execute("SELECT * FROM tasks ORDER BY stage, task_id"):
@@ -277,29 +295,6 @@ class Index:
 
     # -- documents ------------------------------------------------------------------------
 
-    def task_documents(self, stage: str, task_id: str) -> dict[str, dict]:
-        rows = self.execute(
-            f"SELECT d.*, {_ATTEMPT_SELECT} FROM documents d JOIN attempts a USING (doc_id)"
-            " WHERE d.stage = ? AND d.task_id = ?",
-            (stage, task_id),
-        )
-        return {r["doc_id"]: row_to_dict(r) for r in rows}
-
-    def get_documents(self, doc_ids: Iterable[str]) -> dict[str, dict]:
-        out = {}
-        for doc_id in doc_ids:
-            r = self.one(
-                f"SELECT d.*, {_ATTEMPT_SELECT} FROM documents d JOIN attempts a USING (doc_id)"
-                " WHERE d.doc_id = ?",
-                (doc_id,),
-            )
-            if r is not None:
-                out[doc_id] = row_to_dict(r)
-        return out
-
-    def document_exists(self, doc_id: str) -> bool:
-        return self.one("SELECT 1 AS x FROM documents WHERE doc_id = ?", (doc_id,)) is not None
-
     def ok_candidates(self, stage: str, task_id: str) -> list[ParentCandidate]:
         rows = self.execute(
             "SELECT d.doc_id, a.created_at_ns, a.version FROM documents d JOIN attempts a"
@@ -308,24 +303,21 @@ class Index:
         )
         return [ParentCandidate(r["doc_id"], r["created_at_ns"], r["version"]) for r in rows]
 
-    def children_of(self, stage: str, task_id: str) -> list[tuple[str, str]]:
-        """(stage, task_id) of documents whose parent task is the given one; a document whose
-        parent's stage was not known yet is a child of that task in every stage (late links)."""
-        rows = self.execute(
-            "SELECT DISTINCT d.stage, d.task_id FROM attempts a JOIN documents d USING (doc_id)"
-            " WHERE a.parent_task_id = ? AND (a.parent_stage = ? OR a.parent_stage IS NULL)",
-            (task_id, stage),
-        )
-        return [(r["stage"], r["task_id"]) for r in rows]
-
     def put_document(self, row: dict, attempt: dict) -> None:
         """Insert or replace one document row and its attempt facts."""
-        values = [row[c] for c in DOCUMENT_COLUMNS]
-        values[DOCUMENT_COLUMNS.index("meta_small")] = json.dumps(
-            row["meta_small"], sort_keys=True, ensure_ascii=False
-        )
-        self.execute(_PUT_DOCUMENT, values)
-        self.execute(_PUT_ATTEMPT, [attempt.get(c) for c in ATTEMPT_COLUMNS])
+        self.put_documents([(row, attempt)])
+
+    def put_documents(self, docs: Iterable[tuple[dict, dict]]) -> None:
+        """Insert or replace document rows and their attempt facts (one statement each)."""
+        docs = list(docs)
+        meta = DOCUMENT_COLUMNS.index("meta_small")
+        rows = []
+        for row, _ in docs:
+            values = [row[c] for c in DOCUMENT_COLUMNS]
+            values[meta] = json.dumps(row["meta_small"], sort_keys=True, ensure_ascii=False)
+            rows.append(values)
+        self.executemany(_PUT_DOCUMENT, rows)
+        self.executemany(_PUT_ATTEMPT, [[a.get(c) for c in ATTEMPT_COLUMNS] for _, a in docs])
 
     def pending_tasks(self, created_before: str) -> list[tuple[str, str]]:
         rows = self.execute(
@@ -334,11 +326,6 @@ class Index:
             (created_before,),
         )
         return [(r["stage"], r["task_id"]) for r in rows]
-
-    def document_places(self) -> Iterator[tuple[str, str, str]]:
-        """(stage, doc_id, task_id) of every document."""
-        for r in self.execute("SELECT stage, doc_id, task_id FROM documents"):
-            yield r["stage"], r["doc_id"], r["task_id"]
 
     # -- readers --------------------------------------------------------------------------
 
@@ -421,6 +408,26 @@ class Index:
 
 def _marks(values: Sequence[str]) -> str:
     return ", ".join("?" * len(values))
+
+
+def _values(pairs: Sequence[tuple]) -> str:
+    """``(VALUES (?, ?), …)`` for a row-value IN of pairs."""
+    return "(VALUES " + ", ".join("(?, ?)" for _ in pairs) + ")"
+
+
+def _chunks(items: list, size: int = 400) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@dataclass
+class TasksData:
+    """``Index.tasks_data``: what is stored about a set of tasks, by (stage, task_id)."""
+
+    facts: dict = field(default_factory=dict)  # → TaskInfo
+    sources: dict = field(default_factory=dict)  # → [Source]
+    documents: dict = field(default_factory=dict)  # → {doc_id: row with _attempt facts}
+    children: dict = field(default_factory=dict)  # → {(stage, task_id) of children}
 
 
 def _task_info(r: Any) -> TaskInfo:
