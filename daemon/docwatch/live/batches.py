@@ -42,7 +42,7 @@ class Batches:
         self.pending = pending
         self.stats = stats
         self.passthrough = (DocwatchError, *passthrough)  # raised, never retried
-        self.policy = Policy(cfg.settle_seconds, hold_max_s=max(4 * cfg.settle_seconds, 10.0))
+        self.policy = Policy(cfg.settle_seconds)
         self.raw_dirs: dict[str, list[tuple[str, FolderRole]]] = defaultdict(list)
         for folder, role in roles.items():
             if role.kind == "raw":
@@ -81,14 +81,7 @@ class Batches:
         now, now_ns = time.monotonic(), time.time_ns()
         cands: list[Candidate] = []
         for e in entries:
-            d = decide(
-                e,
-                file_state(e.path),
-                now=now,
-                now_ns=now_ns,
-                policy=self.policy,
-                raw_waiting=self.pending.raw_pending(e.task),
-            )
+            d = decide(e, file_state(e.path), now=now, now_ns=now_ns, policy=self.policy)
             if d.verdict is Verdict.WAIT:
                 self.pending.put(
                     e.path,
@@ -99,6 +92,7 @@ class Batches:
                     first=e.first,
                     seen=d.seen,
                     seen_at=d.seen_at or 0.0,
+                    quiet=e.quiet,
                 )
             elif d.verdict is Verdict.READ:
                 relpath = f"{e.role.folder}/{os.path.basename(e.path)}"
@@ -109,10 +103,11 @@ class Batches:
     def raws_behind(self, cands: list[Candidate]) -> list[Candidate]:
         """Raw files that a parsed file in this batch proves complete, though their own close
         event has not arrived yet (each folder has its own emitter thread, so events of two
-        folders can come out of order).  The pipeline closes the raw before it writes the
-        parsed file, so a raw of the task's next versions with an mtime no later than the
-        parsed file's is complete: ingesting both together pairs them as a scan would, instead
-        of indexing the parsed file alone and superseding that document a moment later."""
+        folders can come out of order) or they wait for the settle rule.  The pipeline closes
+        the raw before it writes the parsed file, so a raw of the task (waiting here, or among
+        the task's next versions on disk) with an mtime no later than the parsed file's is
+        complete: ingesting both together pairs them as a scan would, instead of indexing the
+        parsed file alone and superseding that document a moment later."""
         assert self.indexer is not None
         queued = {str(c.path) for c in cands}
         extra: list[Candidate] = []
@@ -124,6 +119,15 @@ class Batches:
                 parsed_mtime = os.lstat(c.path).st_mtime_ns
             except OSError:
                 continue
+            complete = set()
+            for path in self.pending.raws_of(c.task) - queued:  # waiting here: close or settle
+                st = file_state(path)
+                if st is not None and st.regular and st.mtime_ns <= parsed_mtime:
+                    complete.add(path)
+            for e in self.pending.take_raws(c.task, complete):
+                queued.add(e.path)
+                relpath = f"{e.role.folder}/{os.path.basename(e.path)}"
+                extra.append(Candidate(Path(e.path), e.role, relpath))
             first = self.indexer.index.max_raw_version(c.role.stage, name.task_id) + 1
             for folder, role in self.raw_dirs.get(c.role.stage, ()):
                 for version in range(first, first + RAW_LOOKAHEAD):

@@ -30,6 +30,8 @@ class Pending:
     #: A file with a future mtime: the (size, mtime_ns, ino) it last showed, and since when.
     seen: tuple[int, int, int] | None = None
     seen_at: float = 0.0
+    #: Listed in a folder just armed, of a kind renamed into place: read once quiet.
+    quiet: bool = False
 
 
 class PendingTable:
@@ -58,6 +60,7 @@ class PendingTable:
         first: float | None = None,
         seen: tuple[int, int, int] | None = None,
         seen_at: float = 0.0,
+        quiet: bool = False,
     ) -> None:
         """Add a path, or merge into its entry (earliest due, ready wins); ``keep`` leaves an
         existing entry alone.  Paths outside the watched folders or not pipeline names are
@@ -71,6 +74,7 @@ class PendingTable:
             first, tries = old.first if first is None else first, max(tries, old.tries)
             if seen is None:
                 seen, seen_at = old.seen, old.seen_at
+            quiet = quiet or old.quiet
         else:
             role = self.roles.get(os.path.dirname(path))
             name = parse_name(os.path.basename(path))
@@ -90,6 +94,7 @@ class PendingTable:
             tries,
             seen,
             seen_at,
+            quiet and not ready,
         )
         heapq.heappush(self._heap, (due, self._seq, path))
         if role.kind == "raw":
@@ -124,3 +129,10 @@ class PendingTable:
 
     def raw_pending(self, task: tuple[str, str]) -> bool:
         return task in self._raws
+
+    def take_raws(self, task: tuple[str, str], paths: set[str]) -> list[Pending]:
+        """Remove and return the waiting raw files of ``task`` among ``paths``."""
+        return [e for p in sorted(self._raws.get(task, set()) & paths) if (e := self._pop(p))]
+
+    def raws_of(self, task: tuple[str, str]) -> set[str]:
+        return set(self._raws.get(task, ()))

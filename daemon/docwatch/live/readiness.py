@@ -5,8 +5,14 @@
   rule, as in ``scan``: read once its mtime is ``settle_seconds`` old.  A future mtime (clock
   skew, NFS) says nothing about age: such a file is read once it has been seen unchanged for
   ``settle_seconds``.  An inotify-created file that is still empty keeps waiting for its close;
-* a parsed file waits while a raw file of its task waits here (at most ``hold_max``), so the
-  two are read together and pair as a scan of the finished tree pairs them.
+* a prompt or parsed file found by listing a folder just armed (written before the watch
+  existed): the pipeline renames those into place, so it is complete once it stops changing
+  for ``QUIET`` seconds (a raw file found so waits for its close, or the settle rule).
+
+A parsed file never waits for the raw file of its task: the pipeline closes the raw before it
+writes the parsed file, so the batch that reads a parsed file takes the raw files it proves
+complete along (``batches.Batches.raws_behind``) and the two pair as a scan would pair them.
+A closed raw file waits ``RAW_GRACE`` for that parsed file.
 """
 
 from __future__ import annotations
@@ -18,6 +24,12 @@ from docwatch.live.pending import Pending
 
 #: An inotify-created file still empty: re-checks before it is left to the reconcile pass.
 EMPTY_CHECKS = 5
+#: A renamed-into-place kind found by listing: read once unchanged for this long (seconds).
+QUIET = 0.1
+#: A raw file ready (closed) waits this long for its parsed file, which the pipeline writes
+#: right after it: read together they make one ``ok`` document, instead of a ``pending`` one
+#: updated a moment later (the raw is not ``ok`` any sooner either way).
+RAW_GRACE = 0.05
 
 
 class Verdict(enum.Enum):
@@ -53,27 +65,25 @@ class Decision:
 @dataclass(frozen=True)
 class Policy:
     settle_s: float
-    hold_max_s: float
 
 
 def decide(
-    entry: Pending,
-    state: FileState | None,
-    *,
-    now: float,
-    now_ns: int,
-    policy: Policy,
-    raw_waiting: bool,
+    entry: Pending, state: FileState | None, *, now: float, now_ns: int, policy: Policy
 ) -> Decision:
-    """What to do with a waiting path.  ``state`` None: the file is gone; ``raw_waiting``: a
-    raw file of the same task waits in the table."""
-    if entry.role.kind == "parsed" and raw_waiting and now - entry.first < policy.hold_max_s:
-        return Decision(Verdict.WAIT, now + 0.1)
+    """What to do with a waiting path (``state`` None: the file is gone)."""
+    if entry.ready and entry.role.kind == "raw" and now < entry.first + RAW_GRACE:
+        return Decision(Verdict.WAIT, entry.first + RAW_GRACE)  # its parsed file may join
     if entry.ready:
         return Decision(Verdict.READ)
     if state is None:
         return Decision(Verdict.FORGET)
     settle = policy.settle_s
+    if entry.quiet and state.regular and state.size > 0:  # renamed into place, listed late
+        if entry.seen == state.signature and now - entry.seen_at >= QUIET:
+            return Decision(Verdict.READ)
+        if entry.seen == state.signature:
+            return Decision(Verdict.WAIT, entry.seen_at + QUIET)
+        return Decision(Verdict.WAIT, now + QUIET, seen=state.signature, seen_at=now)
     if entry.awaiting_close and state.regular and state.size == 0 and state.nlink == 1:
         if entry.tries >= EMPTY_CHECKS:
             return Decision(Verdict.FORGET)

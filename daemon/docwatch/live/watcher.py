@@ -344,7 +344,10 @@ class Watcher:
             now = time.monotonic()
             try:
                 for c in list_folder(self.data_root, role):  # files from before the watch
-                    self.pending.put(str(c.path), now)
+                    if role.kind == "raw":  # maybe still written in place: its close, or settle
+                        self.pending.put(str(c.path), now, awaiting_close=True)
+                    else:  # renamed into place: complete once it stops changing
+                        self.pending.put(str(c.path), now, quiet=True)
             except OSError as exc:  # unreadable now: the reconcile pass lists it again
                 log.warning("cannot list %s (%s); the next reconcile retries", target, exc)
 
