@@ -1,10 +1,11 @@
 """The state a crash leaves, checked at once (before any rerun or repair), and the order of
 durable steps recorded through the fault seam (``DOCWATCH_TRACE``).
 
-``check_crash_state(cfg)`` opens the index read-only and reads the document directories; it
-changes nothing.  The promise it checks (SPEC "Guarantees", "Durable before visible"): every row
-is a complete document whose files hold the bytes the ledger says, and no directory exists that
-no row and no unfinished batch accounts for.  What an unfinished batch (a row in ``intents``)
+``check_crash_state(cfg)`` opens the index read-only (the SQLite file, or the PostgreSQL
+database of ``cfg.index_url``) and reads the document directories; it changes nothing.  The
+promise it checks (SPEC "Guarantees", "Durable before visible"): every row is a complete
+document whose files hold the bytes the ledger says, and no directory exists that no row and no
+unfinished batch accounts for.  What an unfinished batch (a row in ``intents``)
 may leave is exactly what ``DocStore.recover`` undoes or finishes:
 
 * ``create`` not committed: its directory may exist (renamed into place), with no row;
@@ -21,10 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from docwatch.store.backend import open_index
 from docwatch.store.faults import CREATE_ONLY, POINTS
 from docwatch.store.schema import DOCUMENT_COLUMNS
 
@@ -59,25 +61,59 @@ def _json(path: Path):
         return exc
 
 
-def _read_index(db: Path) -> tuple[list[dict], dict[str, dict], set[tuple[str, str]]]:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    con.row_factory = sqlite3.Row
+#: Other sessions on the database: a killed writer's server session outlives it a moment.
+_OTHER_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+)
+
+
+def _has_index(cfg) -> bool:
+    """Whether the index exists at all (a run may die before it creates it)."""
+    if not cfg.index_url:
+        return Path(cfg.db).exists()
+    import psycopg
+
+    with psycopg.connect(cfg.index_url, autocommit=True) as con:
+        return con.execute("SELECT to_regclass('docwatch_schema') IS NOT NULL").fetchone()[0]
+
+
+def _wait_for_other_sessions(index, timeout: float = 30.0) -> None:
+    """PostgreSQL: wait until no other session uses the database.  A writer killed just after
+    it sent a COMMIT still commits: the state a crash leaves is the one its server session
+    leaves when it ends (a moment after the process)."""
+    deadline = time.monotonic() + timeout
+    while index.scalar(_OTHER_SESSIONS):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{index.location}: other sessions still there after {timeout}s")
+        time.sleep(0.02)
+
+
+def _read_index(cfg) -> tuple[list[dict], dict[str, dict], set[tuple[str, str]]]:
+    """Rows (with their attempts' source keys), intents and ledger, from one snapshot of the
+    index, through docwatch's own read-only opening of either backend."""
+    index = open_index(cfg.index_location, readonly=True)
     try:
-        rows = [
-            dict(r)
-            for r in con.execute(
-                f"SELECT {', '.join('d.' + c for c in DOCUMENT_COLUMNS)},"
-                " a.raw_key, a.parsed_key, a.prompt_key"
-                " FROM documents d LEFT JOIN attempts a USING (doc_id)"
-            )
-        ]
+        if cfg.index_url:
+            _wait_for_other_sessions(index)
+            index.con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        else:
+            index.con.execute("BEGIN")  # WAL: one read snapshot for the three reads
+        rows = index.all(
+            f"SELECT {', '.join('d.' + c for c in DOCUMENT_COLUMNS)},"
+            " a.raw_key, a.parsed_key, a.prompt_key"
+            " FROM documents d LEFT JOIN attempts a USING (doc_id)"
+        )
         intents = {
-            r["doc_id"]: {**dict(r), "detail": json.loads(r["detail"] or "{}")}
-            for r in con.execute("SELECT doc_id, stage, op, phase, detail FROM intents")
+            r["doc_id"]: {**r, "detail": json.loads(r["detail"] or "{}")}
+            for r in index.all("SELECT doc_id, stage, op, phase, detail FROM intents")
         }
-        ledger = {(r[0], r[1]) for r in con.execute("SELECT relpath, sha256 FROM sources")}
+        ledger = {
+            (r["relpath"], r["sha256"]) for r in index.all("SELECT relpath, sha256 FROM sources")
+        }
+        index.con.execute("COMMIT")
     finally:
-        con.close()
+        index.close()
     return rows, intents, ledger
 
 
@@ -101,8 +137,8 @@ def _same_row(meta_row: dict, row: dict) -> list[str]:
 def check_crash_state(cfg, *, raise_on_problem: bool = True) -> CrashState:
     """Check the index and the document directories as a crash left them (read-only)."""
     docs_root = Path(cfg.docs_root)
-    if Path(cfg.db).exists():
-        rows, intents, ledger = _read_index(Path(cfg.db))
+    if _has_index(cfg):
+        rows, intents, ledger = _read_index(cfg)
     else:  # died before the index was created: there must be no document either
         rows, intents, ledger = [], {}, set()
     state = CrashState(rows=len(rows), intents=list(intents.values()))

@@ -13,26 +13,35 @@ parsed files pair with visible raw-only documents (``parsed.txt`` added, ``metad
 replaced), late prompts replace ``prompt.txt``, a failed draft loses its parsed file to its retry
 (a removal), parsed-only essays are superseded by their late raws, children are re-linked.
 Phase B is where the crashes happen; the golden run is phase B without a crash.
+
+Every test runs on both index backends (the ``index_url`` fixture's ``sqlite`` and ``postgres``
+parameters; SPEC "Index backends": the same guarantees).  On PostgreSQL each run of a scenario
+has a database of its own: phase A's, the golden run's, and one per victim, each a copy of phase
+A's (``CREATE DATABASE … TEMPLATE``: the counterpart of copying the SQLite file along with the
+data root).  The per-point campaign runs its second reach (``<point>:2``) on SQLite only, to keep
+the suite's time in check.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import legacy_tree
+import pgserver
 import pytest
-from conftest import assert_tombstones, docs_tree, make_config, snapshot, staged_batches
+from conftest import assert_tombstones, docs_tree, make_config, query, snapshot, staged_batches
 from crashcheck import (
     BATCH_POINTS,
     assert_durable_order,
@@ -49,21 +58,102 @@ F = legacy_tree.FOLDERS
 WITH_INTENTS = {"intents_committed", "renamed", "dirs_synced", "replaced", "replaced_synced"}
 
 
-def docwatch(data_root: Path, *args: str, batch_max: int, trace: Path | None, fault=None):
+# -- PostgreSQL databases on demand ----------------------------------------------------------
+
+_db_counter = itertools.count(1)
+
+
+class Databases:
+    """Fresh databases on the run's PostgreSQL server (tests/pgserver.py), made on demand and
+    dropped at teardown: empty ones, or copies of another (``template``: the source database
+    must have no session, which holds once the docwatch process that wrote it has exited)."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
+        self._server: pgserver.PgServer | None = None
+        self._made: list[str] = []
+
+    def server(self) -> pgserver.PgServer:
+        if self._server is None:  # started only when a test asks for PostgreSQL
+            self._server = self._request.getfixturevalue("pg_server")
+        return self._server
+
+    def create(self, label: str, template: str | None = None) -> str:
+        """The writer's URL of a new database ``c<N>_<label>`` (a copy of the database of the
+        URL ``template`` when given)."""
+        server = self.server()
+        name = re.sub(r"[^a-z0-9_]+", "_", f"c{next(_db_counter):04d}_{label}".lower())[:63]
+        if template is None:
+            url = server.create_database(name)
+        else:
+            source = pgserver.database_of(template)
+            server.admin_sql(
+                f"CREATE DATABASE {name} TEMPLATE {source} OWNER {pgserver.WRITER};\n"
+                f"REVOKE ALL ON DATABASE {name} FROM PUBLIC;\n"
+            )
+            url = server.url(name)
+        self._made.append(name)
+        return url
+
+    def drop_all(self) -> None:
+        while self._made:
+            self.server().drop_database(self._made.pop())
+
+
+@pytest.fixture(scope="module")
+def module_dbs(request) -> Iterator[Databases]:
+    """Databases that live as long as the module's scenarios."""
+    dbs = Databases(request)
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture
+def fresh_db(request) -> Iterator[Databases]:
+    """Fresh PostgreSQL databases on demand for one test: ``fresh_db.create(label,
+    template=url)`` returns a new URL; all are dropped after the test."""
+    dbs = Databases(request)
+    yield dbs
+    dbs.drop_all()
+
+
+# -- running docwatch ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Root:
+    """A data root and its index: the SQLite file inside it (``url`` None) or a PostgreSQL
+    database."""
+
+    path: Path
+    url: str | None = None
+
+    def cfg(self):
+        return make_config(self.path, index_url=self.url)
+
+    @property
+    def index(self) -> str | Path:
+        """Where the index is, for conftest.query / snapshot / assert_tombstones."""
+        return self.cfg().index_location
+
+
+def docwatch(root: Root, *args: str, batch_max: int, trace: Path | None, fault=None):
     """Run ``docwatch scan`` to its end; returns (returncode, pid, stderr)."""
-    proc = start(data_root, *args, batch_max=batch_max, trace=trace, fault=fault)
+    proc = start(root, *args, batch_max=batch_max, trace=trace, fault=fault)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, proc.pid, err
 
 
-def start(data_root: Path, *args: str, batch_max: int, trace: Path | None, fault=None):
+def start(root: Root, *args: str, batch_max: int, trace: Path | None, fault=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCWATCH_")}
     env |= {"DOCWATCH_SETTLE_SECONDS": "0", "DOCWATCH_BATCH_MAX_FILES": str(batch_max)}
+    if root.url is not None:
+        env["DOCWATCH_INDEX_URL"] = root.url
     if trace is not None:
         env["DOCWATCH_TRACE"] = str(trace)
     if fault:
         env["DOCWATCH_FAULT"] = fault
-    cmd = [sys.executable, "-m", "docwatch", "scan", "--run-id", "r", "--data-root", str(data_root)]
+    cmd = [sys.executable, "-m", "docwatch", "scan", "--run-id", "r", "--data-root", str(root.path)]
     return subprocess.Popen(
         [*cmd, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -72,7 +162,7 @@ def start(data_root: Path, *args: str, batch_max: int, trace: Path | None, fault
 @dataclass
 class Scenario:
     full: Path  # the finished tree (sources only)
-    base: Path  # phase A: the tree without the held files, with its index and documents
+    base: Root  # phase A: the tree without the held files, with its index and documents
     held: list[str]  # files phase B brings (relative to the data root)
     late: tuple[str, str]  # (parsed, raw) of one essay task held back from phase A
     batch_max: int
@@ -81,24 +171,37 @@ class Scenario:
     golden_tombstones: int
     golden_trace: Path
 
-    def victim(self, dst: Path, *, without: tuple[str, ...] = ()) -> Path:
+    def copy_of_base(self, dst: Path, dbs: Databases | None) -> Root:
+        """Phase A's data root (documents, and the SQLite index inside it) copied to ``dst``;
+        on PostgreSQL its database copied too (into one of ``dbs``)."""
+        shutil.copytree(self.base.path, dst, symlinks=True)
+        if self.base.url is None:
+            return Root(dst)
+        assert dbs is not None, "a PostgreSQL scenario needs somewhere to copy its database"
+        return Root(dst, dbs.create(dst.name, template=self.base.url))
+
+    def victim(
+        self, dst: Path, dbs: Databases | None = None, *, without: tuple[str, ...] = ()
+    ) -> Root:
         """A copy of phase A (index and documents too), then phase B's files arrive."""
-        shutil.copytree(self.base, dst, symlinks=True)
-        self.arrive(dst, [r for r in self.held if r not in without])
-        return dst
+        root = self.copy_of_base(dst, dbs)
+        self.arrive(root, [r for r in self.held if r not in without])
+        return root
 
-    def arrive(self, root: Path, rels: list[str]) -> None:
+    def arrive(self, root: Root, rels: list[str]) -> None:
         for rel in rels:
-            shutil.copy2(self.full / rel, root / rel)  # mtimes kept: the pipeline's times
+            shutil.copy2(self.full / rel, root.path / rel)  # mtimes kept: the pipeline's times
 
-    def assert_same_as_golden(self, data_root: Path) -> None:
-        cfg = make_config(data_root)
+    def assert_same_as_golden(self, root: Root) -> None:
+        cfg = root.cfg()
+        if root.url is not None:
+            assert not cfg.db.exists(), "a PostgreSQL run made an SQLite index"
         state = check_crash_state(cfg)  # the end state obeys the same rules, with no intents
         assert not state.intents, f"intents left after a clean run: {state.intents}"
-        assert snapshot(cfg.db) == self.golden_rows
+        assert snapshot(root.index) == self.golden_rows
         assert docs_tree(cfg.docs_root) == self.golden_docs
         assert not staged_batches(cfg.docs_root), "staging leftovers"
-        assert assert_tombstones(cfg.db, cfg.docs_root) == self.golden_tombstones
+        assert assert_tombstones(root.index, cfg.docs_root) == self.golden_tombstones
         report = verify(cfg)
         assert report.ok, report.problems
 
@@ -128,27 +231,30 @@ def held_files(full: Path, summary: legacy_tree.TreeSummary) -> tuple[list[str],
     return [*held, late[0]], late
 
 
-def build_scenario(root: Path, *, combos: int, seed: int, batch_max: int) -> Scenario:
+def build_scenario(
+    root: Path, *, combos: int, seed: int, batch_max: int, dbs: Databases | None = None
+) -> Scenario:
+    """Phase A indexed, and the golden run of phase B; ``dbs``: on PostgreSQL, where phase A's
+    and the golden run's databases are made."""
     full = root / "full"
     summary = legacy_tree.build_tree(full, combos=combos, seed=seed)
     held, late = held_files(full, summary)
-    base = root / "base"
-    shutil.copytree(full, base, symlinks=True)
+    base = Root(root / "base", dbs.create("base") if dbs else None)
+    shutil.copytree(full, base.path, symlinks=True)
     for rel in held:
-        (base / rel).unlink()
+        (base.path / rel).unlink()
     rc, _, err = docwatch(base, batch_max=batch_max, trace=root / "trace-a")
     assert rc == 0, err
-    before = snapshot(make_config(base).db)
+    before = snapshot(base.index)
 
-    golden = root / "golden"
-    shutil.copytree(base, golden, symlinks=True)
     scenario = Scenario(full, base, held, late, batch_max, {}, {}, 0, root / "trace-b")
+    golden = scenario.copy_of_base(root / "golden", dbs)  # its own database on PostgreSQL
     scenario.arrive(golden, held)
     rc, _, err = docwatch(golden, batch_max=batch_max, trace=scenario.golden_trace)
     assert rc == 0, err
-    cfg = make_config(golden)
-    scenario.golden_rows, scenario.golden_docs = snapshot(cfg.db), docs_tree(cfg.docs_root)
-    scenario.golden_tombstones = assert_tombstones(cfg.db, cfg.docs_root)
+    cfg = golden.cfg()
+    scenario.golden_rows, scenario.golden_docs = snapshot(golden.index), docs_tree(cfg.docs_root)
+    scenario.golden_tombstones = assert_tombstones(golden.index, cfg.docs_root)
     assert verify(cfg).ok
 
     # The scenario really takes every path: updates that add, replace and remove files, and
@@ -164,17 +270,39 @@ def build_scenario(root: Path, *, combos: int, seed: int, batch_max: int) -> Sce
     return scenario
 
 
+class Scenarios:
+    """The module's scenarios, each built once per backend on first use."""
+
+    def __init__(self, tmp_path_factory, dbs: Databases) -> None:
+        self._tmp = tmp_path_factory
+        self._dbs = dbs
+        self._built: dict[tuple[str, str], Scenario] = {}
+
+    def get(self, name: str, backend: str, **params) -> Scenario:
+        key = (name, backend)
+        if key not in self._built:
+            root = self._tmp.mktemp(f"{name}-{backend}")
+            dbs = self._dbs if backend == "postgres" else None
+            self._built[key] = build_scenario(root, dbs=dbs, **params)
+        return self._built[key]
+
+
 @pytest.fixture(scope="module")
-def scenario(tmp_path_factory) -> Scenario:
-    return build_scenario(tmp_path_factory.mktemp("scenario"), combos=2, seed=7, batch_max=12)
+def scenarios(tmp_path_factory, module_dbs) -> Scenarios:
+    return Scenarios(tmp_path_factory, module_dbs)
 
 
-def intents_of(data_root: Path) -> list[tuple[str, str, str, str]]:
-    con = sqlite3.connect(f"file:{make_config(data_root).db}?mode=ro", uri=True)
-    try:
-        return con.execute("SELECT doc_id, stage, task_id, op FROM intents").fetchall()
-    finally:
-        con.close()
+def backend_of(index_url: str | None) -> str:
+    return "sqlite" if index_url is None else "postgres"
+
+
+@pytest.fixture
+def scenario(scenarios, index_url) -> Scenario:
+    return scenarios.get("scenario", backend_of(index_url), combos=2, seed=7, batch_max=12)
+
+
+def intents_of(root: Root) -> list[tuple[str, str, str, str]]:
+    return query(root.index, "SELECT doc_id, stage, task_id, op FROM intents")
 
 
 def assert_died_at(trace: Path, pid: int, point: str, nth: int) -> None:
@@ -186,13 +314,20 @@ def assert_died_at(trace: Path, pid: int, point: str, nth: int) -> None:
             assert_durable_order(batch.points)
 
 
-@pytest.mark.parametrize("nth", [1, 2])
-@pytest.mark.parametrize("point", BATCH_POINTS)
-def test_crash_at_every_durable_step_then_rerun(scenario, tmp_path, point, nth):
+#: Every point reached once, on both backends; reached twice, on SQLite only (run time).
+PER_POINT = [
+    *(pytest.param("sqlite", point, 1, id=f"sqlite-{point}-1") for point in BATCH_POINTS),
+    *(pytest.param("postgres", point, 1, id=f"postgres-{point}-1") for point in BATCH_POINTS),
+    *(pytest.param("sqlite", point, 2, id=f"sqlite-{point}-2") for point in BATCH_POINTS),
+]
+
+
+@pytest.mark.parametrize(("index_url", "point", "nth"), PER_POINT, indirect=["index_url"])
+def test_crash_at_every_durable_step_then_rerun(scenario, fresh_db, tmp_path, point, nth):
     """The n-th time phase B reaches a point it dies there; the state is checked at once (a
     crash inside the protocol leaves intents for recovery); the rerun recovers first and then
     equals the golden run."""
-    victim = scenario.victim(tmp_path / "victim")
+    victim = scenario.victim(tmp_path / "victim", fresh_db)
     trace = tmp_path / "trace"
     rc, pid, err = docwatch(
         victim, batch_max=scenario.batch_max, trace=trace, fault=f"{point}:{nth}:exit"
@@ -200,7 +335,7 @@ def test_crash_at_every_durable_step_then_rerun(scenario, tmp_path, point, nth):
     assert rc == EXIT_CODE, err
     assert_died_at(trace, pid, point, nth)
 
-    state = check_crash_state(make_config(victim))
+    state = check_crash_state(victim.cfg())
     if point in WITH_INTENTS:
         assert state.intents, f"a crash at {point} left no record for recovery"
     if point in ("replaced", "replaced_synced"):
@@ -223,36 +358,38 @@ def test_crash_at_every_durable_step_then_rerun(scenario, tmp_path, point, nth):
         ("replaced:2", 2),
     ],
 )
-def test_crash_during_recovery_then_rerun(scenario, tmp_path, first, recovery_crashes):
+def test_crash_during_recovery_then_rerun(scenario, fresh_db, tmp_path, first, recovery_crashes):
     """A run dies mid-batch; the next dies while recovering it (``recovered``: after the undo or
     finish, before the intents go), maybe twice (intents left: recovered again); then a run
     completes.  Recovery is idempotent.  (After ``staged`` only staging is left: once removed,
     there is nothing to recover a second time.)"""
-    victim = scenario.victim(tmp_path / "victim")
+    victim = scenario.victim(tmp_path / "victim", fresh_db)
     trace, batch_max = tmp_path / "trace", scenario.batch_max
     rc, pid, err = docwatch(victim, batch_max=batch_max, trace=trace, fault=f"{first}:exit")
     assert rc == EXIT_CODE, err
-    check_crash_state(make_config(victim))
+    check_crash_state(victim.cfg())
     for _ in range(recovery_crashes):
         rc, pid, err = docwatch(victim, batch_max=batch_max, trace=trace, fault="recovered:1:exit")
         assert rc == EXIT_CODE, err
         assert points_of(trace, pid) == ["recovered"]
-        check_crash_state(make_config(victim))
+        check_crash_state(victim.cfg())
     rc, pid, err = docwatch(victim, batch_max=batch_max, trace=trace)
     assert rc == 0, err
     scenario.assert_same_as_golden(victim)
 
 
 @pytest.mark.parametrize("recovery_crash", [False, True])
-def test_crash_then_a_new_raw_arrives_before_the_rerun(scenario, tmp_path, recovery_crash):
+def test_crash_then_a_new_raw_arrives_before_the_rerun(
+    scenario, fresh_db, tmp_path, recovery_crash
+):
     """The rerun's tree differs from the crashed run's: a parsed-only essay was renamed into
     place by a batch that never committed, then its raw arrives (the attempt now has another
     doc_id, so no rerun rewrites that directory).  Recovery must remove the uncommitted
     directory, also when the first recovery dies before its intents are cleared: no orphan,
     `verify` clean."""
     parsed, raw = scenario.late
-    victim = scenario.victim(tmp_path / "victim", without=(raw,))
-    cfg, trace = make_config(victim), tmp_path / "trace"
+    victim = scenario.victim(tmp_path / "victim", fresh_db, without=(raw,))
+    cfg, trace = victim.cfg(), tmp_path / "trace"
     rc, pid, err = docwatch(victim, batch_max=100_000, trace=trace, fault="dirs_synced:1:exit")
     assert rc == EXIT_CODE, err  # one batch: nothing of phase B committed
     task = VERSIONED.match(Path(parsed).name)["task"]
@@ -275,13 +412,14 @@ def test_crash_then_a_new_raw_arrives_before_the_rerun(scenario, tmp_path, recov
     scenario.assert_same_as_golden(victim)
 
 
-def test_durable_steps_in_order(scenario, tmp_path):
+def test_durable_steps_in_order(scenario, index_url, tmp_path):
     """One traced run of each phase: creates only (phase A), then creates, updates with
-    replacements and removals, and supersessions (phase B); every batch follows the protocol."""
-    data = tmp_path / "data"
-    shutil.copytree(scenario.full, data, symlinks=True)
+    replacements and removals, and supersessions (phase B); every batch follows the protocol.
+    (On PostgreSQL: on the empty database ``index_url``.)"""
+    data = Root(tmp_path / "data", index_url)
+    shutil.copytree(scenario.full, data.path, symlinks=True)
     for rel in scenario.held:
-        (data / rel).unlink()
+        (data.path / rel).unlink()
     trace = tmp_path / "trace"
     rc, pid_a, err = docwatch(data, batch_max=scenario.batch_max, trace=trace)
     assert rc == 0, err
@@ -300,8 +438,8 @@ def test_durable_steps_in_order(scenario, tmp_path):
     scenario.assert_same_as_golden(data)
 
 
-def test_injected_disk_full_is_retried_and_loses_nothing(scenario, tmp_path):
-    victim = scenario.victim(tmp_path / "victim")
+def test_injected_disk_full_is_retried_and_loses_nothing(scenario, fresh_db, tmp_path):
+    victim = scenario.victim(tmp_path / "victim", fresh_db)
     trace = tmp_path / "trace"
     rc, pid, err = docwatch(
         victim, batch_max=scenario.batch_max, trace=trace, fault="renamed:3:enospc"
@@ -320,65 +458,96 @@ def test_injected_disk_full_is_retried_and_loses_nothing(scenario, tmp_path):
 # -- SIGKILL at random instants ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def big_scenario(tmp_path_factory) -> Scenario:
-    return build_scenario(tmp_path_factory.mktemp("big"), combos=5, seed=3, batch_max=10)
+@pytest.fixture
+def big_scenario(scenarios, index_url) -> Scenario:
+    return scenarios.get("big", backend_of(index_url), combos=5, seed=3, batch_max=10)
 
 
-def _wait_for_first_batch(proc: subprocess.Popen, trace: Path) -> None:
+def _wait_for(proc: subprocess.Popen, trace: Path, point: str, nth: int = 1) -> None:
+    """Until the process has reached ``point`` ``nth`` times (or ended); each look at the
+    trace reads only the bytes appended since the last one."""
     deadline = time.monotonic() + 60
-    needle = f"{proc.pid} staged\n"
+    needle, seen, offset, rest = f"{proc.pid} {point}", 0, 0, b""
     while proc.poll() is None and time.monotonic() < deadline:
-        if trace.exists() and needle in trace.read_text():
-            return
-        time.sleep(0.003)
+        if trace.exists():
+            with open(trace, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            *lines, rest = (rest + chunk).split(b"\n")
+            seen += sum(line.decode() == needle for line in lines)
+            if seen >= nth:
+                return
+        time.sleep(0.0005)
 
 
-def sigkill_until_landed(scenario: Scenario, tmp_path: Path, kills: int, seed: int) -> None:
+def sigkill_until_landed(
+    scenario: Scenario,
+    dbs: Databases,
+    tmp_path: Path,
+    kills: int,
+    seed: int,
+    aim: str | None = None,
+) -> None:
     """Kill `docwatch scan` with SIGKILL at random instants of its batches until ``kills``
     kills landed mid-write (rc -9 and the process's last batch started but not cleaned),
     checking the state after every kill; runs go on on the same victim (each restart recovers
     what the last one left) until one finishes, then a fresh victim.  Finally the rerun equals
-    the golden run."""
+    the golden run.
+
+    ``aim``: kill within milliseconds (10 at most, less after kills that came too late) after
+    a batch (the first, second or third) reaches that point; a kill lands when the process died
+    after it and before the next point."""
     rnd = random.Random(seed)
     trace = tmp_path / "trace"
-    victims, landed, tries, window = 0, 0, 0, 0.25
-    victim = scenario.victim(tmp_path / "victim-0")
+    victims, landed, tries = 0, 0, 0
+    window = 0.25 if aim is None else 0.01
+    victim = scenario.victim(tmp_path / "victim-0", dbs)
     where: Counter = Counter()
     while landed < kills:
         tries += 1
         assert tries <= 20 * kills + 20, f"only {landed} of {kills} kills landed in {tries} tries"
         proc = start(victim, batch_max=scenario.batch_max, trace=trace)
-        _wait_for_first_batch(proc, trace)
+        _wait_for(proc, trace, aim or "staged", rnd.randint(1, 3) if aim else 1)
         if proc.poll() is None:
             time.sleep(rnd.uniform(0, window))
             proc.send_signal(signal.SIGKILL)
         rc = proc.wait(60)
         proc.stderr.close()
-        check_crash_state(make_config(victim))
+        check_crash_state(victim.cfg())
         if rc == 0:  # finished before the kill: the state is the golden one; start afresh
             scenario.assert_same_as_golden(victim)
-            window *= 0.7
+            if aim is None:
+                window *= 0.7
             victims += 1
-            victim = scenario.victim(tmp_path / f"victim-{victims}")
+            victim = scenario.victim(tmp_path / f"victim-{victims}", dbs)
             continue
         assert rc == -signal.SIGKILL, rc
         mine = [b for b in trace_batches(trace) if b.pid == proc.pid]
         for batch in mine:
             assert_durable_order(batch.points)
         if mine and not mine[-1].finished:
-            landed += 1
-            where[mine[-1].points[-1]] += 1
+            last = mine[-1].points[-1]
+            where[last] += 1
+            landed += aim is None or last == aim
+            if aim is not None and last != aim:  # too late: the step after it is shorter
+                window = max(window * 0.8, 0.001)
     print(f"{landed} kills landed mid-write in {tries} tries, after: {dict(where)}")
     rc, _, err = docwatch(victim, batch_max=scenario.batch_max, trace=trace)
     assert rc == 0, err
     scenario.assert_same_as_golden(victim)
 
 
-def test_sigkill_at_random_instants_mid_write(big_scenario, tmp_path):
-    sigkill_until_landed(big_scenario, tmp_path, kills=5, seed=1)
+def test_sigkill_at_random_instants_mid_write(big_scenario, fresh_db, tmp_path):
+    sigkill_until_landed(big_scenario, fresh_db, tmp_path, kills=5, seed=1)
+
+
+def test_sigkill_during_the_commit(big_scenario, fresh_db, tmp_path):
+    """Kills aimed at the commit (the rows, ledger, task facts and intents' phase: several
+    statements in one transaction, after ``dirs_synced``): all of it or nothing is there."""
+    sigkill_until_landed(big_scenario, fresh_db, tmp_path, kills=5, seed=4, aim="dirs_synced")
 
 
 @pytest.mark.long
-def test_sigkill_at_random_instants_mid_write_long(big_scenario, tmp_path):
-    sigkill_until_landed(big_scenario, tmp_path, kills=40, seed=2)
+def test_sigkill_at_random_instants_mid_write_long(big_scenario, fresh_db, tmp_path):
+    sigkill_until_landed(big_scenario, fresh_db, tmp_path, kills=40, seed=2)

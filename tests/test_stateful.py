@@ -1,35 +1,73 @@
 """A Hypothesis state machine of the whole system against a simple model.
 
-The pipeline writes prompts, raw files (sometimes caught half-written) and parsed files,
-re-materialises tasks and rewrites its task table; docwatch ingests in batches, crashes at any
-durable step (the fault seam raises through the batch, leaving what a dead process leaves),
-restarts, meets a full disk or a locked index.  Invariant after quiescence: the index equals
-the model — a scan of the same finished tree into an empty index — and `verify` is clean.
+The pipeline writes prompts, raw files (sometimes caught half-written) and parsed files, in
+its order (``materialise``) or out of it: a parsed file before its raw (the raw arriving later
+with an older mtime), raws and prompts written late with older mtimes.  Files are rewritten in
+place (same name, new bytes: a new attempt), touched (same bytes, a new mtime in the past or
+the future: nothing may change), a task's raw files leave the tree and come back later with
+their original mtimes (a restore in two passes), and the task table is rewritten, dropping
+tasks (their facts are sticky) or changing them (a re-plan).
+
+docwatch ingests batches: a prefix of the listing (a scan), the unseen files in write order
+(the watcher's events), or one folder kind (events of two folders out of order).  It crashes
+like a process: the batch runs in a forked child (its own ``Indexer``; the parent holds none
+across the fork) that dies by ``os._exit`` at the nth time it reaches a fault point, or at any
+point a trial run on a copy of the whole state says the batch passes, ``recovered`` included;
+docwatch then stays down (the pipeline may write meanwhile) until the next docwatch step
+restarts it (a new ``Indexer`` and ``recover()``).  It meets a full disk (ENOSPC at any point,
+retried in-process) and an index held by a reader.
+
+Invariants after every step, at a crash before any restart too: a doc_id once visible always
+resolves; every row has its complete directory, whose ``metadata.json`` (the full row) and
+files match the row unless an intent for it is in flight, and nothing else; no directory
+without a row or an intent; exactly once (one row per (task, primary source); every ingested
+raw and parsed source in exactly one non-superseded document); the ledger's pinned facts are
+those the bytes had when first ingested, and never those of half-written bytes; right after a
+restart, no intent and no staging left.  At teardown (quiescent): the visible index equals the
+model, a scan into an empty index of the finished tree (rewritten paths fed version by version,
+every file given the mtime it had when first ingested, the sticky-facts task table), rows and
+bytes; tombstones are valid; ``verify`` is clean.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
+import traceback
+from collections import Counter
 from pathlib import Path
 
-from conftest import docs_tree, make_config, snapshot
+import pytest
+from conftest import (
+    SNAPSHOT_COLUMNS,
+    assert_tombstones,
+    docs_tree,
+    make_config,
+    snapshot,
+    staged_batches,
+)
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import list_candidates, scan
 from docwatch.ingest.verify import verify
 from docwatch.store import faults
 from hypothesis import HealthCheck, settings
+from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 DRAFTS = [f"combo_00{i}__deliberate-rolling-thread-v2__sonnet-4" for i in range(3)]
 ESSAYS = [f"combo_00{i}__synthesis-theme-narrative-v19__sonnet-4" for i in range(3)]
+STAGES = ("draft", "essay")
 FOLDERS = {
     ("draft", "prompt"): "3_generation/draft_prompts",
     ("draft", "raw"): "3_generation/draft_responses_raw",
@@ -39,87 +77,245 @@ FOLDERS = {
     ("essay", "parsed"): "3_generation/essay_responses",
 }
 ESSAY_TABLE = "essay_task_id,combo_id,draft_template,essay_template,generation_model,generation_model_name,draft_task_id\n"  # noqa: E501
+S = 1_000_000_000
+#: Real files on tmpfs when there is one: every batch syncfs()es the filesystem it writes,
+#: and on a shared disk that flushes everyone's writes (the protocol is the same on tmpfs).
+SCRATCH = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+#: How far back (seconds) a file written now may be dated: 0 is write order; 10 and more put
+#: it before the previous write (the clock moves 7 s per write).
+BACK = st.sampled_from([0, 0, 0, 3, 10, 30, 100])
+#: Which files a batch takes, n of them: the listing (a scan: a task's prompt, raw and parsed
+#: together), the files in the order they were written (the watcher's events: a raw file and
+#: its parsed file in different batches), or one folder kind only (events of different folders
+#: arriving out of order).
+KINDS = st.sampled_from(["listing", "events", "events", "parsed", "prompt+parsed", "raw"])
+#: How many files of the listing a batch takes (half the time all of them).
+N = st.one_of(st.just(40), st.integers(1, 40))
+#: Fault points, half the time one after the row commit (a visible document being updated).
+AFTER_COMMIT = faults.POINTS[faults.POINTS.index("committed") : faults.POINTS.index("cleaned")]
+POINTS = st.one_of(st.sampled_from(AFTER_COMMIT), st.sampled_from(faults.POINTS))
 
 
-class Crash(BaseException):
-    """Stands for the process dying at a durable step (not caught by the retry logic)."""
+#: A forked docwatch child that has not finished by then is stuck (a liveness bound).
+CHILD_TIMEOUT = 120
+
+
+def forget_the_inherited_io_pool() -> None:
+    """In a forked child: docwatch's I/O thread pool (``ingest/pool.py``) is a module global
+    created in the parent; the child inherits the object but none of its threads, so its
+    first batch of 8+ files would wait forever.  docwatch registers no fork handler for it
+    (reported); this is what ``os.register_at_fork(after_in_child=...)`` there would do."""
+    pool = sys.modules.get("docwatch.ingest.pool")
+    if pool is not None and getattr(pool, "_pool", None) is not None:
+        pool._pool = None
+
+
+def event(what: str) -> None:
+    """A Hypothesis statistic (--hypothesis-show-statistics); a no-op in a replay."""
+    try:
+        hypothesis_event(what)
+    except InvalidArgument:
+        pass
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def task_of(stage: str, i: int) -> str:
+    return (DRAFTS if stage == "draft" else ESSAYS)[i]
 
 
 class DocwatchMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.tmp = Path(tempfile.mkdtemp(prefix="docwatch-state-"))
+        self.tmp = Path(tempfile.mkdtemp(prefix="docwatch-state-", dir=SCRATCH))
         self.data = self.tmp / "data"
         self.data.mkdir()
-        self.clock = 1_700_000_000.0
+        self.stash = self.tmp / "stash"  # raw files moved out of the tree (a restore's pass 2)
+        self.clock = 1_700_000_000  # seconds; files are dated in the past
+        self.serial = 0  # makes every written content unique
         self.versions: dict[tuple[str, str, str], int] = {}
-        # Files are dated in the past, except raw files caught half-written, which are "now":
-        # younger than settle_seconds, so they wait until finished, as with the real writer.
+        # The tree as the machine wrote it: relpath → (bytes, mtime_ns) of complete files.
+        self.files: dict[str, tuple[bytes, int]] = {}
+        self.half: dict[str, bytes] = {}  # raw files caught half-written → their final bytes
+        self.late: list[tuple[str, bytes, int]] = []  # raws written after their parsed file
+        self.stashed: dict[str, tuple[bytes, int]] = {}
+        # (relpath, sha256) → the mtime those bytes had when docwatch first ingested them (a
+        # touch of ingested bytes leaves it; of bytes not ingested yet, it moves it).
+        self.first_mtime: dict[tuple[str, str], int] = {}
+        self.partial: set[tuple[str, str]] = set()  # half-written bytes: never ingested
+        # relpath → the ingested versions a rewrite in place replaced, oldest first.
+        self.history: dict[str, list[tuple[bytes, int]]] = {}
+        self.seen_ids: dict[str, str] = {}  # every doc_id ever visible → its stage
+        # Raw files caught half-written are dated "now": younger than settle_seconds, so they
+        # wait until finished, as with the real writer.
         self.cfg = make_config(self.data, batch_max_files=3, settle_seconds=30)
-        self.indexer = Indexer(self.cfg, "state", sleep=lambda s: None)
-        self.half_written: list[Path] = []
+        self.indexer: Indexer | None = None  # None: docwatch is down (crashed, not restarted)
+        self._start()
 
     def teardown(self) -> None:
         faults.set_hook(None)
-        self.indexer.close()
+        if self.indexer is not None:
+            self.indexer.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     # -- the pipeline --------------------------------------------------------------------
 
-    def _write(
-        self, stage: str, kind: str, task: str, data: bytes, new_version: bool, young: bool = False
-    ) -> Path:
-        key = (stage, kind, task)
-        if new_version or key not in self.versions:
-            self.versions[key] = self.versions.get(key, 0) + 1
-        folder = self.data / FOLDERS[(stage, kind)]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{task}_v{self.versions[key]}.txt"
-        self.clock += 7
+    def _content(self, what: str, task: str) -> bytes:
+        self.serial += 1
+        return f"{what} {task} #{self.serial} at {self.clock}\n".encode() * 3
+
+    def _put(self, relpath: str, data: bytes, mtime_ns: int) -> None:
+        """Write a complete file with its mtime (a new identity keeps the mtime it has now)."""
+        path = self.data / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
-        if not young:
-            os.utime(path, (self.clock, self.clock))
-        return path
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        self.files[relpath] = (data, mtime_ns)
+        self.first_mtime.setdefault((relpath, sha(data)), mtime_ns)
 
-    @rule(i=st.integers(0, 2), stage=st.sampled_from(["draft", "essay"]))
-    def write_prompt(self, i, stage):
-        task = (DRAFTS if stage == "draft" else ESSAYS)[i]
-        self._write(stage, "prompt", task, f"prompt {self.clock}".encode(), new_version=True)
+    def _next(self, stage: str, kind: str, task: str) -> str:
+        key = (stage, kind, task)
+        self.versions[key] = self.versions.get(key, 0) + 1
+        return f"{FOLDERS[(stage, kind)]}/{task}_v{self.versions[key]}.txt"
 
-    @rule(i=st.integers(0, 2), stage=st.sampled_from(["draft", "essay"]), half=st.booleans())
-    def write_raw(self, i, stage, half):
-        task = (DRAFTS if stage == "draft" else ESSAYS)[i]
-        body = f"raw {task} {self.clock}\n".encode() * 5
-        data = body[: len(body) // 2] if half else body
-        path = self._write(stage, "raw", task, data, True, young=half)
-        if half:  # caught half-written: finished later (same name, final bytes)
-            self.half_written.append(path)
+    def _tick(self) -> int:
+        self.clock += 7
+        return self.clock
 
-    @rule(i=st.integers(0, 2), stage=st.sampled_from(["draft", "essay"]))
-    def write_parsed(self, i, stage):
-        task = (DRAFTS if stage == "draft" else ESSAYS)[i]
-        self._write(stage, "parsed", task, f"parsed {self.clock}".encode(), new_version=True)
+    @rule(i=st.integers(0, 2), stage=st.sampled_from(STAGES), back=BACK)
+    def write_prompt(self, i, stage, back):
+        """A prompt; with ``back`` a late one, older than attempts written before it."""
+        task = task_of(stage, i)
+        self._put(
+            self._next(stage, "prompt", task),
+            self._content("prompt", task),
+            self._tick() * S - back * S,
+        )
 
-    @precondition(lambda self: self.half_written)
+    @rule(i=st.integers(0, 2), stage=st.sampled_from(STAGES), half=st.booleans(), back=BACK)
+    def write_raw(self, i, stage, half, back):
+        task = task_of(stage, i)
+        relpath = self._next(stage, "raw", task)
+        body = self._content("raw", task)
+        mtime = self._tick() * S - back * S
+        if not half:
+            self._put(relpath, body, mtime)
+            return
+        path = self.data / relpath  # caught half-written: finished later (same name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body[: len(body) // 2])  # dated now: younger than settle_seconds
+        self.half[relpath] = body
+        self.partial.add((relpath, sha(body[: len(body) // 2])))
+
+    @rule(i=st.integers(0, 2), stage=st.sampled_from(STAGES), back=BACK)
+    def write_parsed(self, i, stage, back):
+        task = task_of(stage, i)
+        self._put(
+            self._next(stage, "parsed", task),
+            self._content("parsed", task),
+            self._tick() * S - back * S,
+        )
+
+    @rule(i=st.integers(0, 2), stage=st.sampled_from(STAGES), parsed=st.booleans())
+    def materialise(self, i, stage, parsed):
+        """One materialisation in the pipeline's order: prompt, raw, and (unless parsing
+        failed) parsed, each dated after the one before."""
+        task = task_of(stage, i)
+        for kind in ("prompt", "raw", "parsed") if parsed else ("prompt", "raw"):
+            self._put(self._next(stage, kind, task), self._content(kind, task), self._tick() * S)
+
+    @rule(i=st.integers(0, 2), stage=st.sampled_from(STAGES))
+    def write_parsed_before_its_raw(self, i, stage):
+        """The parsed file lands first; its raw (dated earlier) arrives later."""
+        task = task_of(stage, i)
+        raw_path, parsed_path = self._next(stage, "raw", task), self._next(stage, "parsed", task)
+        t = self._tick()
+        self._put(parsed_path, self._content("parsed", task), (t + 3) * S)
+        self.late.append((raw_path, self._content("raw", task), (t + 1) * S))
+
+    @precondition(lambda self: self.late)
+    @rule(pick=st.integers(0, 20))
+    def deliver_a_late_raw(self, pick):
+        self._put(*self.late.pop(pick % len(self.late)))
+
+    @precondition(lambda self: self.half)
     @rule()
     def finish_raw_writes(self):
-        for path in self.half_written:
-            self.clock += 1
-            with open(path, "ab") as fh:
-                fh.write(b"... the rest of the response\n")
-            os.utime(path, (self.clock, self.clock))
-        self.half_written.clear()
+        for relpath, body in sorted(self.half.items()):
+            self._put(relpath, body, self._tick() * S)
+        self.half.clear()
 
-    @rule(drop=st.booleans())
-    def rewrite_task_table(self, drop):
-        rows = (
-            ""
-            if drop
-            else "".join(
-                f"{e},combo_00{i},deliberate-rolling-thread-v2,synthesis-theme-narrative-v19,"
-                f"sonnet-4,Sonnet 4,{d}\n"
-                for i, (e, d) in enumerate(zip(ESSAYS, DRAFTS, strict=True))
+    def _ingested(self) -> set[tuple[str, str]]:
+        """(relpath, sha256) of every source in the ledger."""
+        return set(self._ledger())
+
+    @rule(pick=st.integers(0, 200))
+    def rewrite_in_place(self, pick):
+        """Same name, new bytes, new mtime: a new attempt.  The replaced version, if docwatch
+        ingested it, stays an attempt (the model feeds it before the current one)."""
+        if not self.files:
+            return
+        relpath = sorted(self.files)[pick % len(self.files)]
+        data, _ = self.files.pop(relpath)
+        ingested = (relpath, sha(data)) in self._ingested()
+        if ingested:
+            self.history.setdefault(relpath, []).append(
+                (data, self.first_mtime[(relpath, sha(data))])
             )
+        event("rewrite of an ingested file" if ingested else "rewrite of a file not ingested")
+        self._put(relpath, self._content("rewritten", relpath), self._tick() * S)
+
+    @rule(pick=st.integers(0, 200), when=st.sampled_from(["past", "far past", "future"]))
+    def touch(self, pick, when):
+        """Same bytes, another mtime (touch, restore, cp -r): must change nothing."""
+        if not self.files:
+            return
+        relpath = sorted(self.files)[pick % len(self.files)]
+        data, _ = self.files[relpath]
+        mtime = {
+            "past": (self.clock - 50) * S,
+            "far past": 1_600_000_000 * S,
+            "future": time.time_ns() + 10**6 * S,
+        }[when]
+        os.utime(self.data / relpath, ns=(mtime, mtime))
+        self.files[relpath] = (data, mtime)
+        key = (relpath, sha(data))
+        if key not in self._ingested():  # not ingested yet: it will be with this mtime
+            self.first_mtime[key] = mtime
+        else:
+            event("touch of an ingested file")
+
+    @rule(i=st.integers(0, 2), stage=st.sampled_from(STAGES))
+    def move_raw_files_out(self, i, stage):
+        """Pass 1 of a two-pass restore: the task's raw files are not (yet) in the tree."""
+        prefix = f"{FOLDERS[(stage, 'raw')]}/{task_of(stage, i)}_v"
+        for relpath in [r for r in self.files if r.startswith(prefix)]:
+            self.stashed[relpath] = self.files.pop(relpath)
+            target = self.stash / relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(self.data / relpath, target)
+
+    @precondition(lambda self: self.stashed)
+    @rule()
+    def restore_raw_files(self):
+        """Pass 2: the raw files come back with their original (older) mtimes (cp -p)."""
+        for relpath, (data, mtime) in sorted(self.stashed.items()):
+            shutil.copy2(self.stash / relpath, self.data / relpath)
+            os.utime(self.data / relpath, ns=(mtime, mtime))
+            (self.stash / relpath).unlink()
+            self.files[relpath] = (data, mtime)
+        self.stashed.clear()
+
+    @rule(keep=st.sets(st.integers(0, 2)), shift=st.integers(0, 1))
+    def rewrite_task_table(self, keep, shift):
+        """The pipeline rewrites the table for a new experiment: tasks drop out (their facts
+        are sticky) or come back with other facts (another draft parent: a re-plan)."""
+        rows = "".join(
+            f"{ESSAYS[i]},combo_00{i},deliberate-rolling-thread-v2,synthesis-theme-narrative-v19,"
+            f"sonnet-4,Sonnet 4,{DRAFTS[(i + shift) % 3]}\n"
+            for i in sorted(keep)
         )
         path = self.data / "2_tasks" / "essay_generation_tasks.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,87 +323,323 @@ class DocwatchMachine(RuleBasedStateMachine):
 
     # -- docwatch ------------------------------------------------------------------------
 
-    def _ingest_some(self, n: int) -> None:
-        cands = list_candidates(self.cfg, ("draft", "essay"))
-        self.indexer.ingest(cands[:n])
+    def _start(self) -> None:
+        """docwatch (re)starts: a new Indexer recovers what a dead writer left."""
+        self.indexer = Indexer(self.cfg, "state", sleep=lambda s: None)
+        self.indexer.recover()
+        # Right after recovery, before any batch repairs anything: no intents, no staging,
+        # no orphan, every document settled.
+        self.check_the_invariants()
 
-    @rule(n=st.integers(1, 40))
-    def ingest(self, n):
-        self._ingest_some(n)
+    def _running(self) -> Indexer:
+        if self.indexer is None:
+            self._start()
+        assert self.indexer is not None
+        return self.indexer
 
-    @rule(
-        point=st.sampled_from([p for p in faults.POINTS if p != "recovered"]), n=st.integers(1, 40)
-    )
-    def crash_during_ingest(self, point, n):
-        def hook(reached):
-            if reached == point:
-                raise Crash(point)
+    def _batch(self, n: int, kinds: str) -> list:
+        for relpath in self.half:  # still being written: its mtime keeps moving
+            os.utime(self.data / relpath)
+        cands = list_candidates(self.cfg, STAGES)
+        if kinds == "events":  # files not seen yet (by their stat), as they were written
+            seen = {(r, s["seen_size"], s["seen_mtime_ns"]) for (r, _), s in self._ledger().items()}
+            stat = {c.relpath: os.lstat(c.path) for c in cands}
+            cands = [
+                c
+                for c in cands
+                if (c.relpath, stat[c.relpath].st_size, stat[c.relpath].st_mtime_ns) not in seen
+            ]
+            cands.sort(key=lambda c: (stat[c.relpath].st_mtime_ns, c.relpath))
+        elif kinds != "listing":
+            cands = [c for c in cands if c.role.kind in kinds.split("+")]
+        return cands[:n]
 
-        faults.set_hook(hook)
-        try:
-            self._ingest_some(n)
-        except Crash:
-            pass
-        finally:
-            faults.set_hook(None)
-        self.restart()
+    def _something_new(self) -> bool:
+        """Whether a file waits that docwatch has not seen (a batch would have work)."""
+        return bool(self._batch(1, "events"))
+
+    @rule(n=N, kinds=KINDS)
+    def ingest(self, n, kinds):
+        self._running().ingest(self._batch(n, kinds))
+
+    def _child(self, cfg, batch: list, hook) -> int:
+        """Run a docwatch process in a forked child: it starts (its own Indexer, never the
+        parent's connection), recovers and ingests ``batch``, with ``hook`` at every fault
+        point.  Returns its exit code."""
+        if self.indexer is not None:  # no connection or lock of ours crosses the fork
+            self.indexer.close()
+            self.indexer = None
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                forget_the_inherited_io_pool()
+                faults.set_hook(hook)
+                indexer = Indexer(cfg, "state", sleep=lambda s: None)
+                indexer.recover()
+                indexer.ingest(batch)
+                code = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError(f"the docwatch child hung for {CHILD_TIMEOUT} s")
+            time.sleep(0.005)
+        return os.waitstatus_to_exitcode(waited[1])
+
+    def _crash(self, batch: list, die_at) -> str | None:
+        """The child dies by os._exit wherever ``die_at(point)`` says (no finally runs, no
+        cleanup); docwatch stays down until a restart.  Returns the point it died at."""
+        died_at = self.tmp / "died_at"
+        died_at.unlink(missing_ok=True)
+
+        def hook(reached: str) -> None:
+            if die_at(reached):
+                died_at.write_text(reached)
+                os._exit(faults.EXIT_CODE)
+
+        code = self._child(self.cfg, batch, hook)
+        assert code in (faults.EXIT_CODE, 0), f"the ingesting child failed (exit {code})"
+        return died_at.read_text() if code == faults.EXIT_CODE else None
+
+    def _trial(self, batch: list) -> list[str]:
+        """The fault points a batch passes, from a trial run on a copy of the whole state
+        (tree, index, documents, staging): a crash can then be aimed at any one of them."""
+        if self.indexer is not None:  # the index is copied closed
+            self.indexer.close()
+            self.indexer = None
+        trial = self.tmp / "trial"
+        shutil.rmtree(trial, ignore_errors=True)
+        shutil.copytree(self.data, trial, symlinks=True)
+        cfg = make_config(trial, batch_max_files=3, settle_seconds=30)
+        listed = {c.relpath: c for c in list_candidates(cfg, STAGES)}
+        trace = self.tmp / "trace"
+        trace.unlink(missing_ok=True)
+
+        def record(reached: str) -> None:
+            with open(trace, "a") as fh:
+                fh.write(reached + "\n")
+
+        code = self._child(cfg, [listed[c.relpath] for c in batch], record)
+        assert code == 0, f"the trial child failed (exit {code})"
+        shutil.rmtree(trial)
+        return trace.read_text().split() if trace.exists() else []
+
+    @precondition(lambda self: self._something_new())
+    @rule(point=POINTS, nth=st.sampled_from([1, 1, 2, 3]), n=N, kinds=KINDS)
+    def crash_at_a_point(self, point, nth, n, kinds):
+        """Dies the nth time it reaches ``point`` (``recovered``: while recovering)."""
+        hits: Counter = Counter()
+
+        def die_at(reached: str) -> bool:
+            hits[reached] += 1
+            return reached == point and hits[reached] == nth
+
+        self._note_crash(self._crash(self._batch(n, kinds), die_at))
+
+    @precondition(lambda self: self._something_new())
+    @rule(k=st.integers(0, 1000), after_commit=st.booleans(), n=N, kinds=KINDS)
+    def crash_at_any_durable_step(self, k, after_commit, n, kinds):
+        """Dies at one of the fault points the batch passes (the kth, modulo how many: a
+        trial run on a copy counts them), so the crash lands wherever the batch does work;
+        with ``after_commit``, between its row commit and its end (an update unfinished)."""
+        batch = self._batch(n, kinds)
+        points = self._trial(batch)
+        first = 0
+        if after_commit and "committed" in points:
+            first = points.index("committed")
+            points = [p for p in points[first:] if p in AFTER_COMMIT]
+        if not points:
+            event("crash: the batch had nothing to write")
+            return
+        seen: list[str] = []
+
+        def die_at(reached: str) -> bool:
+            seen.append(reached)
+            return len(seen) == first + k % len(points) + 1
+
+        self._note_crash(self._crash(batch, die_at))
+
+    def _note_crash(self, died: str | None) -> None:
+        """Statistics (--hypothesis-show-statistics): where crashes landed."""
+        if died is None:
+            event("crash point not reached")
+            return
+        event(f"crashed at {died}")
+        ops = {(i["op"], i["phase"]) for i in self._read_index()[2].values()}
+        if ("update", "committed") in ops:
+            event("crashed with a committed update unfinished")
 
     @rule()
     def restart(self):
-        self.indexer.close()
-        self.indexer = Indexer(self.cfg, "state", sleep=lambda s: None)
-        self.indexer.recover()
+        if self.indexer is not None:
+            self.indexer.close()
+            self.indexer = None
+        self._start()
 
-    @rule(n=st.integers(1, 40), times=st.integers(1, 3))
-    def disk_full_for_a_while(self, n, times):
+    @rule(
+        point=POINTS,
+        times=st.integers(1, 3),
+        n=N,
+        kinds=KINDS,
+    )
+    def disk_full_for_a_while(self, point, times, n, kinds):
         remaining = times
 
         def hook(reached):
             nonlocal remaining
-            if reached == "renamed" and remaining > 0:
+            if reached == point and remaining > 0:
                 remaining -= 1
                 raise OSError(errno.ENOSPC, "injected: no space left on device")
 
+        indexer = self._running()
         faults.set_hook(hook)
         try:
-            self._ingest_some(n)
+            indexer.ingest(self._batch(n, kinds))
         finally:
             faults.set_hook(None)
+        event(f"disk full at {point}" if remaining < times else "disk-full point not reached")
 
-    @rule(n=st.integers(1, 40))
+    @rule(n=N)
     def index_locked_by_a_reader_for_a_while(self, n):
-        if not self.cfg.db.exists():
-            return
+        indexer = self._running()
         locked = threading.Event()
 
         def hold():
             con = sqlite3.connect(self.cfg.db, isolation_level=None)
             con.execute("BEGIN IMMEDIATE")
             locked.set()
-            time.sleep(0.2)
+            time.sleep(0.1)
             con.execute("COMMIT")
             con.close()
 
         holder = threading.Thread(target=hold)
         holder.start()
         locked.wait()
-        self._ingest_some(n)
-        holder.join()
+        try:
+            indexer.ingest(self._batch(n, "listing"))
+        finally:
+            holder.join()
 
-    # -- the invariant ---------------------------------------------------------------------
+    # -- reading the index ---------------------------------------------------------------
+
+    def _read_index(self):
+        """(rows, attempts, intents, ledger) as plain dicts; empty before the first write."""
+        if not self.cfg.db.exists():
+            return {}, {}, {}, {}
+        con = sqlite3.connect(self.cfg.db)
+        con.row_factory = sqlite3.Row
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+            if "intents" not in tables:
+                return {}, {}, {}, {}
+            rows = {r["doc_id"]: dict(r) for r in con.execute("SELECT * FROM documents")}
+            attempts = {r["doc_id"]: dict(r) for r in con.execute("SELECT * FROM attempts")}
+            intents = {r["doc_id"]: dict(r) for r in con.execute("SELECT * FROM intents")}
+            ledger = {
+                (r["relpath"], r["sha256"]): dict(r) for r in con.execute("SELECT * FROM sources")
+            }
+        finally:
+            con.close()
+        return rows, attempts, intents, ledger
+
+    def _ledger(self) -> dict:
+        return self._read_index()[3]
+
+    def _assert_no_orphans(self, rows: dict, intents: dict) -> None:
+        """Every document directory has a row, or an intent (a batch that died writing it)."""
+        for stage in STAGES:
+            stage_dir = self.cfg.docs_root / stage
+            if stage_dir.is_dir():
+                for entry in stage_dir.iterdir():
+                    assert entry.name in rows or entry.name in intents, f"orphan {entry}"
+
+    # -- the invariants ------------------------------------------------------------------
 
     @invariant()
-    def every_visible_row_has_its_complete_directory(self):
-        if not self.cfg.db.exists():
-            return
-        con = sqlite3.connect(self.cfg.db)
-        rows = con.execute("SELECT doc_dir, meta_small FROM documents").fetchall()
-        con.close()
-        for doc_dir, meta in rows:
-            assert (self.data / doc_dir / "metadata.json").exists(), doc_dir
-            for kind, source in json.loads(meta)["sources"].items():
-                if source is not None:
-                    assert (self.data / doc_dir / f"{kind}.txt").exists(), (doc_dir, kind)
+    def invariants(self):
+        self.check_the_invariants()
+
+    def check_the_invariants(self) -> None:
+        rows, attempts, intents, ledger = self._read_index()
+        self._check_ids_resolve(rows)
+        self._check_directories(rows, attempts, intents)
+        self._check_exactly_once(rows, attempts, ledger)
+        self._check_pinned_facts(ledger)
+        if self.indexer is not None:  # docwatch alive and between batches
+            assert not intents, f"intents left by a finished batch: {sorted(intents)}"
+            assert not staged_batches(self.cfg.docs_root), "staging left by a finished batch"
+
+    def _check_directories(self, rows: dict, attempts: dict, intents: dict) -> None:
+        """(a) every row has its complete directory; its metadata.json and files match the
+        row unless an intent for it is in flight; no directory without a row or an intent."""
+        for doc_id, row in rows.items():
+            assert row["doc_dir"] == f"docs/{row['stage']}/{doc_id}", row["doc_dir"]
+            doc_dir = self.data / row["doc_dir"]
+            meta_path = doc_dir / "metadata.json"
+            assert meta_path.is_file(), f"visible {doc_id} ({row['status']}) has no {meta_path}"
+            meta = json.loads(meta_path.read_text())
+            settled = doc_id not in intents
+            if settled:  # metadata.json holds the full row
+                stored = dict(row, meta_small=json.loads(row["meta_small"]))
+                assert meta["row"] == stored, (doc_id, meta["row"], stored)
+            sources = json.loads(row["meta_small"])["sources"]
+            for kind, relpath in sources.items():
+                key = attempts[doc_id][f"{kind}_key"]
+                if relpath is None:
+                    assert key is None, (doc_id, kind, key)
+                    continue
+                assert key is not None and key.split(":", 1)[1] == relpath, (doc_id, kind, key)
+                path = doc_dir / f"{kind}.txt"
+                assert path.is_file(), f"visible {doc_id} ({row['status']}) has no {kind}.txt"
+                if settled:
+                    assert sha(path.read_bytes()) == key.split(":", 1)[0], (doc_id, kind)
+            if settled:  # nothing else: a file a batch added and never committed is gone
+                expected = {"metadata.json"} | {f"{k}.txt" for k, v in sources.items() if v}
+                assert set(os.listdir(doc_dir)) == expected, (doc_id, os.listdir(doc_dir))
+        self._assert_no_orphans(rows, intents)
+
+    def _check_ids_resolve(self, rows: dict) -> None:
+        """(b) a doc_id once visible always resolves: its row and its directory stay."""
+        self.seen_ids.update((doc_id, row["stage"]) for doc_id, row in rows.items())
+        for doc_id, stage in self.seen_ids.items():
+            assert doc_id in rows, f"{doc_id} was visible and no longer resolves"
+            assert (self.cfg.docs_root / stage / doc_id / "metadata.json").is_file(), doc_id
+
+    def _check_exactly_once(self, rows: dict, attempts: dict, ledger: dict) -> None:
+        """(c) one row per (task, primary source); every ingested raw and parsed source in
+        exactly one non-superseded document, and documents only of ingested sources."""
+        primaries = Counter(
+            (row["stage"], row["task_id"], attempts[d]["raw_key"] or attempts[d]["parsed_key"])
+            for d, row in rows.items()
+        )
+        assert all(n == 1 for n in primaries.values()), primaries.most_common(3)
+        holders: Counter = Counter()
+        for doc_id, row in rows.items():
+            if row["status"] != "superseded":
+                a = attempts[doc_id]
+                holders.update(k for k in (a["raw_key"], a["parsed_key"]) if k)
+        ingested = {
+            f"{s}:{r}" for (r, s), src in ledger.items() if src["kind"] in ("raw", "parsed")
+        }
+        for key in ingested:
+            assert holders[key] == 1, f"{key} is in {holders[key]} visible documents"
+        assert set(holders) <= ingested, set(holders) - ingested
+
+    def _check_pinned_facts(self, ledger: dict) -> None:
+        """The ledger holds only complete bytes the pipeline wrote, each with the mtime it
+        had when first ingested (a later touch never moves it)."""
+        for key, src in ledger.items():
+            assert key not in self.partial, f"half-written {key[0]} was ingested"
+            assert key in self.first_mtime, f"{key} was never written"
+            assert src["mtime_ns"] == self.first_mtime[key], (key, src, self.first_mtime[key])
+
+    # -- quiescence: the index equals the model --------------------------------------------
 
     def write_sticky_table(self, root: Path) -> None:
         """The model's essay table: what the index remembers of each task (sticky facts: a
@@ -229,19 +661,68 @@ class DocwatchMachine(RuleBasedStateMachine):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(ESSAY_TABLE + "".join(rows[k] for k in sorted(rows)))
 
-    def check_quiescent_equals_model(self):
-        self.finish_raw_writes() if self.half_written else None
-        self.restart()
-        scan(self.cfg, run_id="state")
+    def finish_the_tree(self) -> None:
+        """The pipeline is done: late raws delivered, restores complete, writes finished."""
+        while self.late:
+            self.deliver_a_late_raw(0)
+        if self.stashed:
+            self.restore_raw_files()
+        if self.half:
+            self.finish_raw_writes()
+
+    def check_quiescent_equals_model(self) -> None:
+        self.finish_the_tree()
+        self._running()
+        self.indexer.close()
+        self.indexer = None
+        final_cfg = make_config(self.data, batch_max_files=3)  # settle 0: future mtimes too
+        scan(final_cfg, run_id="state")
+        self.check_the_invariants()
+
         model_root = self.tmp / "model"
         shutil.copytree(self.data, model_root, ignore=shutil.ignore_patterns("db", "docs"))
         self.write_sticky_table(model_root)
         model_cfg = make_config(model_root)
+
+        def place(relpath: str, data: bytes, mtime_ns: int) -> None:
+            (model_root / relpath).write_bytes(data)
+            os.utime(model_root / relpath, ns=(mtime_ns, mtime_ns))
+
+        for relpath, (data, _) in self.files.items():  # first-ingest mtimes, not touches
+            place(relpath, data, self.first_mtime[(relpath, sha(data))])
+        # Every version docwatch ingested of a rewritten path, oldest first, then the tree.
+        for n in range(max((len(h) for h in self.history.values()), default=0)):
+            for relpath, versions in self.history.items():
+                data, _ = versions[n] if n < len(versions) else self.files[relpath]
+                place(relpath, data, self.first_mtime[(relpath, sha(data))])
+            scan(model_cfg, run_id="state")
+        for relpath in self.history:
+            data, _ = self.files[relpath]
+            place(relpath, data, self.first_mtime[(relpath, sha(data))])
         scan(model_cfg, run_id="state")
-        assert snapshot(self.cfg.db) == snapshot(model_cfg.db)
+
+        got, want = snapshot(self.cfg.db), snapshot(model_cfg.db)
+        assert got == want, differences(got, want)
         assert docs_tree(self.cfg.docs_root) == docs_tree(model_cfg.docs_root)
+        tombstones = assert_tombstones(self.cfg.db, self.cfg.docs_root)
+        event(f"tombstones at the end: {min(tombstones, 3)}{'+' if tombstones >= 3 else ''}")
         report = verify(self.cfg)
         assert report.ok, report.problems
+
+
+def differences(got: dict, want: dict) -> str:
+    """The index against the model, row by row (only the differing columns)."""
+    lines = [f"only in the index: {got[d]}" for d in sorted(set(got) - set(want))]
+    lines += [f"only in the model: {want[d]}" for d in sorted(set(want) - set(got))]
+    for d in sorted(set(got) & set(want)):
+        diff = [
+            f"{column}: index {a!r} model {b!r}"
+            for column, a, b in zip(SNAPSHOT_COLUMNS, got[d], want[d], strict=True)
+            if a != b
+        ]
+        if diff:
+            lines.append(f"{d}: " + "; ".join(diff))
+    return "\n".join(lines)
 
 
 class QuiescentMachine(DocwatchMachine):
@@ -253,10 +734,19 @@ class QuiescentMachine(DocwatchMachine):
             super().teardown()
 
 
-QuiescentMachine.TestCase.settings = settings(
-    max_examples=25,
-    stateful_step_count=25,
+SETTINGS = dict(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+QuiescentMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=30, **SETTINGS)
 TestDocwatchStateful = QuiescentMachine.TestCase
+
+
+class LongQuiescentMachine(QuiescentMachine):
+    pass
+
+
+LongQuiescentMachine.TestCase.settings = settings(
+    max_examples=300, stateful_step_count=60, **SETTINGS
+)
+TestDocwatchStatefulLong = pytest.mark.long(LongQuiescentMachine.TestCase)

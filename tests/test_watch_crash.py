@@ -5,7 +5,8 @@ while the simulated pipeline is writing.  The state it leaves is checked at once
 restart (``crashcheck.check_crash_state``: every row a complete document with the ledger's
 bytes, no orphan directory); the restarted daemon must then reach the same index as a scan of
 the finished tree (every column, every file's bytes), with `verify` clean.  ``DOCWATCH_TRACE``
-shows where each process died.
+shows where each process died.  On both index backends (``index_url``: the daemon writes that
+PostgreSQL database; the reference scan writes SQLite).
 """
 
 from __future__ import annotations
@@ -37,7 +38,12 @@ def assert_died_at(trace, pid: int, point: str) -> None:
 
 
 @pytest.mark.parametrize("point", [*LIVE_POINTS, "recovered"])
-def test_watch_dies_at_a_durable_step_then_restart_converges(env, notify, point):  # noqa: F811
+def test_watch_dies_at_a_durable_step_then_restart_converges(
+    env,  # noqa: F811  (the fixture)
+    notify,  # noqa: F811
+    index_url,
+    point,
+):
     """``recovered``: the daemon dies mid-batch (after its commit, replacements pending), the
     restarted one dies while recovering that batch, a third start converges."""
     env.config.write_text(env.config.read_text() + "batch_max_files = 8\n")

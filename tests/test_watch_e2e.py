@@ -4,6 +4,11 @@ The simulated pipeline (examples/legacy_tree.py: 10 concurrent writers, .tmp+ren
 and parsed files, slow in-place raw writes, re-materialisations, parse failures, evaluations
 without raw, copy-mode essays) writes while the daemon runs; afterwards the index must equal a
 ``docwatch scan`` of a copy of the finished tree on an empty index.
+
+The convergence tests (and tests/test_watch_crash.py) run on both index backends: a test that
+asks for the ``index_url`` fixture gets a daemon writing that PostgreSQL database (``sqlite``:
+the SQLite file); the reference scan always writes a fresh SQLite index (SPEC "Index backends":
+the same documents, ids, links and statuses whichever engine holds them).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import assert_tombstones, docs_tree, staged_batches
+from conftest import assert_tombstones, docs_tree, query, staged_batches
 from docwatch.config import load_config
 from docwatch.ingest.scan import scan
 from docwatch.store.locks import writer_lock
@@ -54,14 +59,16 @@ def notify():
 
 
 class Env:
-    """One data root, the daemon's index outside it, and a config file."""
+    """One data root, the daemon's index outside it (an SQLite file, or the PostgreSQL
+    database ``index_url``), and a config file."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, index_url: str | None = None) -> None:
         self.tmp = tmp_path
         self.data = tmp_path / "data"
         self.data.mkdir()
         self.db = tmp_path / "watch-index" / "documents.sqlite"
         self.docs = tmp_path / "watch-index" / "docs"
+        self.index_url = index_url
         self.config = tmp_path / "docwatch.toml"
         self.config.write_text(CONFIG)
         self.procs: list[subprocess.Popen] = []
@@ -73,17 +80,26 @@ class Env:
         shutil.copytree(self.data, keep, symlinks=True)
         self.history.append(keep)
 
-    def args(self, data: Path, db: Path, docs: Path) -> list[str]:
+    @property
+    def index(self) -> str | Path:
+        """The daemon's index, for ``rows``, conftest.query and assert_tombstones."""
+        return self.index_url or self.db
+
+    def args(self, data: Path, db: Path, docs: Path, index_url: str | None = None) -> list[str]:
+        where = ["--index-url", index_url] if index_url else ["--db", str(db)]
         return [
             "--config",
             str(self.config),
             "--data-root",
             str(data),
-            "--db",
-            str(db),
+            *where,
             "--docs-root",
             str(docs),
         ]
+
+    def own_args(self) -> list[str]:
+        """The arguments naming the daemon's own data root and index."""
+        return self.args(self.data, self.db, self.docs, self.index_url)
 
     def start(
         self,
@@ -98,7 +114,7 @@ class Env:
             env |= {"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"}
         log = open(self.tmp / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "docwatch", "watch", *self.args(self.data, self.db, self.docs)],
+            [sys.executable, "-m", "docwatch", "watch", *self.own_args()],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -120,31 +136,41 @@ class Env:
 
     def cfg(self):
         flags = {"data_root": self.data, "db": self.db, "docs_root": self.docs}
-        return load_config(self.config, {}, flags)
+        return load_config(self.config, {}, flags | {"index_url": self.index_url})
+
+    def has_index(self) -> bool:
+        """Whether the daemon has made its index yet."""
+        if self.index_url is None:
+            return self.db.exists()
+        import psycopg
+
+        with psycopg.connect(self.index_url, autocommit=True) as con:
+            return con.execute("SELECT to_regclass('docwatch_schema') IS NOT NULL").fetchone()[0]
 
     def caught_up(self) -> bool:
         """Every settled pipeline file is in the daemon's ledger, and nothing is pending."""
-        if not self.db.exists():
+        if not self.has_index():
             return False
         result = scan(self.cfg(), run_id="probe", dry_run=True)
         busy = sum(c["new"] + c["deferred"] for c in result.counts.values())
-        return busy == 0 and not rows(self.db, "WHERE status = 'pending'")
+        return busy == 0 and not rows(self.index, "WHERE status = 'pending'")
 
 
 @pytest.fixture
-def env(tmp_path):
-    e = Env(tmp_path)
+def env(tmp_path, request):
+    """SQLite, unless the test asks for ``index_url`` too (then: run on both backends)."""
+    index_url = (
+        request.getfixturevalue("index_url") if "index_url" in request.fixturenames else None
+    )
+    e = Env(tmp_path, index_url)
     yield e
     e.cleanup()
 
 
-def rows(db: Path, where: str = "WHERE status <> 'superseded'") -> set[tuple]:
-    """The visible documents, every column compared (superseded ones: ``assert_tombstones``)."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        found = con.execute(f"SELECT {COMPARED} FROM documents {where}").fetchall()
-    finally:
-        con.close()
+def rows(index: Path | str, where: str = "WHERE status <> 'superseded'") -> set[tuple]:
+    """The visible documents, every column compared (superseded ones: ``assert_tombstones``),
+    of an SQLite file or a postgresql:// URL."""
+    found = query(index, f"SELECT {COMPARED} FROM documents {where}")
     return {(*r[:-1], "/".join(r[-1].split("/")[-2:])) for r in found}
 
 
@@ -165,6 +191,8 @@ def scan_of_copy(env: Env) -> set[tuple]:
     a scan of each earlier state the daemon saw (``env.history``: the task tables are rewritten
     per experiment, and a task keeps the facts it was indexed with).  Returns the rows; the
     files of both indexes are compared too."""
+    if env.index_url is not None:
+        assert not env.cfg().db.exists(), "the daemon on PostgreSQL made an SQLite index"
     copy = env.tmp / "copy"
     db, docs = env.tmp / "scan-index" / "documents.sqlite", env.tmp / "scan-index" / "docs"
     for state in [*env.history, env.data]:
@@ -178,7 +206,7 @@ def scan_of_copy(env: Env) -> set[tuple]:
         )
         assert out.returncode == 0, out.stderr
     assert docs_tree(env.docs) == docs_tree(docs), "document files differ from the scan's"
-    assert_tombstones(env.db, env.docs)
+    assert_tombstones(env.index, env.docs)
     return rows(db)
 
 
@@ -195,14 +223,14 @@ def assert_same(watched: set[tuple], scanned: set[tuple]) -> None:
 def assert_verified_and_same_as_scan(env: Env) -> None:
     """`docwatch verify` is clean and the index equals a scan of the finished tree."""
     verify = subprocess.run(
-        [sys.executable, "-m", "docwatch", "verify", *env.args(env.data, env.db, env.docs)],
+        [sys.executable, "-m", "docwatch", "verify", *env.own_args()],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert_same(rows(env.db), scan_of_copy(env))
+    assert_same(rows(env.index), scan_of_copy(env))
 
 
 def wait_ready(env: Env, proc: subprocess.Popen, notify: NotifySocket, n: int = 1) -> None:
@@ -210,13 +238,13 @@ def wait_ready(env: Env, proc: subprocess.Popen, notify: NotifySocket, n: int = 
     assert proc.poll() is None, env.log(proc)
 
 
-def test_live_pipeline_converges_with_a_scan_of_the_finished_tree(env, notify):
+def test_live_pipeline_converges_with_a_scan_of_the_finished_tree(env, notify, index_url):
     pre = legacy_tree.build_tree(env.data, combos=1, seed=11, quirks=False)  # an older tree
     env.remember()  # its task tables are rewritten by the next experiment
     proc = env.start(notify)
     wait_ready(env, proc, notify)
     assert env.caught_up(), "READY=1 came before the catch-up finished"
-    assert len(rows(env.db)) == sum(pre.attempts.values())
+    assert len(rows(env.index)) == sum(pre.attempts.values())
 
     summary = legacy_tree.run_pipeline(
         env.data, combos=6, seed=12, writers=10, raw_write_delay=0.05
@@ -228,10 +256,10 @@ def test_live_pipeline_converges_with_a_scan_of_the_finished_tree(env, notify):
 
     assert notify.count("WATCHDOG=1") >= 1
     assert any(m.startswith(("STATUS=", "READY=1\nSTATUS=")) for m in notify.messages)
-    assert_same(rows(env.db), scan_of_copy(env))
+    assert_same(rows(env.index), scan_of_copy(env))
 
 
-def test_kill_9_in_the_middle_then_restart_converges(env, notify):
+def test_kill_9_in_the_middle_then_restart_converges(env, notify, index_url):
     proc = env.start(notify)
     wait_ready(env, proc, notify)
     done = threading.Event()
@@ -247,7 +275,7 @@ def test_kill_9_in_the_middle_then_restart_converges(env, notify):
 
     writer = threading.Thread(target=pipeline, daemon=True)
     writer.start()
-    wait_until(lambda: len(rows(env.db)) >= 20, 60, interval=0.02, what="some documents")
+    wait_until(lambda: len(rows(env.index)) >= 20, 60, interval=0.02, what="some documents")
     print("pipeline still writing at kill time:", writer.is_alive())
     proc.kill()  # SIGKILL, wherever it is (mid-batch or not)
     assert proc.wait(10) == -signal.SIGKILL
