@@ -242,7 +242,8 @@ NEXT = {
     "files_synced": {"intents_committed"},
     "intents_committed": {"renamed", "dirs_synced"},
     "renamed": {"renamed", "dirs_synced"},
-    "dirs_synced": {"committed"},
+    "dirs_synced": {"committing"},
+    "committing": {"committed"},
     "committed": {"replaced", "replaced_synced", "cleaned"},
     "replaced": {"replaced", "replaced_synced"},
     "replaced_synced": {"intents_cleared"},
@@ -299,7 +300,8 @@ def points_of(trace_file: Path, pid: int | None = None) -> list[str]:
 
 def assert_durable_order(points: list[str], *, aborted_ok: bool = False) -> None:
     """One batch's points follow the protocol: staged < files_synced < intents_committed <
-    renamed* < dirs_synced < committed < (replaced* < replaced_synced < intents_cleared)? <
+    renamed* < dirs_synced < committing < committed < (replaced* < replaced_synced <
+    intents_cleared)? <
     cleaned, or a prefix of it (a crash).  ``aborted_ok``: ``cleaned`` may also follow any
     point (a batch that raised: ``finally: cleanup``)."""
     assert points, "an empty batch"

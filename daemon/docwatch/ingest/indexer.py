@@ -174,7 +174,15 @@ class Indexer:
 
     def _recover_locked(self) -> int:
         intents = self.index.take_intents(self.writer_id)
-        changed = self.store.recover(intents)
+        if intents:
+            # A killed writer's session (PostgreSQL) may still be finishing the commit it sent:
+            # its task locks go only when the session ends; then the intents say what happened.
+            self.index.wait_tasks((r["stage"], r["task_id"]) for r in intents)
+            intents = self.index.take_intents(self.writer_id)
+        try:
+            changed = self.store.recover(intents)
+        finally:
+            self.index.unlock_tasks()
         self._replan |= {(r["stage"], r["task_id"]) for r in intents}
         if intents:
             with self.index.transaction():

@@ -112,6 +112,8 @@ class Writer:
                 self.index.clear_intents(self.writer_id, [c.doc_id for c in kept])
             if sources:
                 self._record_freshness(max(s.mtime_ns for s in sources))
+            if batch is not None:
+                faults.point("committing")  # a crash here: the whole commit or nothing
 
     def _record_freshness(self, newest_ns: int) -> None:
         """``status``: when the last batch committed and, for files written while the daemon

@@ -23,6 +23,7 @@ POINTS = (
     "intents_committed",  # the batch's intents committed
     "renamed",  # one document's new directory or new files renamed into place (per document)
     "dirs_synced",  # the renames durable
+    "committing",  # rows, ledger, task facts written, their transaction not committed yet
     "committed",  # rows, ledger, task facts committed (intents marked committed)
     "replaced",  # one visible document's replacements and removals done (per document)
     "replaced_synced",  # those durable
@@ -37,6 +38,7 @@ CREATE_ONLY = (
     "intents_committed",
     "renamed",
     "dirs_synced",
+    "committing",
     "committed",
     "cleaned",
 )

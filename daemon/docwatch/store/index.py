@@ -162,8 +162,12 @@ class Index:
         """The tasks this writer may plan now (all of them, when it is the only writer)."""
         return set(tasks)
 
+    def wait_tasks(self, tasks: Iterable[tuple[str, str]], timeout: float = 60.0) -> None:
+        """Take these tasks' locks, waiting for a writer that still holds them (recovery of a
+        shared index: a killed writer's session may still be finishing its commit)."""
+
     def unlock_tasks(self) -> None:
-        """Give back the tasks ``lock_tasks`` took (at the end of each batch)."""
+        """Give back the tasks ``lock_tasks`` and ``wait_tasks`` took."""
 
     # -- the ledger ----------------------------------------------------------------------
 

@@ -117,6 +117,17 @@ class PostgresIndex(Index):
                 taken.add(task)
         return taken
 
+    def wait_tasks(self, tasks: Iterable[tuple[str, str]], timeout: float = 60.0) -> None:
+        self.con.execute(f"SET lock_timeout = '{int(timeout * 1000)}ms'")
+        try:
+            for task in sorted(set(tasks)):
+                key = task_lock_key(*task)
+                if key not in self._held:
+                    self.con.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    self._held.add(key)
+        finally:
+            self.con.execute("SET lock_timeout = 0")
+
     def unlock_tasks(self) -> None:
         for key in sorted(self._held):
             self.con.execute("SELECT pg_advisory_unlock(%s)", (key,))

@@ -13,6 +13,7 @@ import errno
 import os
 import sqlite3
 import stat
+import time
 from pathlib import Path
 
 from docwatch.errors import IndexCorrupt, IndexUnreadable
@@ -78,7 +79,7 @@ def open_sqlite(
         if readonly:
             check_version(con, path)
         else:
-            con.execute("PRAGMA journal_mode = WAL")
+            _wal(con, busy_timeout_ms / 1000)
             con.execute("PRAGMA synchronous = FULL")
             migrate(con, path)
     except sqlite3.Error as exc:
@@ -90,6 +91,21 @@ def open_sqlite(
         con.close()
         raise
     return SqliteIndex(con, path, readonly=readonly)
+
+
+def _wal(con: sqlite3.Connection, timeout: float) -> None:
+    """WAL mode (kept in the file); switching needs the database alone, which the busy
+    handler does not wait for, so a writer opening beside another retries for a while."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def check_version(con: sqlite3.Connection, path: Path) -> None:
