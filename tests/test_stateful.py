@@ -38,7 +38,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import sys
 import tempfile
 import threading
 import time
@@ -98,16 +97,6 @@ POINTS = st.one_of(st.sampled_from(AFTER_COMMIT), st.sampled_from(faults.POINTS)
 
 #: A forked docwatch child that has not finished by then is stuck (a liveness bound).
 CHILD_TIMEOUT = 120
-
-
-def forget_the_inherited_io_pool() -> None:
-    """In a forked child: docwatch's I/O thread pool (``ingest/pool.py``) is a module global
-    created in the parent; the child inherits the object but none of its threads, so its
-    first batch of 8+ files would wait forever.  docwatch registers no fork handler for it
-    (reported); this is what ``os.register_at_fork(after_in_child=...)`` there would do."""
-    pool = sys.modules.get("docwatch.ingest.pool")
-    if pool is not None and getattr(pool, "_pool", None) is not None:
-        pool._pool = None
 
 
 def event(what: str) -> None:
@@ -373,7 +362,6 @@ class DocwatchMachine(RuleBasedStateMachine):
         if pid == 0:
             code = 1
             try:
-                forget_the_inherited_io_pool()
                 faults.set_hook(hook)
                 indexer = Indexer(cfg, "state", sleep=lambda s: None)
                 indexer.recover()

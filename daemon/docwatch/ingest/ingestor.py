@@ -75,6 +75,8 @@ class BatchReport:
     superseded: list[str] = field(default_factory=list)
     #: Deferred because their mtime is in the future (the caller watches them settle).
     future: list[Candidate] = field(default_factory=list)
+    #: Parsed files held back with a raw of their task that was not ready (read them with it).
+    held: list[Candidate] = field(default_factory=list)
     #: Tasks to re-plan later (another writer of a shared index held them).
     replan_later: set[tuple[str, str]] = field(default_factory=set)
 
@@ -86,6 +88,7 @@ class BatchReport:
         self.updated += other.updated
         self.superseded += other.superseded
         self.future += other.future
+        self.held += other.held
         self.replan_later |= other.replan_later
 
 
@@ -236,6 +239,8 @@ class Ingestor:
                 report.retry.append(o.candidate)
                 if o.reason and o.reason.startswith("mtime in the future"):
                     report.future.append(o.candidate)
+                elif o.reason and o.reason.startswith("held:"):
+                    report.held.append(o.candidate)
                 log.debug("%s: %s", o.relpath, o.reason)
             elif o.status == IGNORED:
                 log.debug("ignored %s: %s", o.relpath, o.reason)

@@ -151,6 +151,7 @@ def catch_up(
     cfg = indexer.cfg
     cands = listing(cfg.data_root, cfg.folders, stages, indexer.index.ledger_in_folder, counts)
     future: list[Candidate] = []
+    held: list[Candidate] = []
     listed_at = time.monotonic()
     done = 0
     for batch in task_batches(cands, cfg.batch_max_files):
@@ -158,6 +159,7 @@ def catch_up(
             return done
         report = indexer.ingest(batch, known=_never)
         future += report.future
+        held += report.held
         add(report)
         between()
         done += len(batch)
@@ -168,17 +170,18 @@ def catch_up(
     if progress:
         progress(sum(counts.values()))
     if future and settle_future and not stop():
-        add(settled_future(indexer, future, listed_at, _never))
+        add(settled_future(indexer, future, held, listed_at))
     indexer.expire_pending()
     add(indexer.ingest_queued(between))
     return done + sum(counts.values())
 
 
 def settled_future(
-    indexer: Indexer, future: list[Candidate], listed_at: float, known
+    indexer: Indexer, future: list[Candidate], held: list[Candidate], listed_at: float
 ) -> BatchReport:
     """Files whose mtime is in the future (clock skew, NFS) are read once they have stayed
-    unchanged for ``settle_seconds`` since they were listed; the rest stay deferred."""
+    unchanged for ``settle_seconds`` since they were listed, with the parsed files held back
+    for them; the rest stay deferred."""
     wait = indexer.cfg.settle_seconds - (time.monotonic() - listed_at)
     if wait > 0:
         time.sleep(wait)
@@ -194,8 +197,10 @@ def settled_future(
             c.lstat.st_ino,
         ):
             steady.append(Candidate(c.path, c.role, c.relpath, st))
-    report = indexer.ingest(steady, ready=True, known=known) if steady else BatchReport()
-    for c in steady:  # counted deferred by the first pass; this pass counts them again
+    steady_tasks = {c.task for c in steady}
+    again = steady + [c for c in held if c.task in steady_tasks]
+    report = indexer.ingest(again, ready=True, known=_never) if again else BatchReport()
+    for c in again:  # counted deferred by the first pass; this pass counts them again
         report.counts[(c.role.stage, "deferred")] -= 1
     return report
 

@@ -23,6 +23,7 @@ from docwatch.ingest.planner import ANY_PARENT_STAGE
 from docwatch.ingest.sources import DEFERRED, ERROR, NEW, probe
 from docwatch.store.backend import open_index
 from docwatch.store.index import Index
+from docwatch.store.schema import DOCUMENT_COLUMNS
 
 CHUNK = 1 << 20
 
@@ -55,13 +56,15 @@ def verify(cfg: Config, *, checksums: bool = True) -> VerifyReport:
     index = open_index(cfg.index_location, readonly=True)
     try:
         rows = index.all(
-            "SELECT d.doc_id, d.stage, d.status, d.parent_doc_id, a.parent_stage,"
-            " a.parent_task_id, a.parent_ref_ns FROM documents d JOIN attempts a USING (doc_id)"
+            "SELECT d.*, a.parent_stage, a.parent_task_id, a.parent_ref_ns"
+            " FROM documents d JOIN attempts a USING (doc_id)"
         )
         unfinished = {r["doc_id"] for r in index.all("SELECT doc_id FROM intents")}
         report.checked["documents"] = len(rows)
         for r in rows:
-            _check_document(cfg, r["doc_id"], r["stage"], checksums, report)
+            meta = _check_document(cfg, r["doc_id"], r["stage"], checksums, report)
+            if meta is not None and r["doc_id"] not in unfinished:
+                _check_metadata_row(cfg, r, meta, report)
         _check_orphans(cfg, {r["doc_id"] for r in rows}, unfinished, report)
         _check_parents(index, rows, report)
         _check_sources(cfg, index, report)
@@ -78,9 +81,22 @@ def verify(cfg: Config, *, checksums: bool = True) -> VerifyReport:
     return report
 
 
+def _check_metadata_row(cfg: Config, row: dict, meta: dict, report: VerifyReport) -> None:
+    """metadata.json's row is the index's row (rebuild-index restores the index from it)."""
+    stored = {c: row[c] for c in DOCUMENT_COLUMNS}
+    stored["meta_small"] = json.loads(stored["meta_small"]) if stored["meta_small"] else None
+    if meta.get("row") != stored:
+        differ = sorted(c for c in DOCUMENT_COLUMNS if (meta.get("row") or {}).get(c) != stored[c])
+        where = str(cfg.docs_root / row["stage"] / row["doc_id"] / "metadata.json")
+        report.problems.append(
+            (where, f"says other {', '.join(differ)} than the index; `verify --repair` rewrites it")
+        )
+        report.damaged.add(row["doc_id"])
+
+
 def _check_document(
     cfg: Config, doc_id: str, stage: str, checksums: bool, report: VerifyReport
-) -> None:
+) -> dict | None:
     doc_dir = cfg.docs_root / stage / doc_id
     where = str(doc_dir)
     try:
@@ -89,15 +105,16 @@ def _check_document(
         what = "document directory missing" if not doc_dir.exists() else "metadata.json missing"
         report.problems.append((where, f"{what}; `docwatch verify --repair` rewrites it"))
         report.damaged.add(doc_id)
-        return
+        return None
     except (OSError, ValueError) as exc:
         report.problems.append((where, f"metadata.json unreadable: {exc}"))
         report.damaged.add(doc_id)
-        return
+        return None
     sources = meta.get("provenance", {}).get("sources", {})
+    gone = (meta.get("row", {}).get("meta_small") or {}).get("unavailable", {})
     for kind, source in sources.items():
         path = doc_dir / f"{kind}.txt"
-        if source is None or (kind == "prompt" and not cfg.prompt_copy):
+        if source is None or (kind == "prompt" and not cfg.prompt_copy) or kind in gone:
             continue
         if not path.exists():
             report.problems.append((str(path), f"{kind}.txt missing (source {source['path']})"))
@@ -107,6 +124,7 @@ def _check_document(
                 (str(path), f"checksum differs from its source {source['path']} (edited by hand?)")
             )
             report.damaged.add(doc_id)
+    return meta
 
 
 def repair(cfg: Config, doc_ids: set[str], run_id: str) -> int:

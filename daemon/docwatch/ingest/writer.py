@@ -9,7 +9,9 @@ unreadable) is left out and reported; the rest of the batch is written.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +22,8 @@ from docwatch.core.model import Source, TaskInfo
 from docwatch.ingest.planner import Change, change_facts, metadata
 from docwatch.ingest.pool import map_io
 from docwatch.store import faults
-from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
-from docwatch.store.index import Index
+from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged, open_source
+from docwatch.store.index import Index, source_key
 
 log = logging.getLogger("docwatch.ingest")
 
@@ -73,6 +75,7 @@ class Writer:
             self._commit(None, batch_in, [], result)
             return result
         batch = self.store.begin()
+        committed = False
         try:
             kept = self._stage_all(batch, batch_in, result)
             batch.sync_staged()
@@ -85,14 +88,19 @@ class Writer:
             faults.point("intents_committed")
             batch.publish()
             self._commit(batch, batch_in, kept, result)
+            committed = True
             faults.point("committed")
             if batch.has_work_after_commit():
                 batch.finish()
                 with self.index.transaction():
                     self.index.clear_intents(self.writer_id, [c.doc_id for c in kept])
                 faults.point("intents_cleared")
-        finally:
-            batch.cleanup()
+        except BaseException:
+            if not committed or not batch.has_work_after_commit():
+                batch.cleanup()
+            # else: the committed intents need what is staged; recovery finishes the batch
+            raise
+        batch.cleanup()
         result.written = kept
         return result
 
@@ -128,7 +136,9 @@ class Writer:
         staged_by_task: dict[tuple[str, str], list] = {}
         changes = batch_in.changes
         outcomes = map_io(lambda c: self._stage_one(batch, c, batch_in.contents), changes)
-        for c, staged in zip(changes, outcomes, strict=True):
+        for i, (c, staged) in enumerate(zip(changes, outcomes, strict=True)):
+            if isinstance(staged, SourceChanged):  # rewritten in place since it was read?
+                staged = outcomes[i] = self._stage_from_copies(batch, c, batch_in.contents)
             if isinstance(staged, SourceChanged):
                 log.info("%s; retrying its task", staged)
                 self._drop_task(batch, c.task, staged_by_task, result)
@@ -154,10 +164,50 @@ class Writer:
         for s in staged_by_task.pop(task, []):
             batch.drop(s)
 
-    def _stage_one(self, batch: Batch, c: Change, contents: dict):
+    def _stage_from_copies(self, batch: Batch, c: Change, contents: dict):
+        """Stage a change whose source file no longer holds the bytes it was planned with (a
+        file rewritten in place after it was ingested): take those bytes from a document that
+        holds a copy; a prompt no document kept is gone, and the document says so.  Returns
+        the staged document, or SourceChanged when raw or parsed bytes are nowhere."""
+        files: dict[str, Source] = {}
+        sources: dict[str, Path] = {}
+        for kind, s in c.files.items():
+            place = self._find_bytes(s)
+            if place is not None:
+                files[kind], sources[kind] = s, place
+            elif kind == "prompt":
+                gone = c.row["meta_small"].setdefault("unavailable", {})
+                gone["prompt"] = f"{s.relpath} was rewritten after it was read; its bytes are gone"
+            else:
+                return SourceChanged(f"{s.relpath}: the bytes {s.sha256[:12]}… are nowhere now")
+        c.files = files
+        try:
+            return self._stage_one(batch, c, contents, places=sources)
+        except (SourceChanged, OSError) as exc:
+            return exc
+
+    def _find_bytes(self, s: Source) -> Path | None:
+        """Where the bytes of source ``s`` are now: its own file, or a document's copy."""
+        candidates = [self.data_root / s.relpath] + [
+            self.store.doc_path(stage, doc_id) / f"{kind}.txt"
+            for stage, doc_id, kind in self.index.holders(source_key(s.relpath, s.sha256))
+        ]
+        for path in candidates:
+            try:
+                if _sha256_of(path) == s.sha256:
+                    return path
+            except OSError:
+                continue
+        return None
+
+    def _stage_one(self, batch: Batch, c: Change, contents: dict, places: dict | None = None):
+        places = places or {}
         files = {
             f"{kind}.txt": FileSource(
-                self.data_root / s.relpath, s.sha256, contents.get(s.key), s.mtime_ns
+                places.get(kind, self.data_root / s.relpath),
+                s.sha256,
+                contents.get(s.key),
+                None if kind in places else s.mtime_ns,
             )
             for kind, s in c.files.items()
         }
@@ -167,3 +217,14 @@ class Writer:
                 c.row[f"{kind}_chars"] = staged.chars[f"{kind}.txt"]
         batch.write_metadata(staged, metadata(c, __version__, time.time_ns()))
         return staged
+
+
+def _sha256_of(path: Path) -> str:
+    fd = open_source(path)
+    try:
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)

@@ -225,6 +225,18 @@ class Index:
                 out[(r["relpath"], r["sha256"])] = source_from_row(r)
         return out
 
+    def holders(self, key: str) -> list[tuple[str, str, str]]:
+        """(stage, doc_id, kind) of the documents holding a copy of a source (its key)."""
+        out = []
+        for kind in ("raw", "parsed", "prompt"):
+            rows = self.execute(
+                f"SELECT d.stage, d.doc_id FROM attempts a JOIN documents d USING (doc_id)"
+                f" WHERE a.{kind}_key = ?",
+                (key,),
+            )
+            out += [(r["stage"], r["doc_id"], kind) for r in rows]
+        return out
+
     def tasks_data(self, tasks: Iterable[tuple[str, str]]) -> TasksData:
         """What planning reads about each task, for many tasks in a few queries: the stored
         facts, sources, documents, and the tasks whose documents name each as their parent."""
