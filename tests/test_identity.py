@@ -832,3 +832,27 @@ def test_an_ingested_file_rewritten_in_place_is_a_new_attempt_the_old_stays(root
     shown = root.show(old["doc_id"])
     assert (Path(shown["path"]) / "parsed.txt").read_bytes() == b"first bytes\n"
     root.verify()
+
+
+def test_a_prompt_rewritten_before_its_attempt_arrives_is_recorded_unavailable(roots):
+    """The pipeline never rewrites a version, but a person can: a prompt rewritten in place
+    after docwatch read it, then a raw dated between the two versions.  Its prompt is the old
+    version (by mtime), whose bytes no file holds any more: the document records the prompt
+    path and that its bytes are gone, verify accepts it, and the scan does not retry forever."""
+    root = roots()
+    task = "combo_008__creative-synthesis-v2__sonnet-4"
+    prompt = root.data / "3_generation/draft_prompts" / f"{task}_v1.txt"
+    write_old(prompt, b"the prompt as first written\n", OLD)
+    root.scan()  # the prompt is in the ledger; no document uses it yet
+    write_old(prompt, b"the prompt rewritten by hand\n", OLD + 200)
+    write_old(root.data / "3_generation/draft_responses_raw" / f"{task}_v1.txt", b"r\n", OLD + 100)
+    write_old(root.data / "3_generation/draft_responses" / f"{task}_v1.txt", b"p\n", OLD + 101)
+    first = root.scan()
+    assert sum(s["docs_created"] for s in first["stages"].values()) == 1, first
+    row = root.latest("draft", task)
+    assert row["prompt_path"] == f"3_generation/draft_prompts/{task}_v1.txt"
+    assert "bytes are gone" in row["meta_small"]["unavailable"]["prompt"]
+    assert not (root.docs / "draft" / row["doc_id"] / "prompt.txt").exists()
+    again = root.scan()
+    assert sum(s["docs_created"] + s["docs_updated"] for s in again["stages"].values()) == 0
+    root.verify()
