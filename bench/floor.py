@@ -1,0 +1,185 @@
+"""The physical floor under docwatch's figures, measured on this machine: what the kernel and
+the disk cost for the operations a document needs, with no docwatch code in the way.
+
+    file create   open(O_CREAT|O_EXCL) + write 4 KiB + close, in fresh directories
+    mkdir         one directory per document
+    rename        a staged directory into place
+    syncfs        after a batch of N document-sized writes (the flush docwatch pays per batch)
+    fsync         appending 100 bytes and fsync (SQLite's commit in WAL mode, synchronous=FULL)
+    inotify       events delivered to a watchdog observer per second for files closed in a
+                  watched folder by 4 writer threads (docwatch's event path, without docwatch)
+
+Each is measured ``--rounds`` times on the filesystem of ``--dir`` (default: bench/out, the tree's
+own filesystem) and reported as median (min–max).  From them: the floor of a scan (per source
+file: its share of the 5 inodes of a document — directory, raw, parsed, prompt, metadata.json —
+plus reading it) and of live throughput.  Stdlib and watchdog only.
+
+    .venv/bin/python bench/floor.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import statistics
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+_libc = ctypes.CDLL(None, use_errno=True)
+DATA = os.urandom(4096)
+
+
+def files_created(base: Path, n: int) -> float:
+    """Seconds per file: create + write 4 KiB + close, 3 files per directory like a document."""
+    start = time.perf_counter()
+    for i in range(0, n, 3):
+        d = base / f"d{i}"
+        d.mkdir()
+        for name in ("raw.txt", "parsed.txt", "metadata.json"):
+            fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, DATA)
+            os.close(fd)
+    elapsed = time.perf_counter() - start
+    return elapsed / n
+
+
+def dirs_made(base: Path, n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        (base / f"m{i}").mkdir()
+    return (time.perf_counter() - start) / n
+
+
+def renames(base: Path, n: int) -> float:
+    src, dst = base / "staging", base / "docs"
+    src.mkdir()
+    dst.mkdir()
+    for i in range(n):
+        (src / f"r{i}").mkdir()
+    start = time.perf_counter()
+    for i in range(n):
+        os.rename(src / f"r{i}", dst / f"r{i}")
+    return (time.perf_counter() - start) / n
+
+
+def syncfs_after(base: Path, n: int) -> float:
+    """Seconds of one syncfs after writing ``n`` 4 KiB files (a batch's staged documents)."""
+    d = base / f"sync{n}"
+    d.mkdir()
+    for i in range(n):
+        fd = os.open(d / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, DATA)
+        os.close(fd)
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        start = time.perf_counter()
+        _libc.syncfs(fd)
+        return time.perf_counter() - start
+    finally:
+        os.close(fd)
+
+
+def fsyncs(base: Path, n: int) -> float:
+    fd = os.open(base / "wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        start = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, b"x" * 100)
+            os.fsync(fd)
+        return (time.perf_counter() - start) / n
+    finally:
+        os.close(fd)
+
+
+def inotify_rate(base: Path, n: int) -> float:
+    """Close events per second through a watchdog observer, 4 writer threads."""
+    from watchdog.events import FileClosedEvent, FileSystemEventHandler
+    from watchdog.observers.inotify import InotifyObserver
+
+    folder = base / "watched"
+    folder.mkdir()
+    seen = threading.Event()
+    count = [0]
+
+    class Counter(FileSystemEventHandler):
+        def on_closed(self, event):
+            count[0] += 1
+            if count[0] >= n:
+                seen.set()
+
+    obs = InotifyObserver()
+    obs.schedule(Counter(), str(folder), recursive=False, event_filter=[FileClosedEvent])
+    obs.start()
+    try:
+
+        def write(k: int) -> None:
+            for i in range(k, n, 4):
+                with open(folder / f"f{i}", "wb") as f:
+                    f.write(b"x")
+
+        start = time.perf_counter()
+        threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seen.wait(60)
+        return count[0] / (time.perf_counter() - start)
+    finally:
+        obs.stop()
+        obs.join()
+
+
+def med(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dir", type=Path, default=REPO / "bench" / "out", help="filesystem to test")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--files", type=int, default=6000, help="files per round (default 6000)")
+    args = ap.parse_args(argv)
+    base = args.dir / "floor-work"
+    results: dict[str, list[float]] = {}
+    for r in range(args.rounds):
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        measures = {
+            "file_create_us": lambda: files_created(base, args.files) * 1e6,
+            "mkdir_us": lambda: dirs_made(base, args.files // 3) * 1e6,
+            "rename_us": lambda: renames(base, args.files // 3) * 1e6,
+            "syncfs_after_300_files_ms": lambda: syncfs_after(base, 300) * 1e3,
+            "syncfs_idle_ms": lambda: syncfs_after(base, 0) * 1e3,
+            "fsync_us": lambda: fsyncs(base, 300) * 1e6,
+            "inotify_close_events_per_s": lambda: inotify_rate(base, args.files),
+        }
+        for key, fn in measures.items():
+            os.sync()
+            results.setdefault(key, []).append(fn())
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    shutil.rmtree(base, ignore_errors=True)
+    summary = {k: med(v) for k, v in results.items()}
+    print(f"\nfloor on {args.dir} (median, min–max over {args.rounds} rounds):")
+    for key, (m, lo, hi) in summary.items():
+        print(f"  {key:30} {m:10.1f}   ({lo:.1f}–{hi:.1f})")
+    create, mkdir = summary["file_create_us"][0], summary["mkdir_us"][0]
+    per_doc = 4 * create + mkdir  # raw, parsed, prompt, metadata.json + the directory
+    print(
+        f"\nper document (4 files + 1 directory): {per_doc:.0f} µs of file creation alone"
+        f" → at most {1e6 / per_doc:,.0f} documents/s on one core, before any read, hash,"
+        " sync or commit"
+    )
+    out = args.dir / "floor.json"
+    out.write_text(json.dumps({k: list(v) for k, v in summary.items()}, indent=2))
+    print(f"results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
