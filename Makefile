@@ -14,7 +14,7 @@ DAGSTER_SPEC    ?= dagster==1.13.29
 # The Dagster tests fail (never skip) when the pipeline venv is missing.
 TEST_ENV := REQUIRE_DAGSTER=1 TEST_PIPELINE_PYTHON=$(PIPELINE_PYTHON)
 
-.PHONY: demo test test-long test-faults lint format bench clean system-deps
+.PHONY: demo test test-long test-faults lint format bench bench-quick clean system-deps
 
 # --clear: a venv left from an older layout (which held Dagster 1.8.4) is rebuilt from scratch.
 $(STAMP): pyproject.toml
@@ -42,13 +42,14 @@ demo: $(STAMP)
 system-deps:
 	.ci/install-system-deps
 
-## test: lint, then the whole suite (fast default; the long fault campaign is `make test-long`)
+## test: lint, then the whole suite on 2 workers (most tests wait on real processes and disks;
+## the long fault campaign is `make test-long`)
 test: lint system-deps $(PIPELINE_STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not long"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2 -m "not long"
 
 ## test-long: the whole suite with the long fault campaign, then every seeded fault
 test-long: lint system-deps $(PIPELINE_STAMP)
-	$(TEST_ENV) $(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n 2
 	$(TEST_ENV) $(BIN)/python tests/seeded_faults.py
 
 ## test-faults: plant each seeded fault in a throwaway copy; its tests must fail (one line each)
@@ -62,10 +63,22 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format daemon tests examples bench
 
-## bench: ~100,000-file tree; scan vs cp -a, --link vs cp -al, rescan vs walk+stat, RSS
-bench: $(STAMP)
+## bench: the floor (kernel, disk), scan vs cp -a, --link vs cp -al, rescan vs walk+stat, RSS
+## (bench/run.py, ~100,000 files), the live daemon incl. issue 10's burst (live.py), latest on a
+## 1M-row index (reader.py), PostgreSQL vs SQLite (postgres.py)
+bench: $(STAMP) system-deps
+	$(BIN)/python bench/floor.py
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/live.py
+	$(BIN)/python bench/reader.py
+	$(BIN)/python bench/postgres.py
+
+bench-quick: $(STAMP) system-deps
+	$(BIN)/python bench/floor.py --rounds 1 --files 3000
+	$(BIN)/python bench/run.py --files 5000 --repeats 1
+	$(BIN)/python bench/live.py --quick
+	$(BIN)/python bench/reader.py --quick
+	$(BIN)/python bench/postgres.py --quick
 
 clean:
 	rm -rf $(VENV) $(PIPELINE_VENV) example-data bench/out .pytest_cache .hypothesis
