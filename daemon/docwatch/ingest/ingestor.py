@@ -17,15 +17,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docwatch.core.layout import STAGES
-from docwatch.core.model import Attempt, ParentCandidate, Source, TaskInfo
-from docwatch.core.tasks import TaskTables, effective_info, task_info
+from docwatch.core.model import Attempt, Source
+from docwatch.core.tasks import TaskTables
+from docwatch.ingest.batchplan import BatchPlanner
 from docwatch.ingest.planner import (
     Change,
-    PlanSettings,
-    TaskChanges,
-    parent_stages,
-    plan_changes,
 )
 from docwatch.ingest.pool import map_io
 from docwatch.ingest.sources import (
@@ -41,7 +37,7 @@ from docwatch.ingest.sources import (
 )
 from docwatch.ingest.writer import BatchInput, Writer
 from docwatch.store.docstore import DocStore, Op
-from docwatch.store.index import Index, TasksData
+from docwatch.store.index import Index
 
 log = logging.getLogger("docwatch.ingest")
 
@@ -109,12 +105,28 @@ class Ingestor:
         self.store = store
         self.settings = settings
         self.tables = tables
-        #: ``enrich(row, attempt) -> row``: facts only the run records know (run_id, status).
-        self.enrich = enrich
         self.writer = Writer(
             index, store, settings.data_root, writer_id, live_since_ns=settings.live_since_ns
         )
-        self._docs_base = Path(os.path.relpath(store.docs_root, settings.data_root)).as_posix()
+        self.planner = BatchPlanner(
+            index,
+            store,
+            tables,
+            run_id=settings.run_id,
+            docs_base=Path(os.path.relpath(store.docs_root, settings.data_root)).as_posix(),
+            pair_window_ns=settings.pair_window_ns,
+            prompt_copy=settings.prompt_copy,
+            enrich=enrich,
+        )
+
+    @property
+    def enrich(self) -> Callable[[dict, Attempt], dict] | None:
+        """``enrich(row, attempt) -> row``: facts only the run records know (run_id, status)."""
+        return self.planner.enrich
+
+    @enrich.setter
+    def enrich(self, enrich: Callable[[dict, Attempt], dict] | None) -> None:
+        self.planner.enrich = enrich
 
     # -- probing -------------------------------------------------------------------------
 
@@ -189,7 +201,7 @@ class Ingestor:
         if not tasks and not report.problems and not touched:
             return report
         contents = {o.source.key: o.content for o in outcomes if o.content is not None}
-        plan = self.plan(tasks, new, force)
+        plan = self.planner.plan(tasks, new, force)
         report.replan_later |= plan.unlocked | plan.deferred
         report.problems += task_problem_rows(plan.problems, new)
         skipped = plan.deferred | set(plan.problems)
@@ -264,128 +276,6 @@ class Ingestor:
             report.updated.append(c.doc_id)
             outcome = "docs_updated"
         report.counts[(c.info.stage, outcome)] += 1
-
-    # -- planning ------------------------------------------------------------------------
-
-    def plan(self, tasks: set[Task], new: list[Source], force: set[str]) -> BatchPlan:
-        """Re-plan every touched task (parents first) and its children."""
-        tables = self.tables()
-        new_by_task: dict[Task, list[Source]] = {}
-        for s in new:
-            new_by_task.setdefault((s.stage, s.task_id), []).append(s)
-        out = BatchPlan()
-        overlay: dict[Task, list[ParentCandidate]] = {}  # ok documents as this batch plans them
-        settings = PlanSettings(
-            run_id=self.settings.run_id,
-            docs_base=self._docs_base,
-            now_ns=time.time_ns(),
-            pair_window_ns=self.settings.pair_window_ns,
-            prompt_copy=self.settings.prompt_copy,
-        )
-        todo = {stage: {t for s, t in tasks if s == stage} for stage in STAGES}
-        ids: dict[str, Task] = {}
-        stored = Prefetched(self.index)
-        for stage in STAGES:  # parents (earlier stages) are planned before their children
-            stored.ensure((stage, t) for t in todo[stage])  # a few queries for the whole stage
-            for task_id in sorted(todo[stage]):
-                task = (stage, task_id)
-                info = effective_info(task_info(tables, *task), stored.data.facts.get(task))
-                parent_tasks = {(s, info.parent_task_id) for s in parent_stages(info)}
-                if self.index.lock_tasks(parent_tasks) != parent_tasks:
-                    out.deferred.add(task)  # another writer is planning its parent: later
-                    continue
-                parents = {
-                    s: self._parent_candidates((s, info.parent_task_id), overlay)
-                    for s in parent_stages(info)
-                }
-                changes = self._plan_task(
-                    task, info, new_by_task.get(task, []), parents, settings, force, stored
-                )
-                clash = next(
-                    (c.doc_id for c in changes.changes if ids.get(c.doc_id, task) != task), None
-                )
-                if clash is not None:
-                    changes.problem = f"doc_id {clash} would also belong to task {ids[clash][1]}"
-                if changes.problem is not None:
-                    out.problems[task] = changes.problem
-                    log.error("%s %s: %s; skipped", stage, task_id, changes.problem)
-                    continue
-                ids.update((c.doc_id, task) for c in changes.changes)
-                out.planned[task], out.infos[task] = changes, info
-                overlay[task] = changes.ok_candidates
-                if changes.changes:
-                    children = stored.data.children.get(task, set()) - set(out.planned)
-                    locked = self.index.lock_tasks(children)
-                    out.unlocked |= children - locked
-                    for child_stage, child_id in locked:
-                        todo[child_stage].add(child_id)
-        return out
-
-    def _plan_task(
-        self,
-        task: Task,
-        info: TaskInfo,
-        new: list[Source],
-        parents: dict[str, list[ParentCandidate]],
-        settings: PlanSettings,
-        force: set[str],
-        stored: Prefetched,
-    ) -> TaskChanges:
-        """Plan one task from its stored sources and documents and its new sources."""
-        existing = stored.data.documents.get(task, {})
-        pinned = stored.data.sources.get(task, [])
-        missing = {
-            doc_id for doc_id in existing if not self.store.doc_path(task[0], doc_id).is_dir()
-        }
-        try:
-            return plan_changes(
-                info,
-                pinned + new,
-                existing,
-                parents,
-                settings,
-                missing_dirs=missing,
-                force=force,
-                enrich=self.enrich,
-            )
-        except Exception as exc:  # a bug or a bad value in one task must not block the batch
-            log.exception("%s %s cannot be planned", *task)
-            return TaskChanges(problem=f"cannot be planned: {exc!r}")
-
-    def _parent_candidates(self, task: Task, overlay: dict) -> list[ParentCandidate]:
-        cands = overlay.get(task)
-        if cands is None:
-            cands = overlay[task] = self.index.ok_candidates(*task)  # same for the batch
-        return cands
-
-
-class Prefetched:
-    """What the index holds about the tasks a batch plans, read a stage at a time."""
-
-    def __init__(self, index: Index) -> None:
-        self.index = index
-        self.data = TasksData()
-        self.fetched: set[Task] = set()
-
-    def ensure(self, tasks: Iterable[Task]) -> None:
-        missing = set(tasks) - self.fetched
-        if not missing:
-            return
-        more = self.index.tasks_data(missing)
-        for name in ("facts", "sources", "documents"):
-            getattr(self.data, name).update(getattr(more, name))
-        for parent, children in more.children.items():
-            self.data.children.setdefault(parent, set()).update(children)
-        self.fetched |= missing
-
-
-@dataclass
-class BatchPlan:
-    planned: dict[Task, TaskChanges] = field(default_factory=dict)
-    infos: dict[Task, TaskInfo] = field(default_factory=dict)
-    problems: dict[Task, str] = field(default_factory=dict)  # tasks skipped, with why
-    unlocked: set[Task] = field(default_factory=set)  # children another writer held
-    deferred: set[Task] = field(default_factory=set)  # parents another writer held
 
 
 def hold_parsed_of_unready_raws(outcomes: list[Outcome]) -> None:
