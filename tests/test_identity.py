@@ -736,9 +736,9 @@ def test_a_hung_run_record_read_never_stalls_the_loop(roots, notify, tmp_path):
 
 
 def test_a_large_replan_after_a_table_rewrite_keeps_the_watchdog_fed(roots, notify):
-    """2000 tasks change their facts at once.  Pings must keep coming *throughout* the
-    re-plan: no stretch without one longer than half of it (the whole re-plan in one turn of
-    the loop would be one such stretch, however fast the machine) or 2 s, never over 10 s."""
+    """2000 tasks change their facts at once.  The re-plan goes in chunks, a batch each (seen
+    in the fault seam's trace: the whole re-plan in one turn of the loop would be one batch,
+    however fast the machine), and pings keep coming: never a stretch over 10 s without one."""
     n, attempts = 2000, 1
     root = roots(config=WATCH_CONFIG)
     folder = root.data / "3_generation/draft_responses"
@@ -755,11 +755,13 @@ def test_a_large_replan_after_a_table_rewrite_keeps_the_watchdog_fed(roots, noti
         (root.data / "2_tasks" / "draft_generation_tasks.csv").write_text(head + body)
 
     table("model-a")
-    proc = root.start(notify)
+    trace = root.tmp / "replan.trace"
+    proc = root.start(notify, {"DOCWATCH_TRACE": str(trace)})
     root.wait_ready(proc, notify)  # after the catch-up: everything indexed
     assert query(root.db, "SELECT count(*) FROM documents")[0][0] == n * attempts
 
     start = time.time()
+    batches_before = trace.read_text().count(" committed\n")
     table("model-b")  # every task's facts change at once
 
     def replanned() -> bool:
@@ -772,7 +774,8 @@ def test_a_large_replan_after_a_table_rewrite_keeps_the_watchdog_fed(roots, noti
     gap = ping_gaps(notify, start, end)
     print(f"re-plan of {n} tasks took {end - start:.1f}s; longest watchdog gap {gap:.2f}s")
     assert gap <= 10, f"no WATCHDOG=1 for {gap:.1f}s during the re-plan"
-    assert gap <= max(2.0, (end - start) / 2), f"no WATCHDOG=1 for {gap:.1f}s of {end - start:.1f}s"
+    batches = trace.read_text().count(" committed\n") - batches_before
+    assert batches >= n // 400, f"the re-plan of {n} tasks went in {batches} batches"
     root.stop(proc)
 
 
