@@ -96,6 +96,7 @@ FAULTS = (
             (
                 "ingest/writer.py",
                 "            self._commit(batch, batch_in, kept, result)\n"
+                "            committed = True\n"
                 '            faults.point("committed")\n'
                 "            if batch.has_work_after_commit():\n"
                 "                batch.finish()\n",
@@ -103,6 +104,7 @@ FAULTS = (
                 "            if work:\n"
                 "                batch.finish()\n"
                 "            self._commit(batch, batch_in, kept, result)\n"
+                "            committed = True\n"
                 '            faults.point("committed")\n'
                 "            if work:\n",
             ),
@@ -123,6 +125,36 @@ FAULTS = (
         ),
         ("tests/test_crash.py",),
         ("-k", "replaced or recovery"),
+    ),
+    Fault(
+        "removals_before_commit",
+        "files a visible document no longer references are deleted before its row commits",
+        (
+            (
+                "store/docstore.py",
+                "                for name in staged.add:\n"
+                "                    os.rename(staged.staged_dir / name, target / name)\n",
+                "                for name in staged.add:\n"
+                "                    os.rename(staged.staged_dir / name, target / name)\n"
+                "                for name in staged.remove:\n"
+                "                    _unlink(target / name)\n",
+            ),
+        ),
+        ("tests/test_crash.py",),
+        ("-k", "renamed or dirs_synced or intents_committed"),
+    ),
+    Fault(
+        "supersession_removed",
+        "a document whose parsed file a late raw absorbed is never superseded (two ok documents)",
+        (
+            (
+                "ingest/planner.py",
+                '    if old["status"] == SUPERSEDED and meta.get("superseded_by") == by:\n'
+                "        return None\n",
+                "    if True:\n        return None\n",
+            ),
+        ),
+        ("tests/test_scan.py::test_any_batching_and_order_converges_to_one_scan",),
     ),
     # -- identity (issue 8) --------------------------------------------------------------------
     Fault(
@@ -153,6 +185,11 @@ FAULTS = (
                 '    " ON CONFLICT (relpath, sha256) DO UPDATE SET seen_size = excluded.seen_size,"\n',
                 '    " ON CONFLICT (relpath, sha256) DO UPDATE SET mtime_ns = excluded.mtime_ns,'
                 ' seen_size = excluded.seen_size,"\n',
+            ),
+            (
+                "ingest/ingestor.py",
+                "                touched.append(pinned[o.source.key])\n",
+                "                touched.append(o.source)\n",
             ),
         ),
         ("tests/test_identity.py",),

@@ -346,6 +346,17 @@ def test_touching_every_source_of_a_tree_then_rescanning_changes_nothing(roots):
     assert all_rows(root.db) == rows
     assert docs_files(root.docs) == files
 
+    # The facts stay pinned when the tasks are planned again: a new attempt of every draft task
+    # re-plans its older attempts, whose order and created_at still come from the first sight.
+    raw_folder = root.data / legacy_tree.FOLDERS["draft"]["raw"]
+    tasks = {p.name.rsplit("_v", 1)[0] for p in raw_folder.glob("*_v*.txt")}
+    for task in tasks:
+        (raw_folder / f"{task}_v9.txt").write_text(f"a new attempt of {task}\n")
+    root.scan()
+    after = all_rows(root.db)
+    changed = [d for d, r in rows.items() if r[2] == "draft" and after[d] != r]
+    assert not changed, f"{len(changed)} earlier drafts changed when re-planned: {changed[:3]}"
+
 
 def test_watch_meeting_touched_sources_at_start_up_gets_ready_and_changes_nothing(roots, notify):
     root = roots(config=WATCH_CONFIG)
