@@ -313,8 +313,8 @@ FAULTS = (
         (
             (
                 "ingest/writer.py",
-                '                c.row[f"{kind}_chars"] = staged.chars[f"{kind}.txt"]\n',
-                "                pass\n",
+                '            if f"{kind}.txt" in staged.chars:\n',
+                '            if f"{kind}.txt" in staged.chars and c.op.value == "create":\n',
             ),
         ),
         ("tests/test_watch_e2e.py::test_live_pipeline_converges_with_a_scan_of_the_finished_tree",),

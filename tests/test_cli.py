@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 
@@ -129,6 +130,34 @@ def test_edited_document_is_reported_then_repaired(indexed):
     result = run("verify", "--data-root", data_root, "--repair")
     assert result.exit_code == 0, result.output
     assert (victim / "raw.txt").read_bytes() == original
+
+
+def test_a_row_and_metadata_agreeing_on_wrong_char_counts_are_reported_then_repaired(indexed):
+    """Stale raw_chars/parsed_chars (an update that kept the old counts) show in verify even
+    when metadata.json agrees with the row: the counts are checked against the files."""
+    data_root, _, _ = indexed
+    cfg = make_config(data_root)
+    victim = next(d for d in (cfg.docs_root / "draft").iterdir() if (d / "parsed.txt").exists())
+    meta_path = victim / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    right = meta["row"]["parsed_chars"]
+    meta["row"]["parsed_chars"] = right + 7
+    meta_path.write_text(json.dumps(meta))
+    con = sqlite3.connect(cfg.db)
+    with con:
+        con.execute(
+            "UPDATE documents SET parsed_chars = ? WHERE doc_id = ?", (right + 7, victim.name)
+        )
+    con.close()
+
+    result = run("verify", "--data-root", data_root, "--json")
+    assert result.exit_code == 1
+    problems = json.loads(result.output)["problems"]
+    assert [p["where"] for p in problems] == [str(victim / "parsed.txt")], problems
+    assert f"its row says parsed_chars = {right + 7}" in problems[0]["what"]
+    assert run("verify", "--data-root", data_root, "--repair").exit_code == 0
+    assert json.loads(meta_path.read_text())["row"]["parsed_chars"] == right
+    assert run("verify", "--data-root", data_root).exit_code == 0
 
 
 def test_deleted_document_dir_is_reported_then_repaired_by_scan(indexed):

@@ -256,7 +256,7 @@ def test_live_pipeline_converges_with_a_scan_of_the_finished_tree(env, notify, i
 
     assert notify.count("WATCHDOG=1") >= 1
     assert any(m.startswith(("STATUS=", "READY=1\nSTATUS=")) for m in notify.messages)
-    assert_same(rows(env.index), scan_of_copy(env))
+    assert_verified_and_same_as_scan(env)
 
 
 def test_kill_9_in_the_middle_then_restart_converges(env, notify, index_url):

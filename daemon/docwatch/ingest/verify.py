@@ -22,6 +22,7 @@ from docwatch.ingest.listing import listing
 from docwatch.ingest.planner import ANY_PARENT_STAGE
 from docwatch.ingest.sources import DEFERRED, ERROR, NEW, probe
 from docwatch.store.backend import open_index
+from docwatch.store.docstore import count_chars
 from docwatch.store.index import Index
 from docwatch.store.schema import DOCUMENT_COLUMNS
 
@@ -119,12 +120,22 @@ def _check_document(
         if not path.exists():
             report.problems.append((str(path), f"{kind}.txt missing (source {source['path']})"))
             report.damaged.add(doc_id)
-        elif checksums and _sha256(path) != source["sha256"]:
-            report.problems.append(
-                (str(path), f"checksum differs from its source {source['path']} (edited by hand?)")
-            )
-            report.damaged.add(doc_id)
+        elif checksums:
+            _check_file(path, kind, source, meta.get("row") or {}, report)
     return meta
+
+
+def _check_file(path: Path, kind: str, source: dict, row: dict, report: VerifyReport) -> None:
+    """A document file holds its source's bytes, and the row counts its characters."""
+    digest, chars = _sha256_and_chars(path)
+    if digest != source["sha256"]:
+        what = f"checksum differs from its source {source['path']} (edited by hand?)"
+    elif kind in ("raw", "parsed") and row.get(f"{kind}_chars") != chars:
+        what = f"has {chars} characters, its row says {kind}_chars = {row.get(f'{kind}_chars')}"
+    else:
+        return
+    report.problems.append((str(path), f"{what}; `docwatch verify --repair` rewrites it"))
+    report.damaged.add(path.parent.name)
 
 
 def repair(cfg: Config, doc_ids: set[str], run_id: str) -> int:
@@ -146,12 +157,13 @@ def repair(cfg: Config, doc_ids: set[str], run_id: str) -> int:
         indexer.close()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def _sha256_and_chars(path: Path) -> tuple[str, int]:
+    digest, chars = hashlib.sha256(), 0
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+            chars += count_chars(chunk)
+    return digest.hexdigest(), chars
 
 
 def _check_orphans(
