@@ -90,6 +90,22 @@ FAULTS = (
         ("tests/test_crash.py::test_crash_then_a_new_raw_arrives_before_the_rerun",),
     ),
     Fault(
+        "recovery_wipes_every_staging",
+        "start-up recovery removes every writer's staging under docs/.tmp, not only its own",
+        (
+            (
+                "store/docstore.py",
+                "        if self.staging_root.exists():\n"
+                "            for leftover in self.staging_root.iterdir():\n",
+                "        if (self.docs_root / '.tmp').exists():\n"
+                "            for leftover in (self.docs_root / '.tmp').iterdir():\n",
+            ),
+        ),
+        (
+            "tests/test_faults.py::test_a_writer_recovers_only_its_own_staging_in_a_shared_docs_root",
+        ),
+    ),
+    Fault(
         "finish_before_commit",
         "files of visible documents replaced before their rows commit",
         (

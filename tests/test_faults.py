@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SNAPSHOT_COLUMNS, docs_tree, make_config, snapshot
+from conftest import SNAPSHOT_COLUMNS, docs_tree, make_config, snapshot, staged_batches
 from docwatch.ingest.scan import scan
 from docwatch.ingest.verify import verify
 from docwatch.store.docstore import DocStore, FileSource, SourceChanged
@@ -122,6 +122,48 @@ def test_second_writer_waits_for_the_writer_lock(tree, copy_tree, tmp_path):
     created = sum(sum(c["docs_created"] for c in r.counts.values()) for r in results)
     assert created == sum(summary.attempts.values())
     assert verify(cfg).ok
+
+
+def test_a_writer_recovers_only_its_own_staging_in_a_shared_docs_root(tree, tmp_path):
+    """Two indexes share one docs root: one dies mid-batch (``os._exit`` after its files are
+    synced); the other's start-up recovery and scan leave that staging alone, and the dead
+    writer's own restart clears it and finishes."""
+    data_root, summary = tree
+    docs = tmp_path / "shared-docs"
+
+    def scan_into(db: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0"}
+        env.pop("DOCWATCH_FAULT", None)
+        if fault:
+            env["DOCWATCH_FAULT"] = fault
+        common = ["--data-root", str(data_root), "--db", str(db), "--docs-root", str(docs)]
+        return subprocess.run(
+            [sys.executable, "-m", "docwatch", "scan", "--run-id", "r", *common],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    db_a, db_b = tmp_path / "a" / "documents.sqlite", tmp_path / "b" / "documents.sqlite"
+    crashed = scan_into(db_b, "files_synced:1:exit")
+    assert crashed.returncode == 86, crashed.stderr
+    left = staged_batches(docs)
+    assert left and all(any(p.rglob("*.txt")) for p in left), left
+    left_files = {p: p.read_bytes() for batch in left for p in batch.rglob("*") if p.is_file()}
+
+    other = scan_into(db_a)
+    assert other.returncode == 0, other.stderr
+    assert {p: p.read_bytes() for p in left_files if p.exists()} == left_files
+
+    again = scan_into(db_b)
+    assert again.returncode == 0, again.stderr
+    assert staged_batches(docs) == []
+    assert snapshot(db_a) == snapshot(db_b)
+    for db in (db_a, db_b):
+        cfg = make_config(data_root, db=db, docs_root=docs)
+        assert verify(cfg).ok, verify(cfg).problems
+    assert len(snapshot(db_b)) == sum(summary.attempts.values())
 
 
 def test_source_changed_between_hash_and_copy_is_refused(tmp_path):
