@@ -27,12 +27,20 @@ restart, no intent and no staging left.  At teardown (quiescent): the visible in
 model, a scan into an empty index of the finished tree (rewritten paths fed version by version,
 every file given the mtime it had when first ingested, the sticky-facts task table), rows and
 bytes; tombstones are valid; ``verify`` is clean.
+
+The machine runs on both index backends (SPEC "Index backends": the same guarantees).  SQLite:
+the index under the data root.  PostgreSQL (``TestDocwatchStatefulPostgres``): each example's
+own database on the run's server (tests/pgserver.py; the ``pg_server`` fixture hands it over,
+``OnTheRunsServer``), dropped at teardown; a trial copies it (``CREATE DATABASE … TEMPLATE``)
+along with the data root; a reader holding the index is a session holding its tables.  The
+model is scanned into SQLite either way: rows, documents and tombstones read the same from both.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -45,12 +53,15 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+import pgserver
+import psycopg
 import pytest
 from conftest import (
     SNAPSHOT_COLUMNS,
     assert_tombstones,
     docs_tree,
     make_config,
+    query,
     snapshot,
     staged_batches,
 )
@@ -58,6 +69,8 @@ from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import list_candidates, scan
 from docwatch.ingest.verify import verify
 from docwatch.store import faults
+from docwatch.store.backend import open_index
+from docwatch.store.index import Index
 from hypothesis import HealthCheck, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
@@ -97,6 +110,8 @@ POINTS = st.one_of(st.sampled_from(AFTER_COMMIT), st.sampled_from(faults.POINTS)
 
 #: A forked docwatch child that has not finished by then is stuck (a liveness bound).
 CHILD_TIMEOUT = 120
+#: The index's tables docwatch writes in a batch (a session holding them blocks its writes).
+INDEX_TABLES = ("documents", "attempts", "sources", "intents", "tasks", "state")
 
 
 def event(what: str) -> None:
@@ -115,9 +130,20 @@ def task_of(stage: str, i: int) -> str:
     return (DRAFTS if stage == "draft" else ESSAYS)[i]
 
 
+#: Names of the PostgreSQL databases the machines make (unique in the run's server).
+_databases = itertools.count(1)
+
+
 class DocwatchMachine(RuleBasedStateMachine):
+    #: The run's PostgreSQL server, for a machine whose index is there (``index_url``), set by
+    #: the test that runs it (``OnTheRunsServer``).  None: the index is the SQLite file under
+    #: the data root.
+    pg: pgserver.PgServer | None = None
+
     def __init__(self) -> None:
         super().__init__()
+        self.databases: list[str] = []  # made by this example, dropped at teardown
+        self.reads: Index | None = None  # the read session (``_read``)
         self.tmp = Path(tempfile.mkdtemp(prefix="docwatch-state-", dir=SCRATCH))
         self.data = self.tmp / "data"
         self.data.mkdir()
@@ -139,15 +165,68 @@ class DocwatchMachine(RuleBasedStateMachine):
         self.seen_ids: dict[str, str] = {}  # every doc_id ever visible → its stage
         # Raw files caught half-written are dated "now": younger than settle_seconds, so they
         # wait until finished, as with the real writer.
-        self.cfg = make_config(self.data, batch_max_files=3, settle_seconds=30)
+        self.index_url = self._new_database("state") if self.pg is not None else None
+        self.cfg = self._config(self.data, self.index_url, settle_seconds=30)
         self.indexer: Indexer | None = None  # None: docwatch is down (crashed, not restarted)
-        self._start()
+        try:
+            self._start()
+        except BaseException:  # Hypothesis tears down only a machine it got
+            self.teardown()
+            raise
 
     def teardown(self) -> None:
         faults.set_hook(None)
-        if self.indexer is not None:
-            self.indexer.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        try:
+            self._end_reads()
+            if self.indexer is not None:
+                self.indexer.close()
+                self.indexer = None
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            while self.databases:
+                self._drop_database(self.databases[-1])
+
+    # -- where the index lives -----------------------------------------------------------
+
+    @staticmethod
+    def _config(data_root: Path, index_url: str | None, **overrides):
+        """docwatch's config for a data root: the index is the SQLite file under it, or the
+        PostgreSQL database ``index_url`` (the documents are under the data root either way)."""
+        return make_config(data_root, batch_max_files=3, index_url=index_url, **overrides)
+
+    def _admin(self, *statements: str) -> None:
+        """Run statements as the server's superuser, as ``PgServer.admin_sql`` does (the unix
+        socket, trust) but in a connection of our own: a psql process per statement was
+        almost half of this variant's run time."""
+        assert self.pg is not None
+        with psycopg.connect(
+            host=str(self.pg.socket_dir),
+            port=self.pg.port,
+            user=pgserver.SUPERUSER,
+            dbname="postgres",
+            autocommit=True,
+        ) as con:
+            for statement in statements:
+                con.execute(statement)
+
+    def _new_database(self, label: str, template: str | None = None) -> str:
+        """The writer's URL of a new database on the run's server (as ``create_database``
+        makes them): empty, or a copy of the database of the URL ``template`` (``CREATE
+        DATABASE … TEMPLATE``: no session may be connected to it, which holds between steps:
+        docwatch's children have exited, the parent's Indexer and read session are closed)."""
+        assert self.pg is not None
+        name = f"state_{os.getpid()}_{next(_databases)}_{label}"
+        copy = f" TEMPLATE {pgserver.database_of(template)}" if template else ""
+        self._admin(
+            f"CREATE DATABASE {name}{copy} OWNER {pgserver.WRITER}",
+            f"REVOKE ALL ON DATABASE {name} FROM PUBLIC",
+        )
+        self.databases.append(name)
+        return self.pg.url(name)
+
+    def _drop_database(self, name: str) -> None:
+        self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.databases.remove(name)
 
     # -- the pipeline --------------------------------------------------------------------
 
@@ -360,7 +439,8 @@ class DocwatchMachine(RuleBasedStateMachine):
         """Run a docwatch process in a forked child: it starts (its own Indexer, never the
         parent's connection), recovers and ingests ``batch``, with ``hook`` at every fault
         point.  Returns its exit code."""
-        if self.indexer is not None:  # no connection or lock of ours crosses the fork
+        self._end_reads()  # no connection or lock of ours crosses the fork
+        if self.indexer is not None:
             self.indexer.close()
             self.indexer = None
         pid = os.fork()
@@ -403,13 +483,17 @@ class DocwatchMachine(RuleBasedStateMachine):
     def _trial(self, batch: list) -> list[str]:
         """The fault points a batch passes, from a trial run on a copy of the whole state
         (tree, index, documents, staging): a crash can then be aimed at any one of them."""
-        if self.indexer is not None:  # the index is copied closed
+        self._end_reads()  # the index is copied closed
+        if self.indexer is not None:
             self.indexer.close()
             self.indexer = None
         trial = self.tmp / "trial"
         shutil.rmtree(trial, ignore_errors=True)
-        shutil.copytree(self.data, trial, symlinks=True)
-        cfg = make_config(trial, batch_max_files=3, settle_seconds=30)
+        shutil.copytree(self.data, trial, symlinks=True)  # the SQLite index goes along
+        trial_url = None
+        if self.index_url is not None:  # the PostgreSQL index is copied beside it
+            trial_url = self._new_database("trial", template=self.index_url)
+        cfg = self._config(trial, trial_url, settle_seconds=30)
         listed = {c.relpath: c for c in list_candidates(cfg, STAGES)}
         trace = self.tmp / "trace"
         trace.unlink(missing_ok=True)
@@ -421,6 +505,8 @@ class DocwatchMachine(RuleBasedStateMachine):
         code = self._child(cfg, [listed[c.relpath] for c in batch], record)
         assert code == 0, f"the trial child failed (exit {code})"
         shutil.rmtree(trial)
+        if trial_url is not None:
+            self._drop_database(pgserver.database_of(trial_url))
         return trace.read_text().split() if trace.exists() else []
 
     @precondition(lambda self: self._something_new())
@@ -500,12 +586,22 @@ class DocwatchMachine(RuleBasedStateMachine):
 
     @rule(n=N)
     def index_locked_by_a_reader_for_a_while(self, n):
+        """Another session holds the index still while a batch runs.  SQLite: a reader's
+        BEGIN IMMEDIATE (the write lock).  PostgreSQL: a plain SELECT never blocks a writer
+        (MVCC), so the session takes what one that keeps the tables still for a consistent
+        read (a report, a backup script) takes: LOCK TABLE … IN SHARE MODE, which every
+        INSERT, UPDATE and DELETE waits for."""
         indexer = self._running()
         locked = threading.Event()
 
         def hold():
-            con = sqlite3.connect(self.cfg.db, isolation_level=None)
-            con.execute("BEGIN IMMEDIATE")
+            if self.index_url is None:
+                con = sqlite3.connect(self.cfg.db, isolation_level=None)
+                con.execute("BEGIN IMMEDIATE")
+            else:
+                con = psycopg.connect(self.index_url, autocommit=True)
+                con.execute("BEGIN")
+                con.execute(f"LOCK TABLE {', '.join(INDEX_TABLES)} IN SHARE MODE")
             locked.set()
             time.sleep(0.1)
             con.execute("COMMIT")
@@ -513,7 +609,7 @@ class DocwatchMachine(RuleBasedStateMachine):
 
         holder = threading.Thread(target=hold)
         holder.start()
-        locked.wait()
+        assert locked.wait(CHILD_TIMEOUT), "the reader never took its lock"
         try:
             indexer.ingest(self._batch(n, "listing"))
         finally:
@@ -521,28 +617,44 @@ class DocwatchMachine(RuleBasedStateMachine):
 
     # -- reading the index ---------------------------------------------------------------
 
-    def _read_index(self):
-        """(rows, attempts, intents, ledger) as plain dicts; empty before the first write."""
-        if not self.cfg.db.exists():
-            return {}, {}, {}, {}
-        con = sqlite3.connect(self.cfg.db)
-        con.row_factory = sqlite3.Row
+    def _read(self, *tables: str) -> list[list[dict]]:
+        """Every row of each table, as plain dicts, read in a read-only session of the index
+        (docwatch made its schema when it first started).  SQLite: opened for the read.
+        PostgreSQL: kept open between reads (a connection costs ~20 ms, and a step reads
+        several times) and closed whenever no session may be connected (``_end_reads``)."""
+        if self.reads is None:
+            self.reads = open_index(self.cfg.index_location, readonly=True)
         try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
-            if "intents" not in tables:
-                return {}, {}, {}, {}
-            rows = {r["doc_id"]: dict(r) for r in con.execute("SELECT * FROM documents")}
-            attempts = {r["doc_id"]: dict(r) for r in con.execute("SELECT * FROM attempts")}
-            intents = {r["doc_id"]: dict(r) for r in con.execute("SELECT * FROM intents")}
-            ledger = {
-                (r["relpath"], r["sha256"]): dict(r) for r in con.execute("SELECT * FROM sources")
-            }
+            return [self.reads.all(f"SELECT * FROM {table}") for table in tables]
         finally:
-            con.close()
-        return rows, attempts, intents, ledger
+            if self.index_url is None:
+                self._end_reads()
+
+    def _end_reads(self) -> None:
+        """Close the read session: before a fork (no connection of ours crosses it), before
+        the index is copied as a template, at teardown."""
+        if self.reads is not None:
+            self.reads.close()
+            self.reads = None
+
+    def _read_index(self):
+        """(rows, attempts, intents, ledger) as plain dicts."""
+        documents, attempts, intents, sources = self._read(
+            "documents", "attempts", "intents", "sources"
+        )
+        return (
+            {r["doc_id"]: r for r in documents},
+            {r["doc_id"]: r for r in attempts},
+            {r["doc_id"]: r for r in intents},
+            self._by_source(sources),
+        )
+
+    @staticmethod
+    def _by_source(sources: list[dict]) -> dict:
+        return {(r["relpath"], r["sha256"]): r for r in sources}
 
     def _ledger(self) -> dict:
-        return self._read_index()[3]
+        return self._by_source(self._read("sources")[0])
 
     def _assert_no_orphans(self, rows: dict, intents: dict) -> None:
         """Every document directory has a row, or an intent (a batch that died writing it)."""
@@ -637,12 +749,11 @@ class DocwatchMachine(RuleBasedStateMachine):
     def write_sticky_table(self, root: Path) -> None:
         """The model's essay table: what the index remembers of each task (sticky facts: a
         task the current table dropped keeps the facts it was indexed with), else the table."""
-        con = sqlite3.connect(self.cfg.db)
-        stored = con.execute(
+        stored = query(
+            self.cfg.index_location,
             "SELECT task_id, template_id, model_id, parent_task_id FROM tasks"
-            " WHERE stage = 'essay' AND from_tables = 1"
-        ).fetchall()
-        con.close()
+            " WHERE stage = 'essay' AND from_tables = 1",
+        )
         rows = {
             task: f"{task},x,deliberate-rolling-thread-v2,{tpl},{model},M,{parent}\n"
             for task, tpl, model, parent in stored
@@ -668,14 +779,14 @@ class DocwatchMachine(RuleBasedStateMachine):
         self._running()
         self.indexer.close()
         self.indexer = None
-        final_cfg = make_config(self.data, batch_max_files=3)  # settle 0: future mtimes too
+        final_cfg = self._config(self.data, self.index_url)  # settle 0: future mtimes too
         scan(final_cfg, run_id="state")
         self.check_the_invariants()
 
         model_root = self.tmp / "model"
         shutil.copytree(self.data, model_root, ignore=shutil.ignore_patterns("db", "docs"))
         self.write_sticky_table(model_root)
-        model_cfg = make_config(model_root)
+        model_cfg = make_config(model_root)  # on SQLite whatever the backend under test
 
         def place(relpath: str, data: bytes, mtime_ns: int) -> None:
             (model_root / relpath).write_bytes(data)
@@ -694,10 +805,10 @@ class DocwatchMachine(RuleBasedStateMachine):
             place(relpath, data, self.first_mtime[(relpath, sha(data))])
         scan(model_cfg, run_id="state")
 
-        got, want = snapshot(self.cfg.db), snapshot(model_cfg.db)
+        got, want = snapshot(self.cfg.index_location), snapshot(model_cfg.db)
         assert got == want, differences(got, want)
         assert docs_tree(self.cfg.docs_root) == docs_tree(model_cfg.docs_root)
-        tombstones = assert_tombstones(self.cfg.db, self.cfg.docs_root)
+        tombstones = assert_tombstones(self.cfg.index_location, self.cfg.docs_root)
         event(f"tombstones at the end: {min(tombstones, 3)}{'+' if tombstones >= 3 else ''}")
         report = verify(self.cfg)
         assert report.ok, report.problems
@@ -731,6 +842,9 @@ SETTINGS = dict(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+# -- SQLite: the index under the data root --------------------------------------------------
+
 QuiescentMachine.TestCase.settings = settings(max_examples=50, stateful_step_count=30, **SETTINGS)
 TestDocwatchStateful = QuiescentMachine.TestCase
 
@@ -743,3 +857,52 @@ LongQuiescentMachine.TestCase.settings = settings(
     max_examples=300, stateful_step_count=60, **SETTINGS
 )
 TestDocwatchStatefulLong = pytest.mark.long(LongQuiescentMachine.TestCase)
+
+
+# -- PostgreSQL: a fresh database on the run's server per example ---------------------------
+
+
+class PostgresQuiescentMachine(QuiescentMachine):
+    pass
+
+
+class OnTheRunsServer:
+    """A Hypothesis TestCase takes no fixtures: this autouse one hands the run's PostgreSQL
+    server (started on first use, shared with the rest of the suite) to its machine."""
+
+    machine: type[DocwatchMachine]
+
+    @pytest.fixture(autouse=True)
+    def _pg(self, pg_server):
+        self.machine.pg = pg_server
+        try:
+            yield
+        finally:
+            self.machine.pg = None
+
+
+# Sized for `make test` on 2 cores: ~25 s (the SQLite variant's 50 x 30: ~15 s).  An example
+# costs about 3 times as much here (a database made and dropped per example, one copied per
+# trial, a session per docwatch start).
+PostgresQuiescentMachine.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=25, **SETTINGS
+)
+
+
+class TestDocwatchStatefulPostgres(OnTheRunsServer, PostgresQuiescentMachine.TestCase):
+    machine = PostgresQuiescentMachine
+
+
+class LongPostgresQuiescentMachine(QuiescentMachine):
+    pass
+
+
+# Half the SQLite twin's examples: each costs a database (about 14 min at 300 on 2 cores).
+LongPostgresQuiescentMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=60, **SETTINGS
+)
+
+
+@pytest.mark.long
+class TestDocwatchStatefulPostgresLong(OnTheRunsServer, LongPostgresQuiescentMachine.TestCase):
+    machine = LongPostgresQuiescentMachine
