@@ -75,11 +75,11 @@ MEASURES = (
     ("rescan", "docwatch rescan (no-op)"),
 )
 RATIOS = (
-    ("scan_copy", "cp_a", "scan / cp -a  (target <= 4)"),
+    ("scan_copy", "cp_a", "scan / cp -a  (target <= 2.5)"),
     ("scan_copy", "cp_a+sync", "scan / (cp -a + sync)"),
     ("scan_link", "cp_al", "scan --link / cp -al"),
     ("scan_link", "cp_al+sync", "scan --link / (cp -al + sync)"),
-    ("rescan", "walk", "rescan / walk+stat"),
+    ("rescan", "walk", "rescan / walk+stat  (target <= 2)"),
     ("rescan", "find", "rescan / find"),
 )
 DOCWATCH = ("scan_copy", "scan_link", "rescan")
