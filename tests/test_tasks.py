@@ -253,7 +253,8 @@ def test_every_prefix_of_a_task_table_is_rejected_or_a_true_subset(tmp_path: Pat
     path = write(tmp_path / "2_tasks/evaluation_tasks.csv", good)
     reader = TaskTableReader(tmp_path, retries=0)
     full = reader.load().evaluation_tasks
-    assert set(full) == {"v1", "v2"} and full["v1"]["file_path"] == "data/x, y.txt"
+    # The quoted comma in file_path (a column docwatch drops) keeps the later cells in place.
+    assert set(full) == {"v1", "v2"} and full["v1"]["evaluation_template"] == "novelty"
     for cut in range(len(good)):
         write(path, good)
         reader.load()
@@ -380,6 +381,20 @@ def test_load_never_modifies_the_tables(root: Path) -> None:
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (root / "1_raw").iterdir()}
     TaskTableReader(root, retries=0).load()
     assert before == {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (root / "1_raw").iterdir()}
+
+
+def test_parse_table_keeps_only_the_columns_asked_for_and_shares_equal_cells() -> None:
+    text = lines("id,a,b,c", "x,same,drop,1", "y,same,drop,2")
+    rows = parse_table(text, "id", columns=("a", "c"))
+    assert rows == {
+        "x": {"id": "x", "a": "same", "c": "1"},
+        "y": {"id": "y", "a": "same", "c": "2"},
+    }
+    assert rows["x"]["a"] is rows["y"]["a"]
+    assert parse_table(text, "id") == {
+        "x": {"id": "x", "a": "same", "b": "drop", "c": "1"},
+        "y": {"id": "y", "a": "same", "b": "drop", "c": "2"},
+    }
 
 
 def test_parse_table_tolerates_stray_quotes_in_hand_edited_files() -> None:

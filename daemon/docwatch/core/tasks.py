@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -30,6 +31,20 @@ TABLE_FILES: dict[str, tuple[str, str, str]] = {
     "essay_templates": (TEMPLATES_DIR, "essay_templates.csv", "template_id"),
     "evaluation_templates": (TEMPLATES_DIR, "evaluation_templates.csv", "template_id"),
     "models": (TEMPLATES_DIR, "llm_models.csv", "id"),
+}
+#: The cells ``task_info`` reads from each task table; the others are dropped when parsed.
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "draft_tasks": ("draft_template", "generation_model"),
+    "essay_tasks": ("essay_template", "generation_model", "draft_task_id"),
+    "evaluation_tasks": (
+        "evaluation_template",
+        "evaluation_model",
+        "stage",
+        "document_id",
+        "essay_task_id",
+        "draft_task_id",
+        "parser",
+    ),
 }
 
 
@@ -153,40 +168,68 @@ def task_info(tables: TaskTables, stage: str, task_id: str) -> TaskInfo:
     )
 
 
-def parse_table(text: str, key: str, *, needs_final_newline: bool = False) -> Table | str:
+def parse_table(
+    text: str,
+    key: str,
+    *,
+    needs_final_newline: bool = False,
+    columns: Collection[str] | None = None,
+) -> Table | str:
     """Rows of a CSV text keyed by ``key``, or why the text is not a complete table (pure).
 
     ``needs_final_newline`` is for pandas-written files, which always end with a newline, so
-    a missing one means the last field was cut.
+    a missing one means the last field was cut.  ``columns`` keeps only those cells of each
+    row (a big task table is mostly paths and names no rule reads), and equal cells share one
+    string: memory grows with the rows a table has, not with its width.
     """
     try:
-        records = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+        rows = _parse_rows(csv.reader(io.StringIO(text, newline=""), strict=True), key, columns)
     except csv.Error as exc:
         if "unexpected end of data" in str(exc):
             return "truncated inside a quoted field"
         try:  # hand-edited quirks (a quote inside a field): read leniently, as pandas does
-            records = list(csv.reader(io.StringIO(text, newline="")))
+            rows = _parse_rows(csv.reader(io.StringIO(text, newline="")), key, columns)
         except csv.Error as exc2:
             return f"malformed CSV ({exc2})"
-    records = [r for r in records if any(cell.strip() for cell in r)]
-    if not records:
-        return "empty file (no header)"
-    header = [name.strip().lstrip("\ufeff").strip() for name in records[0]]
-    if key not in header:
-        return f"no {key!r} column in the header"
-    if len(records) > 1 and len(records[-1]) < len(header):
-        return f"truncated (last row has {len(records[-1])} of {len(header)} fields)"
-    if needs_final_newline and not text.endswith(("\n", "\r")):
+    if isinstance(rows, dict) and needs_final_newline and not text.endswith(("\n", "\r")):
         return "truncated (no final newline)"
+    return rows
+
+
+def _parse_rows(
+    records: Iterable[list[str]], key: str, columns: Collection[str] | None
+) -> Table | str:
+    """The rows of a CSV reader, streamed (the table is never held at its full width)."""
+    header: list[str] | None = None
     rows: Table = {}
-    for record in records[1:]:
-        row = {
-            name: (record[i].strip() if i < len(record) else "")
-            for i, name in enumerate(header)
-            if name
-        }
-        if row[key]:
-            rows[row[key]] = row
+    shared: dict[str, str] = {}
+    last: list[str] | None = None
+    for record in records:
+        if not any(cell.strip() for cell in record):
+            continue
+        if header is None:
+            header = [name.strip().lstrip("\ufeff").strip() for name in record]
+            if key not in header:
+                return f"no {key!r} column in the header"
+            wanted = [
+                (i, name)
+                for i, name in enumerate(header)
+                if name and (columns is None or name in columns or name == key)
+            ]
+            key_at = header.index(key)
+            continue
+        last = record
+        task = record[key_at].strip() if key_at < len(record) else ""
+        if task:
+            rows[task] = {
+                name: shared.setdefault(cell, cell)
+                for i, name in wanted
+                for cell in ((record[i].strip() if i < len(record) else ""),)
+            }
+    if header is None:
+        return "empty file (no header)"
+    if last is not None and len(last) < len(header):
+        return f"truncated (last row has {len(last)} of {len(header)} fields)"
     return rows
 
 

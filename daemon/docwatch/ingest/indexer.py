@@ -22,6 +22,7 @@ from docwatch.core.model import Attempt
 from docwatch.core.tasks import TaskTables, effective_info, task_info
 from docwatch.errors import IndexCorrupt, PermissionProblem
 from docwatch.ingest.ingestor import BatchReport, Ingestor, IngestSettings, Known
+from docwatch.ingest.pool import give_back_memory
 from docwatch.ingest.sources import Candidate
 from docwatch.ingest.tables import TaskTableReader
 from docwatch.store.backend import open_index
@@ -221,6 +222,7 @@ class Indexer:
                     self.lock.release()
                 self._replan -= riders
                 self._replan |= report.replan_later
+                give_back_memory(len(candidates))
                 return report
             except Exception as exc:
                 if isinstance(exc, OSError) and exc.errno in NOT_ALLOWED_ERRNOS:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from docwatch.core.layout import TASKS_DIR
-from docwatch.core.tasks import TABLE_FILES, Table, TaskTables, parse_table
+from docwatch.core.tasks import TABLE_COLUMNS, TABLE_FILES, Table, TaskTables, parse_table
 from docwatch.store.docstore import open_source
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
@@ -83,7 +83,9 @@ class TaskTableReader:
         tables: dict[str, Table] = {}
         for name, path in self.paths().items():
             folder, _, key = TABLE_FILES[name]
-            result = self._read_with_retries(path, key, needs_final_newline=folder == TASKS_DIR)
+            result = self._read_with_retries(
+                path, key, needs_final_newline=folder == TASKS_DIR, columns=TABLE_COLUMNS.get(name)
+            )
             sigs[name] = result.sig
             if result.rows is not None:
                 if result.sig is None:
@@ -105,17 +107,21 @@ class TaskTableReader:
         self._sigs = sigs
         return TaskTables(**tables)
 
-    def _read_with_retries(self, path: Path, key: str, *, needs_final_newline: bool) -> _Read:
-        result = self._read_once(path, key, needs_final_newline)
+    def _read_with_retries(
+        self, path: Path, key: str, *, needs_final_newline: bool, columns: tuple[str, ...] | None
+    ) -> _Read:
+        result = self._read_once(path, key, needs_final_newline, columns)
         for _ in range(self.retries):
             if not result.retry:
                 break
             self.sleep(self.retry_delay)
-            result = self._read_once(path, key, needs_final_newline)
+            result = self._read_once(path, key, needs_final_newline, columns)
         return result
 
     @staticmethod
-    def _read_once(path: Path, key: str, needs_final_newline: bool) -> _Read:
+    def _read_once(
+        path: Path, key: str, needs_final_newline: bool, columns: tuple[str, ...] | None
+    ) -> _Read:
         try:
             before = path.stat()
         except FileNotFoundError:
@@ -135,7 +141,8 @@ class TaskTableReader:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             return _Read(None, f"not UTF-8 ({exc.reason} at byte {exc.start})", sig, retry=True)
-        parsed = parse_table(text, key, needs_final_newline=needs_final_newline)
+        parsed = parse_table(text, key, needs_final_newline=needs_final_newline, columns=columns)
+        del text, data  # the rows are kept, not the file
         if isinstance(parsed, str):
             return _Read(None, parsed, sig, retry=True)
         return _Read(parsed, None, sig)
