@@ -54,6 +54,8 @@ log = logging.getLogger("docwatch.watch")
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
+#: Seconds watchdog may hold a rename's first half to pair it (its default: 0.5).
+MOVE_PAIRING_DELAY = 0.0
 #: What the handler asks for: only these reach it, and the inotify mask is built from them
 #: (IN_CLOSE_WRITE | IN_MOVE | IN_CREATE | IN_DELETE | IN_DELETE_SELF; no IN_MODIFY/IN_OPEN).
 EVENT_FILTER: list[type[FileSystemEvent]] = [
@@ -184,7 +186,13 @@ class WatchSet:
 
             return PollingObserver(timeout=self.poll_interval)
         from watchdog.observers.inotify import InotifyObserver
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
+        # watchdog holds an IN_MOVED_FROM up to 0.5 s to pair it with its IN_MOVED_TO, and
+        # its emitter sleeps all that time when it meets the FROM first: every later event of
+        # the folder waits behind it.  Only a move's destination matters here, and an unpaired
+        # IN_MOVED_TO is a move in (ready) just the same, so nothing is held.
+        InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY
         # Full events: a file renamed in from another folder arrives as a move (ready).
         return InotifyObserver(generate_full_events=True)
 
