@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_config, snapshot
 from docwatch.cli import main
+from docwatch.ingest.indexer import Indexer
+from docwatch.ingest.scan import missing_document_tasks
 
 COMMANDS = ["scan", "status", "latest", "show", "verify", "rebuild-index"]
 
@@ -237,3 +239,29 @@ def test_progress_bar_only_on_a_terminal(tree, tmp_path):
     assert on_tty.returncode == 0 and "scanning" in on_tty.stdout
     piped = subprocess.run(cmd.split(), env=env, capture_output=True, text=True, timeout=120)
     assert piped.returncode == 0 and "scanning" not in piped.stdout + piped.stderr
+
+
+def test_deleted_document_dirs_of_every_stage_are_all_rebuilt_by_scan(indexed):
+    """The first and last directory (in doc_id order) of every stage: the merge of the
+    documents with each stage's names must find every one."""
+    data_root, _, _ = indexed
+    cfg = make_config(data_root)
+    victims = []
+    for stage in ("draft", "essay", "evaluation"):
+        names = sorted(p for p in (cfg.docs_root / stage).iterdir())
+        victims += [names[0], names[-1]]
+    for victim in victims:
+        shutil.rmtree(victim)
+    con = sqlite3.connect(cfg.db)
+    sql = "SELECT stage, task_id FROM documents WHERE doc_id = ?"
+    want = {con.execute(sql, (v.name,)).fetchone() for v in victims}
+    con.close()
+    indexer = Indexer(cfg, "test")
+    try:
+        assert missing_document_tasks(indexer) == want  # those, and no other task
+    finally:
+        indexer.close()
+    before = snapshot(cfg.db)
+    assert run("scan", "--data-root", data_root).exit_code == 0
+    assert [v for v in victims if not (v / "metadata.json").exists()] == []
+    assert snapshot(cfg.db) == before

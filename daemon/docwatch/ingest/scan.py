@@ -206,20 +206,24 @@ def settled_future(
 
 
 def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
-    """Tasks with an indexed document whose directory is gone (deleted by hand): each stage's
-    directory names, sorted, merged with its documents in doc_id order (memory stays flat)."""
-    missing = set()
+    """Tasks with an indexed document whose directory is gone (deleted by hand): the
+    documents, read in doc_id order a page at a time, merged with each stage's sorted
+    directory names (the names are held; the rows never are)."""
+    present: dict[str, list[str]] = {}
     for stage in STAGES:
         try:
-            present = sorted(os.listdir(indexer.store.docs_root / stage))
+            present[stage] = sorted(os.listdir(indexer.store.docs_root / stage))
         except FileNotFoundError:
-            present = []
-        i = 0
-        for doc_id, task_id in indexer.index.doc_ids(stage):
-            while i < len(present) and present[i] < doc_id:
-                i += 1
-            if i >= len(present) or present[i] != doc_id:
-                missing.add((stage, task_id))
+            present[stage] = []
+    at = dict.fromkeys(STAGES, 0)
+    missing = set()
+    for doc_id, stage, task_id in indexer.index.doc_ids():
+        names, i = present.get(stage, []), at.get(stage, 0)
+        while i < len(names) and names[i] < doc_id:
+            i += 1
+        at[stage] = i
+        if i >= len(names) or names[i] != doc_id:
+            missing.add((stage, task_id))
     return missing
 
 

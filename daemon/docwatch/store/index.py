@@ -201,17 +201,18 @@ class Index:
                 return
             last = (rows[-1][0], rows[-1][1])
 
-    def doc_ids(self, stage: str, page: int = 10000) -> Iterator[tuple[str, str]]:
-        """(doc_id, task_id) of one stage's documents, by doc_id, a page at a time."""
+    def doc_ids(self, page: int = 10000) -> Iterator[tuple[str, str, str]]:
+        """(doc_id, stage, task_id) of every document, by doc_id, a page at a time (the
+        primary key's order: no page sorts anything)."""
         sql = (
-            f"SELECT doc_id, task_id FROM documents WHERE stage = ? AND doc_id{self.byte_order} > ?"
+            f"SELECT doc_id, stage, task_id FROM documents WHERE doc_id{self.byte_order} > ?"
             f" ORDER BY doc_id{self.byte_order} LIMIT ?"
         )
         last = ""
         while True:
-            rows = self.execute(sql, (stage, last, page)).fetchall()
+            rows = self.execute(sql, (last, page)).fetchall()
             for r in rows:
-                yield r[0], r[1]
+                yield r[0], r[1], r[2]
             if len(rows) < page:
                 return
             last = rows[-1][0]
