@@ -229,12 +229,12 @@ def _parse_rows(
             key_at = header.index(key)
             continue
         last = record
-        task = record[key_at].strip() if key_at < len(record) else ""
+        cells = [cell.strip() for cell in record]
+        task = cells[key_at] if key_at < len(cells) else ""
         if task:
             rows[task] = {
-                name: shared.setdefault(cell, cell)
+                name: shared.setdefault(cells[i], cells[i]) if i < len(cells) else ""
                 for i, name in wanted
-                for cell in ((record[i].strip() if i < len(record) else ""),)
             }
     if header is None:
         return "empty file (no header)"

@@ -8,7 +8,6 @@ document yet, and sources that cannot be indexed (symlinks, oversized …; scan 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections import Counter
@@ -22,11 +21,9 @@ from docwatch.ingest.listing import listing
 from docwatch.ingest.planner import ANY_PARENT_STAGE
 from docwatch.ingest.sources import DEFERRED, ERROR, NEW, probe
 from docwatch.store.backend import open_index
-from docwatch.store.docstore import count_chars
+from docwatch.store.docstore import digest_and_chars
 from docwatch.store.index import Index
 from docwatch.store.schema import DOCUMENT_COLUMNS
-
-CHUNK = 1 << 20
 
 
 @dataclass
@@ -127,7 +124,7 @@ def _check_document(
 
 def _check_file(path: Path, kind: str, source: dict, row: dict, report: VerifyReport) -> None:
     """A document file holds its source's bytes, and the row counts its characters."""
-    digest, chars = _sha256_and_chars(path)
+    digest, chars = digest_and_chars(path)
     if digest != source["sha256"]:
         what = f"checksum differs from its source {source['path']} (edited by hand?)"
     elif kind in ("raw", "parsed") and row.get(f"{kind}_chars") != chars:
@@ -155,15 +152,6 @@ def repair(cfg: Config, doc_ids: set[str], run_id: str) -> int:
         return len(report.created)
     finally:
         indexer.close()
-
-
-def _sha256_and_chars(path: Path) -> tuple[str, int]:
-    digest, chars = hashlib.sha256(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            chars += count_chars(chunk)
-    return digest.hexdigest(), chars
 
 
 def _check_orphans(

@@ -9,9 +9,7 @@ unreadable) is left out and reported; the rest of the batch is written.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ from docwatch.core.model import Source, TaskInfo
 from docwatch.ingest.planner import Change, change_facts, metadata
 from docwatch.ingest.pool import map_io
 from docwatch.store import faults
-from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged, open_source
+from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged, digest_and_chars
 from docwatch.store.index import Index, source_key
 
 log = logging.getLogger("docwatch.ingest")
@@ -194,7 +192,7 @@ class Writer:
         ]
         for path in candidates:
             try:
-                if _sha256_of(path) == s.sha256:
+                if digest_and_chars(path)[0] == s.sha256:
                     return path
             except OSError:
                 continue
@@ -217,14 +215,3 @@ class Writer:
                 c.row[f"{kind}_chars"] = staged.chars[f"{kind}.txt"]
         batch.write_metadata(staged, metadata(c, __version__, time.time_ns()))
         return staged
-
-
-def _sha256_of(path: Path) -> str:
-    fd = open_source(path)
-    try:
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 20):
-            digest.update(chunk)
-        return digest.hexdigest()
-    finally:
-        os.close(fd)

@@ -228,15 +228,9 @@ class Batch:
             st = os.stat(target)
             if (st.st_size, st.st_mtime_ns) == (len(source.content), source.mtime_ns):
                 return count_chars(source.content)
-        digest, chars = hashlib.sha256(), 0
-        fd = open_source(target)  # the source's own inode: no atime change through the link
-        try:
-            while chunk := os.read(fd, CHUNK):
-                digest.update(chunk)
-                chars += count_chars(chunk)
-        finally:
-            os.close(fd)
-        if digest.hexdigest() != source.sha256:
+        # The source's own inode: read as a source (no atime change through the link).
+        digest, chars = digest_and_chars(target)
+        if digest != source.sha256:
             target.unlink()
             raise SourceChanged(f"{source.path}: content changed since it was read")
         return chars
@@ -340,6 +334,19 @@ def open_source(path: Path) -> int:
         if not noatime:
             raise
         return os.open(path, flags)  # O_NOATIME needs ownership; fall back
+
+
+def digest_and_chars(path: Path) -> tuple[str, int]:
+    """The sha256 and the character count of a file, read as a source is (``open_source``)."""
+    digest, chars = hashlib.sha256(), 0
+    fd = open_source(path)
+    try:
+        while chunk := os.read(fd, CHUNK):
+            digest.update(chunk)
+            chars += count_chars(chunk)
+    finally:
+        os.close(fd)
+    return digest.hexdigest(), chars
 
 
 def _unlink(path: Path) -> int:
