@@ -88,3 +88,51 @@ def test_reader_sees_committed_rows_while_a_writer_holds_a_transaction(tmp_path)
     assert reader.get_state("k") == "v1"  # WAL: readers never wait for the writer
     writer.con.execute("COMMIT")
     assert reader.get_state("k") == "v2"
+
+
+def test_v3_index_learns_which_tables_its_tasks_were_checked_against(tmp_path):
+    """v4: task facts carry the digest of the tables they were checked against (NULL for an
+    older index: its first check looks at every task), and the ledger's listing has a
+    covering index."""
+    db = tmp_path / "db.sqlite"
+    con = sqlite3.connect(db, isolation_level=None)
+    for step in range(3):
+        for statement in statements(MIGRATIONS[step]):
+            con.execute(statement)
+    con.execute("PRAGMA user_version = 3")
+    con.execute("INSERT INTO tasks (stage, task_id, info_hash) VALUES ('draft', 't', 'h')")
+    con.close()
+    index = open_sqlite(db)
+    assert index.con.execute("SELECT tables_digest FROM tasks").fetchone()[0] is None
+    assert not index.all_tasks_from("d1")
+    plan = index.con.execute(
+        "EXPLAIN QUERY PLAN SELECT relpath, sha256, seen_size, seen_mtime_ns FROM sources"
+        " WHERE relpath >= 'a/' AND relpath < 'a0' ORDER BY relpath, sha256"
+    ).fetchall()
+    assert "COVERING INDEX idx_sources_seen" in " ".join(str(r[3]) for r in plan)
+
+
+def test_a_check_marks_only_the_facts_it_looked_at(tmp_path):
+    """Marking tasks as checked against some tables names the facts checked (their
+    fingerprint): a task another writer re-planned meanwhile stays unchecked."""
+    from docwatch.core.model import TaskInfo
+
+    index = open_sqlite(tmp_path / "db.sqlite")
+    infos = [TaskInfo("draft", f"t{i}", "tpl", "m") for i in range(3)]
+    with index.transaction():
+        index.put_tasks(infos, "old")
+    assert index.all_tasks_from("old") and not index.all_tasks_from("new")
+    page = index.task_facts_not_from("new", limit=2)
+    assert [(i.task_id, h) for i, h in page] == [(i.task_id, i.fingerprint()) for i in infos[:2]]
+    rest = index.task_facts_not_from("new", after=("draft", "t1"))
+    assert [i.task_id for i, _ in rest] == ["t2"]
+    replanned = TaskInfo("draft", "t1", "tpl", "other-model")
+    with index.transaction():
+        index.put_tasks([replanned], "old")  # another writer, still on the old tables
+        index.mark_tasks_checked([(i.stage, i.task_id, i.fingerprint()) for i in infos], "new")
+    left = index.task_facts_not_from("new")
+    assert [(i.task_id, i.model_id) for i, _ in left] == [("t1", "other-model")]
+    assert not index.all_tasks_from("new")
+    with index.transaction():
+        index.put_tasks([replanned], "new")
+    assert index.all_tasks_from("new")

@@ -288,3 +288,55 @@ def test_sources_are_never_modified(tree):
     run_scan(data_root, link=True)
     assert state() == before
     assert legacy_tree is not None
+
+
+def _task_digests(db: Path) -> Counter:
+    con = sqlite3.connect(db)
+    try:
+        return Counter(r[0] for r in con.execute("SELECT tables_digest FROM tasks"))
+    finally:
+        con.close()
+
+
+def test_a_rescan_with_the_same_tables_parses_none_and_a_rewrite_is_still_seen(tree):
+    """Every task's facts are stored with the digest of the tables they were planned with:
+    a re-scan whose tables have those bytes checks no task (and parses no table), while a
+    rewritten row still reaches its task's facts and documents on the next scan."""
+    from docwatch.ingest.scan import catch_up
+    from docwatch.ingest.tables import TaskTableReader
+
+    data_root, _ = tree
+    cfg, _ = run_scan(data_root)
+    digest = TaskTableReader(data_root).load().digest
+    assert _task_digests(cfg.db) == Counter({digest: sum(_task_digests(cfg.db).values())})
+
+    indexer = Indexer(cfg, "test")
+    try:
+        catch_up(indexer, lambda report: None)
+        assert indexer._tables is None  # nothing to plan and every task checked: no parse
+    finally:
+        indexer.close()
+
+    table = data_root / "2_tasks" / "draft_generation_tasks.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    cells = lines[1].rstrip("\n").split(",")
+    task_id = cells[header.index("draft_task_id")]
+    cells[header.index("generation_model")] = "deepseek_r1_f"
+    lines[1] = ",".join(cells) + "\n"
+    table.write_text("".join(lines))
+    _, result = run_scan(data_root)
+    assert result.counts["draft"]["docs_updated"] >= 1
+    con = sqlite3.connect(cfg.db)
+    try:
+        models = {
+            r[0]
+            for r in con.execute("SELECT model_id FROM documents WHERE task_id = ?", (task_id,))
+        }
+        stored = con.execute("SELECT model_id FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    finally:
+        con.close()
+    assert models == {"deepseek_r1_f"} and stored == ("deepseek_r1_f",)
+    new_digest = TaskTableReader(data_root).load().digest
+    assert new_digest != digest
+    assert set(_task_digests(cfg.db)) == {new_digest}  # every task checked once, then marked

@@ -234,6 +234,35 @@ def test_truncated_table_keeps_last_good_copy(tmp_path: Path, caplog) -> None:
     assert reader.problems == []
 
 
+def test_the_digest_names_the_bytes_parsed_and_a_peek_agrees_without_parsing(
+    tmp_path: Path,
+) -> None:
+    """``load().digest`` is what facts are stored with and ``peek_digest`` what a re-scan
+    compares them to: equal for the same bytes, different after any change, and a kept
+    good copy keeps its own digest while the file on disk is bad."""
+    path = tmp_path / "2_tasks/draft_generation_tasks.csv"
+    reader = TaskTableReader(tmp_path, retries=0)
+    empty = reader.load().digest
+    assert empty == reader.peek_digest()
+    good = lines(DRAFT_HEADER, "d1,c,t,m,M")
+    write(path, good)
+    first = reader.load().digest
+    assert first == reader.peek_digest() != empty
+    write(path, good.replace("m,M", "n,M"))  # one cell, same size
+    assert reader.load().digest == reader.peek_digest() != first
+    write(path, good)
+    assert reader.load().digest == first  # the bytes, not when they were written
+
+    write(path, good + "d3,c,t")  # pandas caught mid-row: the good copy is kept
+    kept = reader.load()
+    assert set(kept.draft_tasks) == {"d1"} and reader.problems
+    assert kept.digest == first != reader.peek_digest()
+
+    write(tmp_path / "1_raw/llm_models.csv", lines("id,provider", "m,p"))
+    write(path, good)
+    assert reader.load().digest == reader.peek_digest() != first  # every file counts
+
+
 def test_truncated_without_previous_copy_is_empty_and_reported(tmp_path: Path) -> None:
     path = write(tmp_path / "2_tasks/evaluation_tasks.csv", "evaluation_task_id,document_id,st")
     reader = TaskTableReader(tmp_path, retries=0)

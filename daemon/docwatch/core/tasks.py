@@ -8,6 +8,7 @@ indexed with (``effective_info``).
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,12 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class TaskTables:
-    """Every table as plain dicts (key → row of stripped strings); treat as read-only."""
+    """Every table as plain dicts (key → row of stripped strings); treat as read-only.
+
+    ``digest`` names the bytes they were parsed from (``tables_digest``): facts planned with
+    these tables are stored with it, so a later check can skip every task planned with the
+    same bytes.  Empty when unknown (built by hand).
+    """
 
     draft_tasks: Table = field(default_factory=dict)
     essay_tasks: Table = field(default_factory=dict)
@@ -59,6 +65,7 @@ class TaskTables:
     essay_templates: Table = field(default_factory=dict)
     evaluation_templates: Table = field(default_factory=dict)
     models: Table = field(default_factory=dict)
+    digest: str = field(default="", compare=False)
 
     EMPTY: ClassVar[TaskTables]
 
@@ -68,6 +75,14 @@ class TaskTables:
 
 
 TaskTables.EMPTY = TaskTables()
+
+
+def tables_digest(file_digests: dict[str, str | None]) -> str:
+    """One name for a set of table files, from each file's sha256 (None: the file is missing)."""
+    h = hashlib.sha256()
+    for name in sorted(file_digests):
+        h.update(f"{name}={file_digests[name] or '-'}\n".encode())
+    return h.hexdigest()[:32]
 
 
 def parse_bool(value: str | None) -> bool | None:

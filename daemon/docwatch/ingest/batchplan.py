@@ -51,7 +51,7 @@ class BatchPlanner:
         new_by_task: dict[Task, list[Source]] = {}
         for s in new:
             new_by_task.setdefault((s.stage, s.task_id), []).append(s)
-        out = BatchPlan()
+        out = BatchPlan(tables_digest=tables.digest or None)
         overlay: dict[Task, list[ParentCandidate]] = {}  # ok documents as this batch plans them
         settings = PlanSettings(
             run_id=self.run_id,
@@ -164,3 +164,4 @@ class BatchPlan:
     problems: dict[Task, str] = field(default_factory=dict)  # tasks skipped, with why
     unlocked: set[Task] = field(default_factory=set)  # children another writer held
     deferred: set[Task] = field(default_factory=set)  # parents another writer held
+    tables_digest: str | None = None  # the task tables ``infos`` come from

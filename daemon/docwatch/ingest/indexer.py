@@ -73,6 +73,7 @@ class Indexer:
         )
         self.tables_reader = TaskTableReader(cfg.data_root, log=logging.getLogger("docwatch.tasks"))
         self._tables: TaskTables | None = None
+        self._all_checked_at: dict | None = None  # table signatures a peek found all checked
         # One batch at a time per index (SQLite), or per instance of a shared index (PostgreSQL:
         # writers of other instances work beside it, task by task; store/postgres.py).
         self.lock = (
@@ -143,20 +144,46 @@ class Indexer:
         return index_id
 
     def tables(self) -> TaskTables:
-        """The task tables, re-read only when one of the files changed."""
+        """The task tables, re-read only when one of the files changed; then every task
+        planned with other tables is checked against them."""
         if self._tables is None or self.tables_reader.changed():
             self._tables = self.tables_reader.load()
             self._replan |= self.stale_tasks(self._tables)
         return self._tables
 
+    def look_at_tables(self) -> None:
+        """What ``tables`` does, without parsing anything when every stored task was already
+        checked against the tables' current bytes (a re-scan or a restart, tables unchanged)."""
+        if self._tables is not None and not self.tables_reader.changed():
+            return
+        sigs = self.tables_reader.signatures()
+        if sigs == self._all_checked_at:
+            return
+        digest = self.tables_reader.peek_digest()
+        if digest is not None and self.index.all_tasks_from(digest):
+            self._all_checked_at = sigs  # until a file changes
+        else:
+            self.tables()
+
     def stale_tasks(self, tables: TaskTables) -> set[tuple[str, str]]:
         """Tasks whose stored facts differ from what the tables now say (sticky: a task the
-        tables no longer list keeps its facts, so it is never stale for that)."""
-        stale = set()
-        for stored, planned in self.index.all_task_facts():
-            current = task_info(tables, stored.stage, stored.task_id)
-            if effective_info(current, stored).fingerprint() != planned:
-                stale.add((stored.stage, stored.task_id))
+        tables no longer list keeps its facts, so it is never stale for that).  Only tasks
+        not yet checked against these very tables are looked at, a page at a time; those
+        that agree are marked so the next check skips them."""
+        stale: set[tuple[str, str]] = set()
+        after = ("", "")
+        while page := self.index.task_facts_not_from(tables.digest, after):
+            agree = []
+            for stored, planned in page:
+                current = task_info(tables, stored.stage, stored.task_id)
+                if effective_info(current, stored).fingerprint() != planned:
+                    stale.add((stored.stage, stored.task_id))
+                else:
+                    agree.append((stored.stage, stored.task_id, planned))
+            if agree and tables.digest:
+                with self.index.transaction():
+                    self.index.mark_tasks_checked(agree, tables.digest)
+            after = (page[-1][0].stage, page[-1][0].task_id)
         return stale
 
     def close(self) -> None:
@@ -207,7 +234,7 @@ class Indexer:
         whether more wait.
         """
         delay, started = 0.5, time.monotonic()
-        self.tables()  # notices rewritten task tables: their tasks are re-planned
+        self.look_at_tables()  # notices rewritten task tables: their tasks are re-planned
         riders = set(sorted(self._replan)[:REPLAN_CHUNK])
         extra = set(extra_tasks) | riders
         while True:
@@ -253,7 +280,7 @@ class Indexer:
 
     def needs_replan(self) -> bool:
         """Whether tasks wait for a re-plan (tables changed, or left by a dead writer)."""
-        self.tables()
+        self.look_at_tables()
         return bool(self._replan)
 
     def has_queued(self) -> bool:

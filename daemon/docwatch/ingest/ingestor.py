@@ -214,6 +214,7 @@ class Ingestor:
                 problems=report.problems,
                 tasks=[plan.infos[t] for t in plan.planned],
                 contents=contents,
+                tables_digest=plan.tables_digest,
             )
         )
         retry_tasks = result.retry | plan.deferred

@@ -10,11 +10,12 @@ and a scan can cut batches without splitting a task.  Nothing holds the whole tr
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import os
 import stat
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from docwatch.core.layout import KINDS, STAGES, FolderRole, folder_roles, parse_name
@@ -22,22 +23,46 @@ from docwatch.ingest.sources import Candidate
 
 log = logging.getLogger("docwatch.sources")
 
-#: Ledger rows of one folder: (relpath, seen_size, seen_mtime_ns), ordered by relpath.
-LedgerRows = Callable[[str], Iterable[tuple[str, int, int]]]
+#: Ledger rows of one folder: (name, seen_size, seen_mtime_ns, …), ordered by name.
+LedgerRows = Callable[[str], Iterable[Sequence]]
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 
 
-def folder_names(data_root: Path, role: FolderRole) -> list[str]:
-    """The entries of one watched folder, sorted (a missing folder has none)."""
+def _open_folder(data_root: Path, role: FolderRole) -> int | None:
+    """A read-only descriptor of a watched folder (None when it is missing or unreadable, which
+    is logged): its names and stats are read relative to it, one path component each."""
     folder = data_root / role.folder
     try:
-        names = os.listdir(folder)
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return None
     except OSError as exc:  # unreadable folder: say so, keep going with the others
         log.error(
             "%s: cannot list the folder (%s); its files are not indexed until fixed",
             folder,
+            exc.strerror,
+        )
+        return None
+
+
+def folder_names(data_root: Path, role: FolderRole) -> list[str]:
+    """The entries of one watched folder, sorted (a missing folder has none)."""
+    fd = _open_folder(data_root, role)
+    if fd is None:
+        return []
+    try:
+        return _sorted_names(data_root, role, fd)
+    finally:
+        os.close(fd)
+
+
+def _sorted_names(data_root: Path, role: FolderRole, fd: int) -> list[str]:
+    try:
+        names = os.listdir(fd)
+    except OSError as exc:
+        log.error(
+            "%s: cannot list the folder (%s); its files are not indexed until fixed",
+            data_root / role.folder,
             exc.strerror,
         )
         return []
@@ -53,39 +78,67 @@ def unknown_names(
 ) -> list[str]:
     """Names of one folder that are not in the ledger with their current size and mtime
     (sorted by name); known ones are counted as ``indexed``, noise as ``ignored``."""
-    names = folder_names(data_root, role)
-    if ledger is None:
-        return names
-    folder = os.path.join(data_root, role.folder)
-    rows = iter(ledger(role.folder))
+    fd = _open_folder(data_root, role)
+    if fd is None:
+        return []
+    try:
+        names = _sorted_names(data_root, role, fd)
+        if ledger is None:
+            return names
+        return _merge_with_ledger(names, role, ledger(role.folder), fd, counts)
+    finally:
+        os.close(fd)
+
+
+def _merge_with_ledger(
+    names: list[str],
+    role: FolderRole,
+    ledger_rows: Iterable[Sequence],
+    fd: int,
+    counts: Counter,
+) -> list[str]:
+    """The names the ledger does not know with their current stat (both sides sorted by
+    name; a name has one ledger row per version of its bytes)."""
+    rows = iter(ledger_rows)
     row = next(rows, None)
     out = []
-    prefix = role.folder + "/"
+    indexed = 0
     for name in names:
-        relpath = prefix + name
-        while row is not None and row[0] < relpath:
+        while row is not None and row[0] < name:
             row = next(rows, None)
-        seen = []
-        while row is not None and row[0] == relpath:
+        if row is None or row[0] != name:
+            out.append(name)
+            continue
+        seen = [(row[1], row[2])]
+        row = next(rows, None)
+        while row is not None and row[0] == name:
             seen.append((row[1], row[2]))
             row = next(rows, None)
-        if seen:
-            try:
-                st = os.lstat(os.path.join(folder, name))
-            except OSError:
-                out.append(name)  # vanished or unreadable: the probe says which
-                continue
-            if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) in seen:
-                counts[(role.stage, "indexed")] += 1
-                continue
-        out.append(name)
+        try:
+            st = os.lstat(name, dir_fd=fd)
+        except OSError:
+            out.append(name)  # vanished or unreadable: the probe says which
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) in seen:
+            indexed += 1
+        else:
+            out.append(name)
+    counts[(role.stage, "indexed")] += indexed
     return out
 
 
-def _task_key(role: FolderRole, name: str) -> tuple[str, int, str, str]:
+def _task_of(name: str) -> str:
+    """The task a file name belongs to (a name that does not parse is its own task)."""
     parsed = parse_name(name)
-    task = name if isinstance(parsed, str) else parsed.task_id
-    return (task, _KIND_ORDER[role.kind], role.folder, name)
+    return name if isinstance(parsed, str) else parsed.task_id
+
+
+def _by_task(name: str) -> tuple[str, str]:
+    return (_task_of(name), name)
+
+
+def _of_task(item: tuple[FolderRole, str]) -> str:
+    return _task_of(item[1])
 
 
 def stage_candidates(
@@ -94,16 +147,16 @@ def stage_candidates(
     ledger: LedgerRows | None,
     counts: Counter,
 ) -> Iterator[Candidate]:
-    """The new or changed files of one stage's folders, a task's files together."""
+    """The new or changed files of one stage's folders, a task's files together (prompt,
+    raw, parsed: folders in kind order, and the merge keeps that order for equal tasks).
+    Only the names are held; their sort keys exist while one folder is sorted."""
     streams = []
-    by_folder = {role.folder: role for role in roles}
-    for role in roles:
+    for role in sorted(roles, key=lambda r: (_KIND_ORDER[r.kind], r.folder)):
         names = unknown_names(data_root, role, ledger, counts)
-        streams.append(sorted(_task_key(role, n) for n in names))
-        del names
-    for _, _, folder, name in heapq.merge(*streams):
-        role = by_folder[folder]
-        yield Candidate(data_root / folder / name, role, f"{folder}/{name}")
+        names.sort(key=_by_task)
+        streams.append(zip(itertools.repeat(role), names))
+    for role, name in heapq.merge(*streams, key=_of_task):
+        yield Candidate(data_root / role.folder / name, role, f"{role.folder}/{name}")
 
 
 def listing(

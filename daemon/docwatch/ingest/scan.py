@@ -206,25 +206,30 @@ def settled_future(
 
 
 def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
-    """Tasks with an indexed document whose directory is gone (deleted by hand): the
-    documents, read in doc_id order a page at a time, merged with each stage's sorted
-    directory names (the names are held; the rows never are)."""
-    present: dict[str, list[str]] = {}
+    """Tasks with an indexed document whose directory is gone (deleted by hand): every
+    doc_id, read in order from the primary key a page at a time, merged with the sorted
+    names of the stage folders (the names are held; the rows never are); only the ids not
+    found there are looked up, and their own stage folder checked."""
+    docs_root = indexer.store.docs_root
+    names: list[str] = []
     for stage in STAGES:
         try:
-            present[stage] = sorted(os.listdir(indexer.store.docs_root / stage))
+            names += os.listdir(docs_root / stage)
         except FileNotFoundError:
-            present[stage] = []
-    at = dict.fromkeys(STAGES, 0)
-    missing = set()
-    for doc_id, stage, task_id in indexer.index.doc_ids():
-        names, i = present.get(stage, []), at.get(stage, 0)
+            pass
+    names.sort()
+    absent, i = [], 0
+    for doc_id in indexer.index.doc_ids():
         while i < len(names) and names[i] < doc_id:
             i += 1
-        at[stage] = i
         if i >= len(names) or names[i] != doc_id:
-            missing.add((stage, task_id))
-    return missing
+            absent.append(doc_id)
+    del names
+    return {
+        (stage, task_id)
+        for doc_id, stage, task_id in indexer.index.document_tasks(absent)
+        if not os.path.lexists(docs_root / stage / doc_id)
+    }
 
 
 def _dry_run(

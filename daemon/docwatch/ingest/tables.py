@@ -7,6 +7,7 @@ Read-only: files are opened for reading only, never written or locked.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 from docwatch.core.layout import TASKS_DIR
-from docwatch.core.tasks import TABLE_COLUMNS, TABLE_FILES, Table, TaskTables, parse_table
+from docwatch.core.tasks import (
+    TABLE_COLUMNS,
+    TABLE_FILES,
+    Table,
+    TaskTables,
+    parse_table,
+    tables_digest,
+)
 from docwatch.store.docstore import open_source
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
@@ -26,6 +34,7 @@ class _Read(NamedTuple):
     reason: str | None
     sig: Signature | None  # the stat before reading; None when missing
     retry: bool = False  # worth reading again soon (the file may be mid-write)
+    sha256: str | None = None  # of the bytes parsed; None when missing or bad
 
 
 def _signature(path: Path) -> Signature | None:
@@ -61,6 +70,7 @@ class TaskTableReader:
         self.sleep = sleep
         self.problems: list[str] = []
         self._good: dict[str, Table] = {}
+        self._good_sha: dict[str, str] = {}
         self._sigs: dict[str, Signature | None] | None = None  # None: never loaded
 
     def paths(self) -> dict[str, Path]:
@@ -70,17 +80,20 @@ class TaskTableReader:
             for name, (folder, filename, _) in TABLE_FILES.items()
         }
 
+    def signatures(self) -> dict[str, Signature | None]:
+        """Each table file's (size, mtime_ns, inode) now, None when missing."""
+        return {name: _signature(path) for name, path in self.paths().items()}
+
     def changed(self) -> bool:
         """Whether any table file differs (size, mtime, inode, presence) from the last load."""
-        if self._sigs is None:
-            return True
-        return any(_signature(p) != self._sigs.get(n) for n, p in self.paths().items())
+        return self._sigs is None or self.signatures() != self._sigs
 
     def load(self) -> TaskTables:
         """Read every table; a bad read keeps the previous good table and is in ``problems``."""
         problems: list[str] = []
         sigs: dict[str, Signature | None] = {}
         tables: dict[str, Table] = {}
+        shas: dict[str, str | None] = {}
         for name, path in self.paths().items():
             folder, _, key = TABLE_FILES[name]
             result = self._read_with_retries(
@@ -91,9 +104,12 @@ class TaskTableReader:
                 if result.sig is None:
                     self.log.debug("%s: missing; using an empty table", path)
                     self._good.pop(name, None)
+                    self._good_sha.pop(name, None)
                 else:
                     self._good[name] = result.rows
+                    self._good_sha[name] = result.sha256
                 tables[name] = result.rows
+                shas[name] = result.sha256
             else:
                 kept = self._good.get(name, {})
                 message = (
@@ -103,9 +119,25 @@ class TaskTableReader:
                 problems.append(message)
                 self.log.warning("%s", message)
                 tables[name] = kept
+                shas[name] = self._good_sha.get(name)
         self.problems = problems
         self._sigs = sigs
-        return TaskTables(**tables)
+        return TaskTables(**tables, digest=tables_digest(shas))
+
+    def peek_digest(self) -> str | None:
+        """The digest ``load`` would give if every file parses, from the bytes alone (no
+        parsing, nothing kept); None when a file cannot be read whole right now."""
+        shas: dict[str, str | None] = {}
+        for name, path in self.paths().items():
+            try:
+                data = _read_source(path)
+            except FileNotFoundError:
+                shas[name] = None
+                continue
+            except OSError:
+                return None
+            shas[name] = hashlib.sha256(data).hexdigest()
+        return tables_digest(shas)
 
     def _read_with_retries(
         self, path: Path, key: str, *, needs_final_newline: bool, columns: tuple[str, ...] | None
@@ -137,6 +169,7 @@ class TaskTableReader:
             return _Read(None, f"unreadable ({_describe(exc)})", sig)
         if _signature(path) != sig or len(data) != before.st_size:
             return _Read(None, "changed while being read", sig, retry=True)
+        sha = hashlib.sha256(data).hexdigest()
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -145,7 +178,7 @@ class TaskTableReader:
         del text, data  # the rows are kept, not the file
         if isinstance(parsed, str):
             return _Read(None, parsed, sig, retry=True)
-        return _Read(parsed, None, sig)
+        return _Read(parsed, None, sig, sha256=sha)
 
 
 def _read_source(path: Path) -> bytes:

@@ -47,6 +47,7 @@ class BatchInput:
     problems: list[tuple[str, str]]
     tasks: list[TaskInfo]  # facts to store (sticky task facts)
     contents: dict  # source key → bytes already read (small files)
+    tables_digest: str | None = None  # the task tables ``tasks`` were planned with
 
 
 class Writer:
@@ -110,7 +111,10 @@ class Writer:
         with self.index.transaction():
             self.index.put_sources(sources + batch_in.touched, batch_in.seen)
             self.index.put_problems(result.problems)
-            self.index.put_tasks(i for i in batch_in.tasks if (i.stage, i.task_id) not in retry)
+            self.index.put_tasks(
+                (i for i in batch_in.tasks if (i.stage, i.task_id) not in retry),
+                batch_in.tables_digest,
+            )
             self.index.put_documents((c.row, change_facts(c)) for c in kept)
             if batch is not None and batch.has_work_after_commit():
                 self.index.mark_intents_committed(c.doc_id for c in kept)

@@ -63,6 +63,7 @@ TASK_COLUMNS = (
     "provider",
     "from_tables",
     "info_hash",
+    "tables_digest",
 )
 
 MIGRATIONS: tuple[str, ...] = (
@@ -165,8 +166,23 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX idx_attempts_parent_task ON attempts(parent_task_id);
     CREATE INDEX idx_documents_reader ON documents(stage, task_id, status, created_at);
     """,
+    # v4: the task tables each task's facts were last checked against (a re-scan with the same
+    # tables skips the check: ``Index.task_facts_not_from``).
+    """
+    ALTER TABLE tasks ADD COLUMN tables_digest TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+#: SQLite's own statements of a migration step (every SQLite index): the ledger's listing
+#: reads (relpath, sha256, seen_size, seen_mtime_ns) in relpath order, and a covering index
+#: serves it without touching the table (PostgreSQL sorts that listing in byte order, which
+#: its default-collation indexes do not serve either way).
+SQLITE_DDL: dict[int, str] = {
+    4: """
+    CREATE INDEX idx_sources_seen ON sources(relpath, sha256, seen_size, seen_mtime_ns);
+    """,
+}
 
 #: Extra statements after a migration step, for SQLite indexes that hold rows already.
 SQLITE_ONLY: dict[int, str] = {

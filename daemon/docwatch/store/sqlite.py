@@ -18,7 +18,13 @@ from pathlib import Path
 
 from docwatch.errors import IndexCorrupt, IndexUnreadable
 from docwatch.store.index import Index
-from docwatch.store.schema import MIGRATIONS, SCHEMA_VERSION, SQLITE_ONLY, statements
+from docwatch.store.schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SQLITE_DDL,
+    SQLITE_ONLY,
+    statements,
+)
 
 #: Messages of errors that mean "the file is not a (sound) SQLite database".
 _CORRUPT = ("file is not a database", "malformed", "not a database", "file is encrypted")
@@ -124,7 +130,9 @@ def migrate(con: sqlite3.Connection, path: Path) -> None:
         check_version(con, path)
         version = con.execute("PRAGMA user_version").fetchone()[0]
         for step in range(version, SCHEMA_VERSION):
-            for statement in statements(MIGRATIONS[step]):
+            for statement in statements(MIGRATIONS[step]) + statements(
+                SQLITE_DDL.get(step + 1, "")
+            ):
                 con.execute(statement)
             if version > 0:  # an index with rows from an older docwatch
                 for statement in statements(SQLITE_ONLY.get(step + 1, "")):
