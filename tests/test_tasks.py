@@ -459,6 +459,33 @@ def test_fallback_recovers_template_and_model_from_ids(
 @given(st.text(alphabet='ab,"\r\n\u2028\x0c', max_size=40))
 def test_table_lines_split_as_a_file_opened_with_newline_empty(text: str) -> None:
     """The line splitter that replaced io.StringIO (4 bytes a character) splits alike."""
-    from docwatch.core.tasks import _lines
+    from docwatch.core.tasks import split_lines
 
-    assert list(_lines(text)) == list(io.StringIO(text, newline=""))
+    assert list(split_lines(text)) == list(io.StringIO(text, newline=""))
+
+
+@given(
+    st.text(alphabet='ab,"\r\n\u2028\xe9\U0001f600', max_size=40),
+    st.booleans(),
+    st.integers(min_value=1, max_value=9),
+)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200)
+def test_a_table_file_read_a_chunk_at_a_time_splits_and_hashes_as_read_whole(
+    tmp_path: Path, text: str, bom: bool, chunk: int
+) -> None:
+    """Chunks end anywhere: inside a character, between \\r and \\n, inside the BOM."""
+    import hashlib
+
+    from docwatch.ingest.tables import _FileLines
+
+    data = (b"\xef\xbb\xbf" if bom else b"") + text.encode()
+    path = tmp_path / "t.csv"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        read = _FileLines(fd, chunk=chunk)
+        assert list(read) == list(io.StringIO(text, newline=""))
+    finally:
+        os.close(fd)
+    assert read.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert read.size == len(data)

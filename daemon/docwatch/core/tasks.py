@@ -10,14 +10,58 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from docwatch.core.layout import TASKS_DIR, TEMPLATES_DIR, split_task_id
 from docwatch.core.model import TaskInfo
 
-Row = dict[str, str]
+
+class Cells(tuple):
+    """One row of a task table: the cells kept, read by column name like a read-only dict.
+
+    A task table has hundreds of thousands of rows; a tuple holds them in a third of a
+    dict's memory.  Each parse makes a subclass that knows its columns (``of_columns``).
+    """
+
+    __slots__ = ()
+    columns: ClassVar[tuple[str, ...]] = ()
+    at: ClassVar[dict[str, int]] = {}
+
+    @staticmethod
+    def of_columns(columns: Iterable[str]) -> type[Cells]:
+        names = tuple(columns)
+        at = {name: i for i, name in enumerate(names)}
+        return type("Cells", (Cells,), {"__slots__": (), "columns": names, "at": at})
+
+    def get(self, column: str, default: str | None = None) -> str | None:
+        i = self.at.get(column)
+        return default if i is None else tuple.__getitem__(self, i)
+
+    def __getitem__(self, column):  # type: ignore[override]
+        if isinstance(column, str):
+            return tuple.__getitem__(self, self.at[column])
+        return tuple.__getitem__(self, column)
+
+    def keys(self) -> tuple[str, ...]:
+        return self.columns
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        return zip(self.columns, tuple.__iter__(self), strict=True)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, dict):
+            return dict(self.items()) == other
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
+
+
+Row = dict[str, str] | Cells
 Table = dict[str, Row]
 
 #: Model id used when neither the tables nor the task id name one.
@@ -197,25 +241,46 @@ def parse_table(
     row (a big task table is mostly paths and names no rule reads), and equal cells share one
     string: memory grows with the rows a table has, not with its width.
     """
+    return parse_lines(
+        lambda: split_lines(text), key, needs_final_newline=needs_final_newline, columns=columns
+    )
+
+
+def parse_lines(
+    lines: Callable[[], Iterable[str]],
+    key: str,
+    *,
+    needs_final_newline: bool = False,
+    columns: Collection[str] | None = None,
+) -> Table | str:
+    """``parse_table`` over the lines ``lines()`` gives, afresh for each pass (a file read a
+    chunk at a time: the table is never held whole as text)."""
+    last = [""]
     try:
-        rows = _parse_rows(csv.reader(_lines(text), strict=True), key, columns)
+        rows = _parse_rows(csv.reader(_keep_last(lines(), last), strict=True), key, columns)
     except csv.Error as exc:
         if "unexpected end of data" in str(exc):
             return "truncated inside a quoted field"
         try:  # hand-edited quirks (a quote inside a field): read leniently, as pandas does
-            rows = _parse_rows(csv.reader(_lines(text)), key, columns)
+            rows = _parse_rows(csv.reader(_keep_last(lines(), last)), key, columns)
         except csv.Error as exc2:
             return f"malformed CSV ({exc2})"
-    if isinstance(rows, dict) and needs_final_newline and not text.endswith(("\n", "\r")):
+    if isinstance(rows, dict) and needs_final_newline and not last[0].endswith(("\n", "\r")):
         return "truncated (no final newline)"
     return rows
+
+
+def _keep_last(lines: Iterable[str], last: list[str]) -> Iterator[str]:
+    for line in lines:
+        last[0] = line
+        yield line
 
 
 #: A line and its ending, split as ``open(newline="")`` splits: at \n, \r or \r\n.
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
 
-def _lines(text: str) -> Iterator[str]:
+def split_lines(text: str) -> Iterator[str]:
     """The lines of ``text`` one at a time (an ``io.StringIO`` holds a copy at 4 bytes per
     character: 4x the size of a big task table, at once)."""
     return (m.group() for m in _LINE.finditer(text))
@@ -242,15 +307,16 @@ def _parse_rows(
                 if name and (columns is None or name in columns or name == key)
             ]
             key_at = header.index(key)
+            at = [i for i, _ in wanted]
+            row_of = Cells.of_columns(name for _, name in wanted)
             continue
         last = record
         cells = [cell.strip() for cell in record]
         task = cells[key_at] if key_at < len(cells) else ""
         if task:
-            rows[task] = {
-                name: shared.setdefault(cells[i], cells[i]) if i < len(cells) else ""
-                for i, name in wanted
-            }
+            rows[task] = row_of(
+                shared.setdefault(cells[i], cells[i]) if i < len(cells) else "" for i in at
+            )
     if header is None:
         return "empty file (no header)"
     if last is not None and len(last) < len(header):

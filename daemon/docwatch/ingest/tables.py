@@ -7,11 +7,12 @@ Read-only: files are opened for reading only, never written or locked.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -21,12 +22,15 @@ from docwatch.core.tasks import (
     TABLE_FILES,
     Table,
     TaskTables,
-    parse_table,
+    parse_lines,
+    split_lines,
     tables_digest,
 )
 from docwatch.store.docstore import open_source
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
+#: Bytes read at a time from a table file (a big table is never held whole).
+READ_CHUNK = 1 << 20
 
 
 class _Read(NamedTuple):
@@ -130,13 +134,11 @@ class TaskTableReader:
         shas: dict[str, str | None] = {}
         for name, path in self.paths().items():
             try:
-                data = _read_source(path)
+                shas[name] = _sha256_of(path)
             except FileNotFoundError:
                 shas[name] = None
-                continue
             except OSError:
                 return None
-            shas[name] = hashlib.sha256(data).hexdigest()
         return tables_digest(shas)
 
     def _read_with_retries(
@@ -162,32 +164,74 @@ class TaskTableReader:
             return _Read(None, f"cannot stat ({_describe(exc)})", None)
         sig = (before.st_size, before.st_mtime_ns, before.st_ino)
         try:
-            data = _read_source(path)
+            fd = open_source(path)
         except FileNotFoundError:
             return _Read({}, None, None)
         except OSError as exc:
             return _Read(None, f"unreadable ({_describe(exc)})", sig)
-        if _signature(path) != sig or len(data) != before.st_size:
-            return _Read(None, "changed while being read", sig, retry=True)
-        sha = hashlib.sha256(data).hexdigest()
+        passes: list[_FileLines] = []
+
+        def lines() -> Iterator[str]:
+            passes.append(_FileLines(fd))
+            return iter(passes[-1])
+
         try:
-            text = data.decode("utf-8-sig")
+            parsed = parse_lines(
+                lines, key, needs_final_newline=needs_final_newline, columns=columns
+            )
         except UnicodeDecodeError as exc:
-            return _Read(None, f"not UTF-8 ({exc.reason} at byte {exc.start})", sig, retry=True)
-        parsed = parse_table(text, key, needs_final_newline=needs_final_newline, columns=columns)
-        del text, data  # the rows are kept, not the file
+            return _Read(None, f"not UTF-8 ({exc.reason} near byte {exc.start})", sig, retry=True)
+        except OSError as exc:
+            return _Read(None, f"unreadable ({_describe(exc)})", sig)
+        finally:
+            os.close(fd)
+        read = passes[-1]
+        if _signature(path) != sig or (isinstance(parsed, dict) and read.size != before.st_size):
+            return _Read(None, "changed while being read", sig, retry=True)
         if isinstance(parsed, str):
             return _Read(None, parsed, sig, retry=True)
-        return _Read(parsed, None, sig, sha256=sha)
+        return _Read(parsed, None, sig, sha256=read.sha256.hexdigest())
 
 
-def _read_source(path: Path) -> bytes:
-    """The whole file, read as every legacy file is: O_NOFOLLOW, O_NOATIME, never written."""
+class _FileLines:
+    """The lines of a table file read a chunk at a time from its start (``newline=""``
+    splitting, UTF-8 with or without a BOM), hashing the bytes as they go by."""
+
+    def __init__(self, fd: int, chunk: int = READ_CHUNK) -> None:
+        self.fd = fd
+        self.chunk = chunk
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def __iter__(self) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        carry = ""
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        while True:
+            chunk = os.read(self.fd, self.chunk)
+            self.sha256.update(chunk)
+            try:
+                text = carry + decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                exc.start += self.size  # where in the file, give or take a split character
+                raise
+            self.size += len(chunk)
+            if not chunk:
+                yield from split_lines(text)
+                return
+            # A line ends at the last \n or \r, unless a \r ends the chunk (\r\n may be split).
+            cut = max(text.rfind("\n"), text.rfind("\r", 0, len(text) - 1)) + 1
+            carry = text[cut:]
+            yield from split_lines(text[:cut])
+
+
+def _sha256_of(path: Path) -> str:
+    """The file's sha256, read as every legacy file is: O_NOFOLLOW, O_NOATIME, never written."""
     fd = open_source(path)
     try:
-        parts = []
-        while chunk := os.read(fd, 1 << 20):
-            parts.append(chunk)
-        return b"".join(parts)
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, READ_CHUNK):
+            digest.update(chunk)
+        return digest.hexdigest()
     finally:
         os.close(fd)
