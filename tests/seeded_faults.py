@@ -385,6 +385,61 @@ FAULTS = (
         ),
         ("tests/test_faults.py::test_second_writer_waits_for_the_writer_lock",),
     ),
+    # -- speed without losing a promise (issue 10) ---------------------------------------------
+    Fault(
+        "tables_check_skipped",
+        "a re-scan trusts the task facts although the tables changed",
+        (
+            (
+                "store/index.py",
+                "        return (\n            self.execute(\n"
+                '                "SELECT 1 FROM tasks WHERE tables_digest IS NULL',
+                "        return True or (\n            self.execute(\n"
+                '                "SELECT 1 FROM tasks WHERE tables_digest IS NULL',
+            ),
+        ),
+        ("tests/test_scan.py",),
+        ("-k", "rescan_with_the_same_tables"),
+    ),
+    Fault(
+        "checked_mark_unguarded",
+        "a task re-planned by another writer is marked checked against tables it was not",
+        (
+            (
+                "store/index.py",
+                '"UPDATE tasks SET tables_digest = ? WHERE stage = ? AND task_id = ? AND info_hash = ?"',
+                '"UPDATE tasks SET tables_digest = ? WHERE stage = ? AND task_id = ? AND ? IS NOT NULL"',
+            ),
+        ),
+        ("tests/test_index.py",),
+        ("-k", "marks_only_the_facts"),
+    ),
+    Fault(
+        "table_chunk_splits_crlf",
+        "a task table read in chunks splits a \\r\\n that straddles two chunks",
+        (
+            (
+                "ingest/tables.py",
+                'cut = max(text.rfind("\\n"), text.rfind("\\r", 0, len(text) - 1)) + 1',
+                'cut = max(text.rfind("\\n"), text.rfind("\\r")) + 1',
+            ),
+        ),
+        ("tests/test_tasks.py",),
+        ("-k", "chunk_at_a_time"),
+    ),
+    Fault(
+        "missing_dirs_unseen",
+        "a document directory deleted by hand is never rebuilt by scan",
+        (
+            (
+                "ingest/scan.py",
+                "            absent.append(doc_id)\n",
+                "            pass\n",
+            ),
+        ),
+        ("tests/test_cli.py",),
+        ("-k", "deleted_document_dir"),
+    ),
 )
 
 

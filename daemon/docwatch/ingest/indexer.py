@@ -154,7 +154,9 @@ class Indexer:
     def look_at_tables(self) -> None:
         """What ``tables`` does, without parsing anything when every stored task was already
         checked against the tables' current bytes (a re-scan or a restart, tables unchanged)."""
-        if self._tables is not None and not self.tables_reader.changed():
+        if self._tables is not None:  # parsed already: a change is parsed again at once
+            if self.tables_reader.changed():
+                self.tables()
             return
         sigs = self.tables_reader.signatures()
         if sigs == self._all_checked_at:
