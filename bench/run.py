@@ -8,6 +8,9 @@ both sides of every comparison:
     cp -al SRC           vs  docwatch scan --link   (empty index, docs on SRC's filesystem)
     walk+stat of SRC     vs  docwatch scan          (no-op rescan of the copy-mode index)
     find SRC -type f     (second reference for the rescan)
+    cp -a DOCS           (right after the scan: its own output tree copied by cp, the kernel's
+                          cost of docwatch's layout, one directory per document; the scan's
+                          ratio to it is docwatch's own overhead)
 
 Each pair runs in turn, the reference first in odd rounds and docwatch first in even ones: the
 filesystem is still freeing the previous round's inodes when a round starts (removed untimed),
@@ -71,6 +74,8 @@ MEASURES = (
     ("cp_a", "cp -a SRC DST"),
     ("cp_a+sync", "cp -a + sync"),
     ("scan_copy", "docwatch scan (copy)"),
+    ("cp_docs", "cp -a of the scan's docs tree"),
+    ("cp_docs+sync", "cp -a docs + sync"),
     ("cp_al", "cp -al SRC DST"),
     ("cp_al+sync", "cp -al + sync"),
     ("scan_link", "docwatch scan --link"),
@@ -81,6 +86,8 @@ MEASURES = (
 RATIOS = (
     ("scan_copy", "cp_a", "scan / cp -a  (target <= 2.5)"),
     ("scan_copy", "cp_a+sync", "scan / (cp -a + sync)"),
+    ("cp_docs", "cp_a", "cp -a docs / cp -a SRC  (the layout)"),
+    ("scan_copy", "cp_docs+sync", "scan / (cp -a docs + sync)"),
     ("scan_link", "cp_al", "scan --link / cp -al"),
     ("scan_link", "cp_al+sync", "scan --link / (cp -al + sync)"),
     ("rescan", "walk", "rescan / walk+stat  (target <= 2)"),
@@ -302,7 +309,7 @@ def one_round(
         samples[key]["seconds"].append(r.seconds + s)
         samples[key]["maxrss_kib"].append(r.maxrss_kib)
 
-    for d in ("cp_a", "cp_al", "scan_copy", "scan_link"):
+    for d in ("cp_a", "cp_al", "scan_copy", "scan_link", "cp_docs"):
         rmtree(work / d)  # untimed; the sync in measure() flushes it
     # The filesystem frees the previous round's inodes in the background after the removal
     # above, which slows whoever creates files first; even rounds go docwatch first, so the
@@ -319,6 +326,9 @@ def one_round(
             else:
                 r = measure(scan_key, scan_cmd(src, work / scan_key, link=scan_link))
                 reports[scan_key].append(totals(json.loads(r.stdout)))
+                if not scan_link:  # the kernel's cost of the layout docwatch writes, by cp
+                    docs = [str(work / scan_key / "docs"), str(work / "cp_docs")]
+                    with_sync("cp_docs+sync", measure("cp_docs", ["cp", "-a", *docs]))
     r = measure("walk", [sys.executable, "-c", WALK, str(src)])
     files, size = map(int, r.stdout.split())
     reports["walk"].append({"files": files, "bytes": size})
