@@ -391,7 +391,7 @@ FAULTS = (
         "a re-scan trusts the task facts although the tables changed",
         (
             (
-                "store/index.py",
+                "store/sweeps.py",
                 "        return (\n            self.execute(\n"
                 '                "SELECT 1 FROM tasks WHERE tables_digest IS NULL',
                 "        return True or (\n            self.execute(\n"
@@ -406,7 +406,7 @@ FAULTS = (
         "a task re-planned by another writer is marked checked against tables it was not",
         (
             (
-                "store/index.py",
+                "store/sweeps.py",
                 '"UPDATE tasks SET tables_digest = ? WHERE stage = ? AND task_id = ? AND info_hash = ?"',
                 '"UPDATE tasks SET tables_digest = ? WHERE stage = ? AND task_id = ? AND ? IS NOT NULL"',
             ),

@@ -37,12 +37,16 @@ def _open_folder(data_root: Path, role: FolderRole) -> int | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:  # unreadable folder: say so, keep going with the others
-        log.error(
-            "%s: cannot list the folder (%s); its files are not indexed until fixed",
-            folder,
-            exc.strerror,
-        )
+        _cannot_list(folder, exc)
         return None
+
+
+def _cannot_list(folder: Path, exc: OSError) -> None:
+    log.error(
+        "%s: cannot list the folder (%s); its files are not indexed until fixed",
+        folder,
+        exc.strerror,
+    )
 
 
 def folder_names(data_root: Path, role: FolderRole) -> list[str]:
@@ -60,11 +64,7 @@ def _sorted_names(data_root: Path, role: FolderRole, fd: int) -> list[str]:
     try:
         names = os.listdir(fd)
     except OSError as exc:
-        log.error(
-            "%s: cannot list the folder (%s); its files are not indexed until fixed",
-            data_root / role.folder,
-            exc.strerror,
-        )
+        _cannot_list(data_root / role.folder, exc)
         return []
     names.sort()
     return names

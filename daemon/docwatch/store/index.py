@@ -18,6 +18,7 @@ from typing import Any
 from docwatch.core.clock import now_iso
 from docwatch.core.model import ParentCandidate, Source, TaskInfo
 from docwatch.store.schema import ATTEMPT_COLUMNS, DOCUMENT_COLUMNS, SOURCE_COLUMNS, TASK_COLUMNS
+from docwatch.store.sweeps import SweepQueries, in_chunks, task_info_from_row
 
 #: Statuses a reader may ask for; ``superseded`` documents are never anyone's latest.
 NEVER_LATEST = "superseded"
@@ -87,7 +88,7 @@ def source_from_row(r: Any) -> Source:
     )
 
 
-class Index:
+class Index(SweepQueries):
     """One connection to the index.  Not thread-safe: one per thread (readers lock around it).
 
     ``location`` names the index in messages (a file path or a URL without its password).
@@ -179,60 +180,11 @@ class Index:
         ).fetchone()
         return row is not None
 
-    #: Appended to a text column where rows must come in byte order (PostgreSQL: its locale).
-    byte_order = ""
-
-    def ledger_in_folder(self, folder: str, page: int = 5000) -> Iterator[Sequence]:
-        """Rows (name, seen_size, seen_mtime_ns, …) of the sources in ``folder``, the name
-        relative to it, ordered by name, read a page at a time (memory stays flat in the
-        ledger's size)."""
-        rel = f"relpath{self.byte_order}"
-        sql = (
-            "SELECT substr(relpath, ?), seen_size, seen_mtime_ns, sha256 FROM sources"
-            f" WHERE {rel} >= ? AND {rel} < ? AND ({rel} > ? OR ({rel} = ? AND sha256 > ?))"
-            f" ORDER BY {rel}, sha256 LIMIT ?"
-        )
-        low, high = folder + "/", folder + "0"  # "0" follows "/": every path in the folder
-        last = (low, "")
-        while True:
-            rows = self.execute(
-                sql, (len(low) + 1, low, high, last[0], last[0], last[1], page)
-            ).fetchall()
-            yield from rows
-            if len(rows) < page:
-                return
-            last = (low + rows[-1][0], rows[-1][3])
-
-    def doc_ids(self, page: int = 10000) -> Iterator[str]:
-        """Every doc_id, in order, a page at a time (read from the primary key alone: no
-        document row is touched and no page sorts anything)."""
-        sql = (
-            f"SELECT doc_id FROM documents WHERE doc_id{self.byte_order} > ?"
-            f" ORDER BY doc_id{self.byte_order} LIMIT ?"
-        )
-        last = ""
-        while True:
-            rows = self.execute(sql, (last, page)).fetchall()
-            for r in rows:
-                yield r[0]
-            if len(rows) < page:
-                return
-            last = rows[-1][0]
-
-    def document_tasks(self, doc_ids: Iterable[str]) -> list[tuple[str, str, str]]:
-        """(doc_id, stage, task_id) of each of these documents that is indexed."""
-        out = []
-        for chunk in _chunks(list(doc_ids)):
-            marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT doc_id, stage, task_id FROM documents WHERE doc_id IN ({marks})"
-            out += [(r[0], r[1], r[2]) for r in self.execute(sql, chunk).fetchall()]
-        return out
-
     def pinned(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Source]:
         """The ledger's Source (pinned facts) for each (relpath, sha256) already ingested."""
         out = {}
         sql = f"SELECT {', '.join(SOURCE_COLUMNS)} FROM sources WHERE (relpath, sha256) IN "
-        for chunk in _chunks(list(keys)):
+        for chunk in in_chunks(list(keys)):
             for r in self.execute(sql + _values(chunk), [v for k in chunk for v in k]):
                 out[(r["relpath"], r["sha256"])] = source_from_row(r)
         return out
@@ -253,11 +205,11 @@ class Index:
         """What planning reads about each task, for many tasks in a few queries: the stored
         facts, sources, documents, and the tasks whose documents name each as their parent."""
         data = TasksData()
-        for chunk in _chunks(sorted(set(tasks))):
+        for chunk in in_chunks(sorted(set(tasks))):
             params = [v for task in chunk for v in task]
             pairs = _values(chunk)
             for r in self.execute(f"SELECT * FROM tasks WHERE (stage, task_id) IN {pairs}", params):
-                data.facts[(r["stage"], r["task_id"])] = _task_info(r)
+                data.facts[(r["stage"], r["task_id"])] = task_info_from_row(r)
             sql = f"SELECT {', '.join(SOURCE_COLUMNS)} FROM sources WHERE (stage, task_id) IN "
             for r in self.execute(sql + pairs, params):
                 data.sources.setdefault((r["stage"], r["task_id"]), []).append(source_from_row(r))
@@ -307,36 +259,6 @@ class Index:
         self.executemany("DELETE FROM problems WHERE relpath = ?", [(r[0],) for r in rows])
 
     # -- sticky task facts ----------------------------------------------------------------
-
-    def task_facts_not_from(
-        self, tables_digest: str, after: tuple[str, str] = ("", ""), limit: int = 5000
-    ) -> list[tuple[TaskInfo, str | None]]:
-        """A page of the stored tasks not yet checked against these tables, after ``after``
-        in (stage, task_id) order, each with the fingerprint it was planned with."""
-        rows = self.execute(
-            "SELECT * FROM tasks WHERE (tables_digest IS NULL OR tables_digest <> ?)"
-            " AND (stage > ? OR (stage = ? AND task_id > ?)) ORDER BY stage, task_id LIMIT ?",
-            (tables_digest, after[0], after[0], after[1], limit),
-        ).fetchall()
-        return [(_task_info(r), r["info_hash"]) for r in rows]
-
-    def all_tasks_from(self, tables_digest: str) -> bool:
-        """Whether every stored task was checked against (or planned with) these tables."""
-        return (
-            self.execute(
-                "SELECT 1 FROM tasks WHERE tables_digest IS NULL OR tables_digest <> ? LIMIT 1",
-                (tables_digest,),
-            ).fetchone()
-            is None
-        )
-
-    def mark_tasks_checked(self, tasks: Iterable[tuple[str, str, str]], tables_digest: str) -> None:
-        """Record that these (stage, task_id, info_hash) facts agree with the tables; a row
-        another writer changed meanwhile (another info_hash) is left for the next check."""
-        self.executemany(
-            "UPDATE tasks SET tables_digest = ? WHERE stage = ? AND task_id = ? AND info_hash = ?",
-            [(tables_digest, *task) for task in tasks],
-        )
 
     def put_tasks(self, infos: Iterable[TaskInfo], tables_digest: str | None = None) -> None:
         """Store facts, with the digest of the tables they were planned with (None: unknown,
@@ -474,11 +396,6 @@ def _values(pairs: Sequence[tuple]) -> str:
     return "(SELECT column1, column2 FROM (VALUES " + ", ".join("(?, ?)" for _ in pairs) + ") AS v)"
 
 
-def _chunks(items: list, size: int = 400) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 @dataclass
 class TasksData:
     """``Index.tasks_data``: what is stored about a set of tasks, by (stage, task_id)."""
@@ -487,9 +404,3 @@ class TasksData:
     sources: dict = field(default_factory=dict)  # → [Source]
     documents: dict = field(default_factory=dict)  # → {doc_id: row with _attempt facts}
     children: dict = field(default_factory=dict)  # → {(stage, task_id) of children}
-
-
-def _task_info(r: Any) -> TaskInfo:
-    facts = dict(r)
-    facts["from_tables"] = bool(facts["from_tables"])
-    return TaskInfo.from_facts(r["stage"], r["task_id"], facts)

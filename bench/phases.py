@@ -1,0 +1,57 @@
+"""Time each phase of a ``docwatch scan`` (a no-op rescan, typically) without a profiler.
+
+Wraps the functions a scan spends its time in, runs the CLI with the given arguments, and
+prints each phase's total seconds to stderr (cProfile inflates a rescan ~2×; this does not).
+
+    .venv/bin/python bench/phases.py scan --data-root TREE --db DB --docs-root DOCS --json
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+
+START = time.perf_counter()
+
+import docwatch.ingest.indexer as indexer  # noqa: E402
+import docwatch.ingest.listing as listing  # noqa: E402
+import docwatch.ingest.scan as scan  # noqa: E402
+from docwatch.cli import main  # noqa: E402
+
+IMPORTED = time.perf_counter() - START
+TOTALS: dict[str, float] = {}
+PHASES = (
+    (scan, "missing_document_tasks"),
+    (listing, "_sorted_names"),
+    (listing, "_merge_with_ledger"),
+    (indexer.Indexer, "look_at_tables"),
+    (indexer.Indexer, "ingest"),
+    (indexer.Indexer, "expire_pending"),
+)
+
+
+def timed(owner: object, name: str) -> None:
+    fn = getattr(owner, name)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TOTALS[name] = TOTALS.get(name, 0.0) + time.perf_counter() - t0
+
+    setattr(owner, name, wrapper)
+
+
+if __name__ == "__main__":
+    for owner, name in PHASES:
+        timed(owner, name)
+    try:
+        main(standalone_mode=False)
+    finally:
+        print(f"{'imports':<24} {IMPORTED:7.3f} s", file=sys.stderr)
+        for name, seconds in TOTALS.items():
+            print(f"{name:<24} {seconds:7.3f} s", file=sys.stderr)
+        print(f"{'total':<24} {time.perf_counter() - START:7.3f} s", file=sys.stderr)
