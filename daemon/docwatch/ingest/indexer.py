@@ -155,8 +155,7 @@ class Indexer:
         """What ``tables`` does, without parsing anything when every stored task was already
         checked against the tables' current bytes (a re-scan or a restart, tables unchanged)."""
         if self._tables is not None:  # parsed already: a change is parsed again at once
-            if self.tables_reader.changed():
-                self.tables()
+            self.tables()
             return
         sigs = self.tables_reader.signatures()
         if sigs == self._all_checked_at:

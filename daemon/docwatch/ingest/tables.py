@@ -26,7 +26,7 @@ from docwatch.core.tasks import (
     split_lines,
     tables_digest,
 )
-from docwatch.store.docstore import open_source
+from docwatch.store.docstore import open_source, sha256_of
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
 #: Bytes read at a time from a table file (a big table is never held whole).
@@ -134,7 +134,7 @@ class TaskTableReader:
         shas: dict[str, str | None] = {}
         for name, path in self.paths().items():
             try:
-                shas[name] = _sha256_of(path)
+                shas[name] = sha256_of(path)
             except FileNotFoundError:
                 shas[name] = None
             except OSError:
@@ -223,15 +223,3 @@ class _FileLines:
             cut = max(text.rfind("\n"), text.rfind("\r", 0, len(text) - 1)) + 1
             carry = text[cut:]
             yield from split_lines(text[:cut])
-
-
-def _sha256_of(path: Path) -> str:
-    """The file's sha256, read as every legacy file is: O_NOFOLLOW, O_NOATIME, never written."""
-    fd = open_source(path)
-    try:
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, READ_CHUNK):
-            digest.update(chunk)
-        return digest.hexdigest()
-    finally:
-        os.close(fd)

@@ -20,7 +20,7 @@ from docwatch.core.model import Source, TaskInfo
 from docwatch.ingest.planner import Change, change_facts, metadata
 from docwatch.ingest.pool import map_io
 from docwatch.store import faults
-from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged, digest_and_chars
+from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged, sha256_of
 from docwatch.store.index import Index, source_key
 
 log = logging.getLogger("docwatch.ingest")
@@ -196,7 +196,7 @@ class Writer:
         ]
         for path in candidates:
             try:
-                if digest_and_chars(path)[0] == s.sha256:
+                if sha256_of(path) == s.sha256:
                     return path
             except OSError:
                 continue

@@ -28,6 +28,7 @@ import os
 import shutil
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,17 +337,31 @@ def open_source(path: Path) -> int:
         return os.open(path, flags)  # O_NOATIME needs ownership; fall back
 
 
-def digest_and_chars(path: Path) -> tuple[str, int]:
-    """The sha256 and the character count of a file, read as a source is (``open_source``)."""
-    digest, chars = hashlib.sha256(), 0
+def source_chunks(path: Path) -> Iterator[bytes]:
+    """A file's bytes a chunk at a time, read as a source is (``open_source``)."""
     fd = open_source(path)
     try:
         while chunk := os.read(fd, CHUNK):
-            digest.update(chunk)
-            chars += count_chars(chunk)
+            yield chunk
     finally:
         os.close(fd)
+
+
+def digest_and_chars(path: Path) -> tuple[str, int]:
+    """The sha256 and the character count of a file, read as a source is."""
+    digest, chars = hashlib.sha256(), 0
+    for chunk in source_chunks(path):
+        digest.update(chunk)
+        chars += count_chars(chunk)
     return digest.hexdigest(), chars
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file, read as a source is."""
+    digest = hashlib.sha256()
+    for chunk in source_chunks(path):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _unlink(path: Path) -> int:
