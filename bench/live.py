@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bytecode import compile_docwatch
 from run import docwatch_version, fs_type, git_rev, machine, rmtree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1323,6 +1324,7 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     logs.mkdir(parents=True)
     started = time.perf_counter()
+    compile_docwatch()
     res: dict = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),

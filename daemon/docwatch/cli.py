@@ -133,7 +133,6 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
     Example:
       docwatch scan --data-root /srv/daydreaming/data --stage draft --json
     """
-    from docwatch.dagster.runrecords import attach
     from docwatch.ingest.indexer import default_run_id
     from docwatch.ingest.scan import scan as run_scan
 
@@ -146,9 +145,18 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
             run_id=run_id,
             dry_run=dry_run,
             progress=bar.start if bar.enabled else None,
-            run_facts=(lambda indexer: attach(indexer, cfg)) if cfg.dagster_home else None,
+            run_facts=(lambda indexer: _attach_run_records(indexer, cfg))
+            if cfg.dagster_home
+            else None,
         )
     emit(result.as_dict(), as_json, _render_scan)
+
+
+def _attach_run_records(indexer, cfg):
+    """The Dagster run records for a scan (imported only when ``dagster_home`` is set)."""
+    from docwatch.dagster.runrecords import attach
+
+    return attach(indexer, cfg)
 
 
 class ProgressBar:

@@ -103,6 +103,7 @@ def _merge_with_ledger(
     row = next(rows, None)
     out = []
     indexed = 0
+    lstat, is_regular = os.lstat, stat.S_ISREG
     for name in names:
         while row is not None and row[0] < name:
             row = next(rows, None)
@@ -115,11 +116,11 @@ def _merge_with_ledger(
             seen.append((row[1], row[2]))
             row = next(rows, None)
         try:
-            st = os.lstat(name, dir_fd=fd)
+            st = lstat(name, dir_fd=fd)
         except OSError:
             out.append(name)  # vanished or unreadable: the probe says which
             continue
-        if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) in seen:
+        if is_regular(st.st_mode) and (st.st_size, st.st_mtime_ns) in seen:
             indexed += 1
         else:
             out.append(name)
@@ -188,6 +189,26 @@ def count_entries(data_root: Path, folders: dict, stages: Iterable[str]) -> int:
             except OSError:
                 continue
     return total
+
+
+def not_listed(ids: Iterable[str], names: Sequence[str], page: int = 1000) -> list[str]:
+    """The ``ids`` not among ``names`` (both sorted, ids unique). Pages of ids that are all
+    there, the usual case, are compared to a slice of ``names`` at once, in C."""
+    absent: list[str] = []
+    i = 0
+    it = iter(ids)
+    while chunk := list(itertools.islice(it, page)):
+        if chunk == names[i : i + len(chunk)]:
+            i += len(chunk)
+            continue
+        for name in chunk:
+            while i < len(names) and names[i] < name:
+                i += 1
+            if i < len(names) and names[i] == name:
+                i += 1
+            else:
+                absent.append(name)
+    return absent
 
 
 def task_batches(cands: Iterable[Candidate], size: int) -> Iterator[list[Candidate]]:

@@ -18,7 +18,7 @@ from docwatch.config import Config, require_data_root
 from docwatch.core.layout import STAGES
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.ingestor import BatchReport
-from docwatch.ingest.listing import count_entries, listing, task_batches
+from docwatch.ingest.listing import count_entries, listing, not_listed, task_batches
 from docwatch.ingest.sources import INDEXED, NEW, Candidate, Stat, probe
 from docwatch.store.backend import open_index
 
@@ -218,12 +218,7 @@ def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
         except FileNotFoundError:
             pass
     names.sort()
-    absent, i = [], 0
-    for doc_id in indexer.index.doc_ids():
-        while i < len(names) and names[i] < doc_id:
-            i += 1
-        if i >= len(names) or names[i] != doc_id:
-            absent.append(doc_id)
+    absent = not_listed(indexer.index.doc_ids(), names)
     del names
     return {
         (stage, task_id)

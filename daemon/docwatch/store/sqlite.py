@@ -14,6 +14,7 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from docwatch.errors import IndexCorrupt, IndexUnreadable
@@ -52,6 +53,33 @@ class SqliteIndex(Index):
                 "and run `docwatch rebuild-index` to recreate it from the documents."
             )
         return None
+
+    def ledger_in_folder(self, folder: str, page: int = 5000) -> Iterator[Sequence]:
+        """As ``SweepQueries.ledger_in_folder``, in one statement: SQLite steps through its
+        covering index as rows are fetched, so nothing is held and no page re-seeks."""
+        low = folder + "/"
+        yield from self._stream(
+            "SELECT substr(relpath, ?), seen_size, seen_mtime_ns FROM sources"
+            " WHERE relpath >= ? AND relpath < ? ORDER BY relpath, sha256",
+            (len(low) + 1, low, folder + "0"),  # "0" follows "/": every path in the folder
+            page,
+        )
+
+    def doc_ids(self, page: int = 10000) -> Iterator[str]:
+        """As ``SweepQueries.doc_ids``, in one statement over the primary key."""
+        for row in self._stream("SELECT doc_id FROM documents ORDER BY doc_id", (), page):
+            yield row[0]
+
+    def _stream(self, sql: str, params: tuple, page: int) -> Iterator[tuple]:
+        """Rows of one statement as plain tuples, fetched ``page`` at a time."""
+        cur = self.con.cursor()
+        cur.row_factory = None  # tuples: a bulk read makes no sqlite3.Row per row
+        try:
+            cur.execute(sql, params)
+            while rows := cur.fetchmany(page):
+                yield from rows
+        finally:
+            cur.close()
 
     def transient(self, exc: BaseException) -> bool:
         text = str(exc)
