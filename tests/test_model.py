@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from datetime import UTC, datetime
 
+from docwatch.core.clock import parse_iso
 from docwatch.core.ids import doc_id_for, hash36
 from docwatch.core.layout import parse_name, split_task_id
 from docwatch.core.model import (
@@ -299,3 +301,17 @@ def test_growing_knowledge_never_changes_a_doc_id(evs, now):
         for a in plan(sources[:n], now):
             primary = a.primary.key
             assert seen.setdefault(str(primary), a.doc_id) == a.doc_id
+
+
+#: Nanoseconds from 0001-01-01 to 9999-12-31T23:59:59.999999999 UTC.
+FIRST_NS, LAST_NS = -62_135_596_800 * S, 253_402_300_800 * S - 1
+
+
+@given(st.integers(min_value=FIRST_NS, max_value=LAST_NS))
+def test_iso_utc_writes_what_strftime_wrote(ns):
+    """Timestamps feed rows and metadata.json: the hand-made format must not move a byte
+    (mtimes before 1970 included; years before 1000 unpadded, as strftime wrote them)."""
+    dt = datetime.fromtimestamp(ns // S, tz=UTC).replace(microsecond=(ns % S) // 1000)
+    assert iso_utc(ns) == dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if dt.year >= 1000:
+        assert parse_iso(iso_utc(ns)) == ns - ns % 1000

@@ -18,6 +18,9 @@ R = TypeVar("R")
 #: Threads for file I/O; a batch with fewer items than ``SERIAL_BELOW`` runs on the caller.
 IO_THREADS = 4
 SERIAL_BELOW = 8
+#: Items go to the threads in about this many chunks per thread (a future per item cost
+#: more Python than the item's own work for small files).
+CHUNKS_PER_THREAD = 4
 
 _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
@@ -46,7 +49,12 @@ def map_io(fn: Callable[[T], R], items: Iterable[T]) -> list[R | BaseException]:
     items = list(items)
     if len(items) < SERIAL_BELOW:
         return [_call(fn, item) for item in items]
-    return list(_executor().map(lambda item: _call(fn, item), items))
+    size = -(-len(items) // (IO_THREADS * CHUNKS_PER_THREAD))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    results: list[R | BaseException] = []
+    for part in _executor().map(lambda chunk: [_call(fn, item) for item in chunk], chunks):
+        results += part
+    return results
 
 
 def _call(fn: Callable[[T], R], item: T) -> R | BaseException:
