@@ -6,6 +6,7 @@ and which names are pipeline output (``<task>_vN.txt``, unversioned ``<task>.txt
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ class ParsedName:
     version: int
 
 
+@functools.lru_cache(maxsize=8192)  # a name is parsed several times on its way through a batch
 def parse_name(name: str) -> ParsedName | str:
     """Classify a file name; return a ParsedName, or the reason it is not pipeline output."""
     if name.endswith(".tmp"):

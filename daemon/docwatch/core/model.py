@@ -63,8 +63,14 @@ class TaskInfo:
     from_tables: bool = False
 
     def fingerprint(self) -> str:
-        """Changes exactly when what the tables say about this task changes."""
-        return hash36(*(str(v) if isinstance(v, bool) else v for v in self.facts().values()))
+        """Changes exactly when what the tables say about this task changes (computed once:
+        a batch asks for it per attempt and per row)."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is None:
+            values = (str(v) if isinstance(v, bool) else v for v in self.facts().values())
+            cached = hash36(*values)
+            object.__setattr__(self, "_fingerprint", cached)  # frozen: not a field, no eq
+        return cached
 
     def facts(self) -> dict:
         """The facts as plain data (stored with the task, and in each ``metadata.json``)."""

@@ -92,7 +92,9 @@ class BatchPlanner:
                 out.planned[task], out.infos[task] = changes, info
                 overlay[task] = changes.ok_candidates
                 if changes.changes:
-                    children = stored.data.children.get(task, set()) - set(out.planned)
+                    children = {
+                        c for c in stored.data.children.get(task, ()) if c not in out.planned
+                    }
                     locked = self.index.lock_tasks(children)
                     out.unlocked |= children - locked
                     for child_stage, child_id in locked:

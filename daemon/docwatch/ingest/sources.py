@@ -52,7 +52,7 @@ class Candidate:
     @property
     def task(self) -> tuple[str, str] | None:
         """(stage, task_id) when the name is pipeline output."""
-        name = parse_name(self.path.name)
+        name = parse_name(self.relpath.rpartition("/")[2])
         return None if isinstance(name, str) else (self.role.stage, name.task_id)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class Writer:
         self.index = index
         self.store = store
         self.data_root = data_root
+        self._root = os.fspath(data_root)
         self.writer_id = writer_id
         self.live_since_ns = live_since_ns
 
@@ -206,7 +208,7 @@ class Writer:
         places = places or {}
         files = {
             f"{kind}.txt": FileSource(
-                places.get(kind, self.data_root / s.relpath),
+                places.get(kind) or f"{self._root}/{s.relpath}",
                 s.sha256,
                 contents.get(s.key),
                 None if kind in places else s.mtime_ns,
