@@ -7,7 +7,7 @@ the median and total time since the step before:
     .venv/bin/python bench/steps.py watch --data-root D --config C     # stop with SIGTERM
     .venv/bin/python bench/steps.py scan --data-root D --json
 
-``bench/live.py`` runs its burst daemons this way when ``BENCH_STEPS=1``: it shows what the
+``bench/live.py`` runs its daemons this way when ``BENCH_STEPS=1``: it shows what the
 four ordered flushes of a batch (files, intents, renames, rows) cost on this disk.
 """
 

@@ -1,6 +1,7 @@
 """What a re-scan reads in bulk from the index: a folder's ledger, every doc_id, the task facts
 not yet checked against the task tables.  Each read goes a page at a time in an index's order,
-so memory stays flat in the size of the index (``Index`` inherits these)."""
+so memory stays flat in the size of the index (``Index`` inherits these; SQLite reads the
+ledger and the doc_ids in one streamed statement instead, ``store/sqlite.py``)."""
 
 from __future__ import annotations
 
