@@ -5,9 +5,11 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from docwatch.core.model import Source
 from docwatch.errors import IndexCorrupt
 from docwatch.store.schema import DOCUMENT_COLUMNS, MIGRATIONS, SCHEMA_VERSION, statements
 from docwatch.store.sqlite import open_sqlite
+from docwatch.store.sweeps import SweepQueries
 
 
 def test_fresh_index_has_the_seed_table_wal_and_current_version(tmp_path):
@@ -136,3 +138,37 @@ def test_a_check_marks_only_the_facts_it_looked_at(tmp_path):
     with index.transaction():
         index.put_tasks([replanned], "new")
     assert index.all_tasks_from("new")
+
+
+def _source(relpath: str, sha: str, size: int = 10) -> Source:
+    return Source("draft", "parsed", relpath, "t", 1, 1_700_000_000 * 10**9, size, sha * 64)
+
+
+def test_sqlite_streams_the_ledger_and_doc_ids_as_the_paged_reads_do(tmp_path):
+    """SQLite reads a folder's ledger and every doc_id in one statement; the rows, their
+    order and the folder's bounds are those of the paged reads PostgreSQL uses (a name
+    with two versions of its bytes has two rows; sibling folders sharing the prefix stay out)."""
+    index = open_sqlite(tmp_path / "i.sqlite")
+    folder = "3_generation/draft_responses"
+    inside = [f"{folder}/b_v1.txt", f"{folder}/a_v1.txt", f"{folder}/c_v2.txt"]
+    outside = [f"{folder}_raw/a_v1.txt", f"{folder}-x/a_v1.txt", f"{folder}0/a_v1.txt"]
+    index.put_sources(
+        [_source(p, "1") for p in inside + outside]
+        + [_source(inside[0], "0", size=11)]  # b_v1.txt's other bytes: sorts before "1"
+    )
+    streamed = [tuple(r) for r in index.ledger_in_folder(folder, page=2)]
+    paged = [tuple(r[:3]) for r in SweepQueries.ledger_in_folder(index, folder, page=2)]
+    assert streamed == paged
+    assert [(name, size) for name, size, _ in streamed] == [
+        ("a_v1.txt", 10),
+        ("b_v1.txt", 11),
+        ("b_v1.txt", 10),
+        ("c_v2.txt", 10),
+    ]
+    ids = [f"{i:016d}" for i in range(7)]
+    index.executemany(
+        "INSERT INTO documents (doc_id, stage, task_id, status) VALUES (?, 'draft', ?, 'ok')",
+        [(d, d) for d in reversed(ids)],
+    )
+    assert list(index.doc_ids(page=3)) == list(SweepQueries.doc_ids(index, page=3)) == ids
+    index.close()

@@ -103,7 +103,6 @@ def _merge_with_ledger(
     row = next(rows, None)
     out = []
     indexed = 0
-    lstat, is_regular = os.lstat, stat.S_ISREG
     for name in names:
         while row is not None and row[0] < name:
             row = next(rows, None)
@@ -116,11 +115,11 @@ def _merge_with_ledger(
             seen.append((row[1], row[2]))
             row = next(rows, None)
         try:
-            st = lstat(name, dir_fd=fd)
+            st = os.lstat(name, dir_fd=fd)
         except OSError:
             out.append(name)  # vanished or unreadable: the probe says which
             continue
-        if is_regular(st.st_mode) and (st.st_size, st.st_mtime_ns) in seen:
+        if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) in seen:
             indexed += 1
         else:
             out.append(name)

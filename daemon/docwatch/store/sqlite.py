@@ -26,6 +26,7 @@ from docwatch.store.schema import (
     SQLITE_ONLY,
     statements,
 )
+from docwatch.store.sweeps import folder_range
 
 #: Messages of errors that mean "the file is not a (sound) SQLite database".
 _CORRUPT = ("file is not a database", "malformed", "not a database", "file is encrypted")
@@ -57,11 +58,11 @@ class SqliteIndex(Index):
     def ledger_in_folder(self, folder: str, page: int = 5000) -> Iterator[Sequence]:
         """As ``SweepQueries.ledger_in_folder``, in one statement: SQLite steps through its
         covering index as rows are fetched, so nothing is held and no page re-seeks."""
-        low = folder + "/"
+        low, high = folder_range(folder)
         yield from self._stream(
             "SELECT substr(relpath, ?), seen_size, seen_mtime_ns FROM sources"
             " WHERE relpath >= ? AND relpath < ? ORDER BY relpath, sha256",
-            (len(low) + 1, low, folder + "0"),  # "0" follows "/": every path in the folder
+            (len(low) + 1, low, high),
             page,
         )
 

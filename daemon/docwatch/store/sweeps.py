@@ -30,7 +30,7 @@ class SweepQueries:
             f" WHERE {rel} >= ? AND {rel} < ? AND ({rel} > ? OR ({rel} = ? AND sha256 > ?))"
             f" ORDER BY {rel}, sha256 LIMIT ?"
         )
-        low, high = folder + "/", folder + "0"  # "0" follows "/": every path in the folder
+        low, high = folder_range(folder)
         last = (low, "")
         while True:
             rows = self.execute(
@@ -95,6 +95,12 @@ class SweepQueries:
             "UPDATE tasks SET tables_digest = ? WHERE stage = ? AND task_id = ? AND info_hash = ?",
             [(tables_digest, *task) for task in tasks],
         )
+
+
+def folder_range(folder: str) -> tuple[str, str]:
+    """[low, high) of the relpaths inside ``folder`` ("0" follows "/" in byte order, so a
+    sibling such as ``folder_raw`` or ``folder-x`` falls outside)."""
+    return folder + "/", folder + "0"
 
 
 def in_chunks(items: list, size: int = 400) -> Iterator[list]:
