@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from docwatch.core.layout import TASKS_DIR, TEMPLATES_DIR, split_task_id
 from docwatch.core.model import TaskInfo
@@ -62,7 +62,37 @@ class Cells(tuple):
 
 
 Row = dict[str, str] | Cells
-Table = dict[str, Row]
+#: Key → row; held in memory (a dict) or, for the big task tables, on disk (``ingest.tablestore``).
+Table = Mapping[str, Row]
+
+
+class TableBuilder(Protocol):
+    """Receives a table's rows as they are parsed and gives the finished table."""
+
+    def put(self, key: str, cells: list[str]) -> None: ...
+
+    def table(self) -> Table: ...
+
+
+#: Makes an empty builder for rows of these columns (the kept ones, in file order).
+BuilderFactory = Callable[[tuple[str, ...]], TableBuilder]
+
+
+class DictBuilder:
+    """A table held in memory as ``Cells``; equal cells share one string."""
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        self.row_of = Cells.of_columns(columns)
+        self.rows: dict[str, Row] = {}
+        self.shared: dict[str, str] = {}
+
+    def put(self, key: str, cells: list[str]) -> None:
+        share = self.shared.setdefault
+        self.rows[key] = self.row_of(share(cell, cell) for cell in cells)
+
+    def table(self) -> Table:
+        return self.rows
+
 
 #: Model id used when neither the tables nor the task id name one.
 UNKNOWN = "unknown"
@@ -233,16 +263,22 @@ def parse_table(
     *,
     needs_final_newline: bool = False,
     columns: Collection[str] | None = None,
+    builder: BuilderFactory = DictBuilder,
 ) -> Table | str:
     """Rows of a CSV text keyed by ``key``, or why the text is not a complete table (pure).
 
     ``needs_final_newline`` is for pandas-written files, which always end with a newline, so
     a missing one means the last field was cut.  ``columns`` keeps only those cells of each
-    row (a big task table is mostly paths and names no rule reads), and equal cells share one
-    string: memory grows with the rows a table has, not with its width.
+    row (a big task table is mostly paths and names no rule reads).  ``builder`` keeps the
+    rows: in memory, equal cells sharing one string (memory grows with the rows a table has,
+    not with its width), or on disk (``ingest.tablestore``: memory stays flat).
     """
     return parse_lines(
-        lambda: split_lines(text), key, needs_final_newline=needs_final_newline, columns=columns
+        lambda: split_lines(text),
+        key,
+        needs_final_newline=needs_final_newline,
+        columns=columns,
+        builder=builder,
     )
 
 
@@ -252,20 +288,22 @@ def parse_lines(
     *,
     needs_final_newline: bool = False,
     columns: Collection[str] | None = None,
+    builder: BuilderFactory = DictBuilder,
 ) -> Table | str:
     """``parse_table`` over the lines ``lines()`` gives, afresh for each pass (a file read a
-    chunk at a time: the table is never held whole as text)."""
+    chunk at a time: the table is never held whole as text); ``builder`` keeps the rows."""
     last = [""]
     try:
-        rows = _parse_rows(csv.reader(_keep_last(lines(), last), strict=True), key, columns)
+        records = csv.reader(_keep_last(lines(), last), strict=True)
+        rows = _parse_rows(records, key, columns, builder)
     except csv.Error as exc:
         if "unexpected end of data" in str(exc):
             return "truncated inside a quoted field"
         try:  # hand-edited quirks (a quote inside a field): read leniently, as pandas does
-            rows = _parse_rows(csv.reader(_keep_last(lines(), last)), key, columns)
+            rows = _parse_rows(csv.reader(_keep_last(lines(), last)), key, columns, builder)
         except csv.Error as exc2:
             return f"malformed CSV ({exc2})"
-    if isinstance(rows, dict) and needs_final_newline and not last[0].endswith(("\n", "\r")):
+    if not isinstance(rows, str) and needs_final_newline and not last[0].endswith(("\n", "\r")):
         return "truncated (no final newline)"
     return rows
 
@@ -287,12 +325,14 @@ def split_lines(text: str) -> Iterator[str]:
 
 
 def _parse_rows(
-    records: Iterable[list[str]], key: str, columns: Collection[str] | None
+    records: Iterable[list[str]],
+    key: str,
+    columns: Collection[str] | None,
+    builder: BuilderFactory,
 ) -> Table | str:
-    """The rows of a CSV reader, streamed (the table is never held at its full width)."""
+    """The rows of a CSV reader, streamed into a builder (never held at their full width)."""
     header: list[str] | None = None
-    rows: Table = {}
-    shared: dict[str, str] = {}
+    rows: TableBuilder | None = None
     last: list[str] | None = None
     for record in records:
         if not any(cell.strip() for cell in record):
@@ -308,20 +348,18 @@ def _parse_rows(
             ]
             key_at = header.index(key)
             at = [i for i, _ in wanted]
-            row_of = Cells.of_columns(name for _, name in wanted)
+            rows = builder(tuple(name for _, name in wanted))
             continue
         last = record
         cells = [cell.strip() for cell in record]
         task = cells[key_at] if key_at < len(cells) else ""
         if task:
-            rows[task] = row_of(
-                shared.setdefault(cells[i], cells[i]) if i < len(cells) else "" for i in at
-            )
-    if header is None:
+            rows.put(task, [cells[i] if i < len(cells) else "" for i in at])
+    if header is None or rows is None:
         return "empty file (no header)"
     if last is not None and len(last) < len(header):
         return f"truncated (last row has {len(last)} of {len(header)} fields)"
-    return rows
+    return rows.table()
 
 
 def effective_info(current: TaskInfo, stored: TaskInfo | None) -> TaskInfo:

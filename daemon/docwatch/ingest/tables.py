@@ -20,12 +20,14 @@ from docwatch.core.layout import TASKS_DIR
 from docwatch.core.tasks import (
     TABLE_COLUMNS,
     TABLE_FILES,
+    DictBuilder,
     Table,
     TaskTables,
     parse_lines,
     split_lines,
     tables_digest,
 )
+from docwatch.ingest.tablestore import DiskBuilder
 from docwatch.store.docstore import open_source, sha256_of
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
@@ -177,7 +179,11 @@ class TaskTableReader:
 
         try:
             parsed = parse_lines(
-                lines, key, needs_final_newline=needs_final_newline, columns=columns
+                lines,
+                key,
+                needs_final_newline=needs_final_newline,
+                columns=columns,
+                builder=DictBuilder if columns is None else DiskBuilder,  # task tables: on disk
             )
         except UnicodeDecodeError as exc:
             return _Read(None, f"not UTF-8 ({exc.reason} near byte {exc.start})", sig, retry=True)
@@ -186,7 +192,7 @@ class TaskTableReader:
         finally:
             os.close(fd)
         read = passes[-1]
-        if _signature(path) != sig or (isinstance(parsed, dict) and read.size != before.st_size):
+        if _signature(path) != sig or (not isinstance(parsed, str) and read.size != before.st_size):
             return _Read(None, "changed while being read", sig, retry=True)
         if isinstance(parsed, str):
             return _Read(None, parsed, sig, retry=True)
