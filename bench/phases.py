@@ -9,6 +9,7 @@ prints each phase's total seconds to stderr (cProfile inflates a rescan ~2×; th
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import time
 
@@ -26,8 +27,7 @@ IMPORTED = time.perf_counter() - START
 TOTALS: dict[str, float] = {}
 PHASES = (
     (scan, "missing_document_tasks"),
-    (listing, "_sorted_names"),
-    (listing, "_merge_with_ledger"),
+    (listing, "unknown_names"),  # a folder's names, sorted, merged with its ledger rows
     (indexer.Indexer, "look_at_tables"),
     (indexer.Indexer, "ingest"),
     (indexer.Indexer, "expire_pending"),
@@ -35,15 +35,31 @@ PHASES = (
 
 
 def timed(owner: object, name: str) -> None:
+    """Add the time spent in ``owner.name`` to its total; a generator's, step by step."""
     fn = getattr(owner, name)
+
+    def add(t0: float) -> None:
+        TOTALS[name] = TOTALS.get(name, 0.0) + time.perf_counter() - t0
+
+    def steps(gen):
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(gen)
+            except StopIteration:
+                add(t0)
+                return
+            add(t0)
+            yield item
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         t0 = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         finally:
-            TOTALS[name] = TOTALS.get(name, 0.0) + time.perf_counter() - t0
+            add(t0)
+        return steps(result) if inspect.isgenerator(result) else result
 
     setattr(owner, name, wrapper)
 

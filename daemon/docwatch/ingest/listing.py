@@ -1,10 +1,11 @@
 """Listing the legacy folders against the ledger, streaming, in task order.
 
-Memory stays flat in the size of the tree: a folder's names are sorted and merge-joined with
-the ledger's rows of that folder (read in ordered pages), so a file already ingested with the
-same size and mtime costs one ``lstat`` and is only counted; what is left (new or changed
-files) is merged across a stage's folders by task, so the files of one task arrive together
-and a scan can cut batches without splitting a task.  Nothing holds the whole tree.
+Memory stays flat in the size of the tree: a folder's names are sorted in bounded runs
+(``sortedruns``) and merge-joined with the ledger's rows of that folder (read in order), so
+a file already ingested with the same size and mtime costs one ``lstat`` and is only
+counted; what is left (new or changed files) is sorted by task the same way and merged
+across a stage's folders, so the files of one task arrive together and a scan can cut
+batches without splitting a task.  Nothing holds the whole tree, nor a whole folder.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from docwatch.core.layout import KINDS, STAGES, FolderRole, folder_roles, parse_name
+from docwatch.ingest.sortedruns import sorted_names
 from docwatch.ingest.sources import Candidate
 
 log = logging.getLogger("docwatch.sources")
@@ -49,25 +51,14 @@ def _cannot_list(folder: Path, exc: OSError) -> None:
     )
 
 
-def folder_names(data_root: Path, role: FolderRole) -> list[str]:
-    """The entries of one watched folder, sorted (a missing folder has none)."""
-    fd = _open_folder(data_root, role)
-    if fd is None:
-        return []
+def _entries(data_root: Path, role: FolderRole, fd: int) -> Iterator[str]:
+    """The names in a watched folder, as the directory gives them (an error is logged)."""
     try:
-        return _sorted_names(data_root, role, fd)
-    finally:
-        os.close(fd)
-
-
-def _sorted_names(data_root: Path, role: FolderRole, fd: int) -> list[str]:
-    try:
-        names = os.listdir(fd)
+        with os.scandir(fd) as it:
+            for entry in it:
+                yield entry.name
     except OSError as exc:
         _cannot_list(data_root / role.folder, exc)
-        return []
-    names.sort()
-    return names
 
 
 def unknown_names(
@@ -75,39 +66,40 @@ def unknown_names(
     role: FolderRole,
     ledger: LedgerRows | None,
     counts: Counter,
-) -> list[str]:
-    """Names of one folder that are not in the ledger with their current size and mtime
-    (sorted by name); known ones are counted as ``indexed``, noise as ``ignored``."""
+) -> Iterator[str]:
+    """Names of one folder that are not in the ledger with their current size and mtime, by
+    name; known ones are counted as ``indexed``.  Streamed: the folder's names are sorted in
+    bounded runs (``sortedruns``) and merge-joined with the ledger's rows of the folder."""
     fd = _open_folder(data_root, role)
     if fd is None:
-        return []
+        return
     try:
-        names = _sorted_names(data_root, role, fd)
+        names = sorted_names(_entries(data_root, role, fd))
         if ledger is None:
-            return names
-        return _merge_with_ledger(names, role, ledger(role.folder), fd, counts)
+            yield from names
+        else:
+            yield from _merge_with_ledger(names, role, ledger(role.folder), fd, counts)
     finally:
         os.close(fd)
 
 
 def _merge_with_ledger(
-    names: list[str],
+    names: Iterable[str],
     role: FolderRole,
     ledger_rows: Iterable[Sequence],
     fd: int,
     counts: Counter,
-) -> list[str]:
+) -> Iterator[str]:
     """The names the ledger does not know with their current stat (both sides sorted by
     name; a name has one ledger row per version of its bytes)."""
     rows = iter(ledger_rows)
     row = next(rows, None)
-    out = []
     indexed = 0
     for name in names:
         while row is not None and row[0] < name:
             row = next(rows, None)
         if row is None or row[0] != name:
-            out.append(name)
+            yield name
             continue
         seen = [(row[1], row[2])]
         row = next(rows, None)
@@ -117,14 +109,13 @@ def _merge_with_ledger(
         try:
             st = os.lstat(name, dir_fd=fd)
         except OSError:
-            out.append(name)  # vanished or unreadable: the probe says which
+            yield name  # vanished or unreadable: the probe says which
             continue
         if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) in seen:
             indexed += 1
         else:
-            out.append(name)
+            yield name
     counts[(role.stage, "indexed")] += indexed
-    return out
 
 
 def _task_of(name: str) -> str:
@@ -149,11 +140,10 @@ def stage_candidates(
 ) -> Iterator[Candidate]:
     """The new or changed files of one stage's folders, a task's files together (prompt,
     raw, parsed: folders in kind order, and the merge keeps that order for equal tasks).
-    Only the names are held; their sort keys exist while one folder is sorted."""
+    Each folder's names are sorted by task in bounded runs (``sortedruns``)."""
     streams = []
     for role in sorted(roles, key=lambda r: (_KIND_ORDER[r.kind], r.folder)):
-        names = unknown_names(data_root, role, ledger, counts)
-        names.sort(key=_by_task)
+        names = sorted_names(unknown_names(data_root, role, ledger, counts), key=_by_task)
         streams.append(zip(itertools.repeat(role), names))
     for role, name in heapq.merge(*streams, key=_of_task):
         yield Candidate(data_root / role.folder / name, role, f"{role.folder}/{name}")
@@ -190,20 +180,26 @@ def count_entries(data_root: Path, folders: dict, stages: Iterable[str]) -> int:
     return total
 
 
-def not_listed(ids: Iterable[str], names: Sequence[str], page: int = 1000) -> list[str]:
-    """The ``ids`` not among ``names`` (both sorted, ids unique). Pages of ids that are all
-    there, the usual case, are compared to a slice of ``names`` at once, in C."""
+def not_listed(ids: Iterable[str], names: Iterable[str], page: int = 1000) -> list[str]:
+    """The ``ids`` not among ``names`` (both sorted, ids unique; both streamed). Pages of ids
+    that are all there, the usual case, are compared to as many names at once, in C."""
     absent: list[str] = []
+    ids, names = iter(ids), iter(names)
+    ahead: list[str] = []  # names read, not yet passed: ahead[i:]
     i = 0
-    it = iter(ids)
-    while chunk := list(itertools.islice(it, page)):
-        if chunk == names[i : i + len(chunk)]:
+    while chunk := list(itertools.islice(ids, page)):
+        if len(ahead) - i < len(chunk):
+            ahead = ahead[i:] + list(itertools.islice(names, len(chunk) + page))
+            i = 0
+        if chunk == ahead[i : i + len(chunk)]:
             i += len(chunk)
             continue
         for name in chunk:
-            while i < len(names) and names[i] < name:
+            while i < len(ahead) and ahead[i] < name:
                 i += 1
-            if i < len(names) and names[i] == name:
+                if i == len(ahead):
+                    ahead, i = list(itertools.islice(names, page)), 0
+            if i < len(ahead) and ahead[i] == name:
                 i += 1
             else:
                 absent.append(name)

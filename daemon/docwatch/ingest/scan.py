@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -19,6 +20,7 @@ from docwatch.core.layout import STAGES
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.ingestor import BatchReport
 from docwatch.ingest.listing import count_entries, listing, not_listed, task_batches
+from docwatch.ingest.sortedruns import sorted_names
 from docwatch.ingest.sources import INDEXED, NEW, Candidate, Stat, probe
 from docwatch.store.backend import open_index
 
@@ -207,24 +209,27 @@ def settled_future(
 
 def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
     """Tasks with an indexed document whose directory is gone (deleted by hand): every
-    doc_id, read in order from the primary key a page at a time, merged with the sorted
-    names of the stage folders (the names are held; the rows never are); only the ids not
-    found there are looked up, and their own stage folder checked."""
+    doc_id, read in order from the primary key, merged with the names of the stage folders
+    (sorted in bounded runs: neither side is held whole); only the ids not found there are
+    looked up, and their own stage folder checked."""
     docs_root = indexer.store.docs_root
-    names: list[str] = []
-    for stage in STAGES:
-        try:
-            names += os.listdir(docs_root / stage)
-        except FileNotFoundError:
-            pass
-    names.sort()
+    names = sorted_names(itertools.chain.from_iterable(_names(docs_root / s) for s in STAGES))
     absent = not_listed(indexer.index.doc_ids(), names)
-    del names
     return {
         (stage, task_id)
         for doc_id, stage, task_id in indexer.index.document_tasks(absent)
         if not os.path.lexists(docs_root / stage / doc_id)
     }
+
+
+def _names(folder: Path) -> Iterator[str]:
+    """The entries of one of docwatch's own folders (none when it does not exist yet)."""
+    try:
+        with os.scandir(folder) as it:
+            for entry in it:
+                yield entry.name
+    except FileNotFoundError:
+        return
 
 
 def _dry_run(

@@ -1,0 +1,65 @@
+"""Sorting more names than should be held at once: sorted runs spilled and merged back.
+
+A stage folder of a large tree holds hundreds of thousands of names.  They are sorted
+``RUN_NAMES`` at a time; every full run but the last goes to an anonymous temporary file
+(``tempfile.TemporaryFile``: ``$TMPDIR`` or ``/tmp``, already unlinked, never in a watched
+folder) and the runs are merged back lazily, so memory stays flat in the size of a folder.
+A folder that fits in one run never touches a file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+#: Names sorted in memory at once (a run); a folder with fewer is never spilled.
+RUN_NAMES = 32768
+#: Bytes read at a time from a spilled run.
+READ_BYTES = 1 << 16
+
+SortKey = Callable[[str], Any] | None
+
+
+def sorted_names(names: Iterable[str], key: SortKey = None) -> Iterator[str]:
+    """``names`` in ``sorted(names, key=key)`` order, holding about ``RUN_NAMES`` at a time
+    (a name is a file name: any characters but NUL and ``/``)."""
+    source = iter(names)
+    spilled: list[IO[bytes]] = []
+    try:
+        run = list(itertools.islice(source, RUN_NAMES))
+        while (after := next(source, None)) is not None:  # more to come: spill this run
+            run.sort(key=key)
+            spilled.append(_spill(run))
+            run = [after, *itertools.islice(source, RUN_NAMES - 1)]
+        run.sort(key=key)
+        if not spilled:
+            yield from run
+        else:
+            yield from heapq.merge(*map(_read, spilled), run, key=key)
+    finally:
+        for f in spilled:
+            f.close()
+
+
+def _spill(run: list[str]) -> IO[bytes]:
+    """A sorted run written to an anonymous temporary file, NUL after each name."""
+    f = tempfile.TemporaryFile()  # noqa: SIM115 (returned open; sorted_names closes it)
+    try:
+        f.write(b"\0".join(os.fsencode(n) for n in run) + b"\0")
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _read(f: IO[bytes]) -> Iterator[str]:
+    """The names of a spilled run, in order, a block at a time."""
+    carry = b""
+    while block := f.read(READ_BYTES):
+        *names, carry = (carry + block).split(b"\0")
+        yield from map(os.fsdecode, names)
