@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
@@ -22,6 +22,7 @@ RUN_NAMES = 32768
 READ_BYTES = 1 << 16
 
 SortKey = Callable[[str], Any] | None
+_ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def sorted_names(names: Iterable[str], key: SortKey = None) -> Iterator[str]:
@@ -46,10 +47,11 @@ def sorted_names(names: Iterable[str], key: SortKey = None) -> Iterator[str]:
 
 
 def _spill(run: list[str]) -> IO[bytes]:
-    """A sorted run written to an anonymous temporary file, NUL after each name."""
+    """A sorted run written to an anonymous temporary file, NUL after each name (encoded at
+    once, as ``os.fsencode`` would each name)."""
     f = tempfile.TemporaryFile()  # noqa: SIM115 (returned open; sorted_names closes it)
     try:
-        f.write(b"\0".join(os.fsencode(n) for n in run) + b"\0")
+        f.write("\0".join(run).encode(_ENCODING, _ERRORS) + b"\0")
         f.seek(0)
     except BaseException:
         f.close()
@@ -58,8 +60,14 @@ def _spill(run: list[str]) -> IO[bytes]:
 
 
 def _read(f: IO[bytes]) -> Iterator[str]:
-    """The names of a spilled run, in order, a block at a time."""
+    """The names of a spilled run, in order, a block at a time (NUL is never inside an
+    encoded character, so a block is cut at its last NUL and decoded at once)."""
     carry = b""
     while block := f.read(READ_BYTES):
-        *names, carry = (carry + block).split(b"\0")
-        yield from map(os.fsdecode, names)
+        block = carry + block
+        cut = block.rfind(b"\0")
+        if cut < 0:
+            carry = block
+            continue
+        carry = block[cut + 1 :]
+        yield from block[:cut].decode(_ENCODING, _ERRORS).split("\0")

@@ -22,6 +22,7 @@ from docwatch.store.docstore import open_source
 
 log = logging.getLogger("docwatch.sources")
 IN_MEMORY_MAX = 1 << 20  # smaller sources are kept in memory between hashing and copying
+TAIL_READ = 1 << 16  # what a small source is read by after its expected size (usually: EOF)
 CHUNK = 1 << 20
 NEW, INDEXED, IGNORED, DEFERRED, ERROR = "new", "indexed", "ignored", "deferred", "error"
 
@@ -217,9 +218,13 @@ def _hash(fd: int, size_hint: int) -> tuple[str, bytes | None, int]:
     """SHA-256 of the file; the bytes too when small (so they are read once)."""
     digest = hashlib.sha256()
     if size_hint <= IN_MEMORY_MAX:
+        # Reads sized to the file: os.read allocates what it is asked for, and a megabyte
+        # per small file (shrunk after) leaves the I/O threads' malloc arenas fragmented.
         parts = []
-        while chunk := os.read(fd, CHUNK):
+        want = size_hint + 1  # one more byte: a file that grew since its stat is noticed
+        while chunk := os.read(fd, want):
             parts.append(chunk)
+            want = TAIL_READ
         content = b"".join(parts)
         if len(content) <= IN_MEMORY_MAX:
             digest.update(content)

@@ -20,7 +20,7 @@ from docwatch.core.tasks import Cells, Row
 #: Rows inserted per ``executemany`` while a table is parsed.
 INSERT_BATCH = 5000
 #: Rows remembered per table: a task is looked up several times while one batch is planned.
-MEMO_ROWS = 4096
+MEMO_ROWS = 1024
 #: SQLite's page cache per table, in KiB (negative ``cache_size``); the rest stays on disk.
 CACHE_KIB = 2048
 
