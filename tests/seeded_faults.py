@@ -440,6 +440,25 @@ FAULTS = (
         ("tests/test_cli.py",),
         ("-k", "deleted_document_dir"),
     ),
+    # -- memory flat in the tree, same answers (issue 10) --------------------------------------
+    Fault(
+        "spilled_runs_merged_by_name",
+        "a folder bigger than a run is merged back by name, not by task: a task's files split",
+        (
+            (
+                "ingest/sortedruns.py",
+                "heapq.merge(*map(_read, spilled), run, key=key)",
+                "heapq.merge(*map(_read, spilled), run)",
+            ),
+        ),
+        ("tests/test_listing.py",),
+    ),
+    Fault(
+        "disk_table_first_row_wins",
+        "a task listed twice keeps its first row on disk where the in-memory table kept the last",
+        (("ingest/tablestore.py", "INSERT OR REPLACE INTO t", "INSERT OR IGNORE INTO t"),),
+        ("tests/test_tablestore.py",),
+    ),
 )
 
 
