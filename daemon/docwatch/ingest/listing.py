@@ -51,12 +51,17 @@ def _cannot_list(folder: Path, exc: OSError) -> None:
     )
 
 
+def entry_names(folder: int | Path) -> Iterator[str]:
+    """The names in a directory (a path or a descriptor), in the directory's order."""
+    with os.scandir(folder) as it:
+        for entry in it:
+            yield entry.name
+
+
 def _entries(data_root: Path, role: FolderRole, fd: int) -> Iterator[str]:
-    """The names in a watched folder, as the directory gives them (an error is logged)."""
+    """The names in a watched folder (an error is logged; what was read is kept)."""
     try:
-        with os.scandir(fd) as it:
-            for entry in it:
-                yield entry.name
+        yield from entry_names(fd)
     except OSError as exc:
         _cannot_list(data_root / role.folder, exc)
 

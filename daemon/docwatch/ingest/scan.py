@@ -19,7 +19,13 @@ from docwatch.config import Config, require_data_root
 from docwatch.core.layout import STAGES
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.ingestor import BatchReport
-from docwatch.ingest.listing import count_entries, listing, not_listed, task_batches
+from docwatch.ingest.listing import (
+    count_entries,
+    entry_names,
+    listing,
+    not_listed,
+    task_batches,
+)
 from docwatch.ingest.sortedruns import sorted_names
 from docwatch.ingest.sources import INDEXED, NEW, Candidate, Stat, probe
 from docwatch.store.backend import open_index
@@ -225,9 +231,7 @@ def missing_document_tasks(indexer: Indexer) -> set[tuple[str, str]]:
 def _names(folder: Path) -> Iterator[str]:
     """The entries of one of docwatch's own folders (none when it does not exist yet)."""
     try:
-        with os.scandir(folder) as it:
-            for entry in it:
-                yield entry.name
+        yield from entry_names(folder)
     except FileNotFoundError:
         return
 
