@@ -49,6 +49,7 @@ class DiskTable(Mapping[str, Row]):
         return isinstance(key, str) and self._memo(key) is not None
 
     def __iter__(self) -> Iterator[str]:
+        # Every key at once: the daemon only looks rows up; iterating is for tests.
         with self._lock:
             keys = [k for (k,) in self._conn.execute("SELECT k FROM t ORDER BY k")]
         return iter(keys)
