@@ -333,7 +333,12 @@ FAULTS = (
                 '            if f"{kind}.txt" in staged.chars and c.op.value == "create":\n',
             ),
         ),
-        ("tests/test_watch_e2e.py::test_live_pipeline_converges_with_a_scan_of_the_finished_tree",),
+        (
+            # The live test meets an update only when the daemon indexes a raw before its
+            # parsed file (timing); the batching property meets one in every run.
+            "tests/test_scan.py::test_any_batching_and_order_converges_to_one_scan",
+            "tests/test_watch_e2e.py::test_live_pipeline_converges_with_a_scan_of_the_finished_tree",
+        ),
     ),
     Fault(
         "sources_opened_rdwr",
