@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No per-example deadline: the rules are checked, not their speed (a loaded CI machine runs
+# some examples slower than Hypothesis' 200 ms default, which would fail them as flaky).
+settings.register_profile("docwatch", deadline=None, print_blob=True)
+settings.load_profile("docwatch")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))

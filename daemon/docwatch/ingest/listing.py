@@ -200,10 +200,12 @@ def not_listed(ids: Iterable[str], names: Iterable[str], page: int = 1000) -> li
             i += len(chunk)
             continue
         for name in chunk:
-            while i < len(ahead) and ahead[i] < name:
-                i += 1
-                if i == len(ahead):
+            while True:
+                if i == len(ahead):  # refill before comparing, also when a match used it up
                     ahead, i = list(itertools.islice(names, page)), 0
+                if i == len(ahead) or ahead[i] >= name:
+                    break
+                i += 1
             if i < len(ahead) and ahead[i] == name:
                 i += 1
             else:
