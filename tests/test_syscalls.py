@@ -9,7 +9,10 @@
   root, outside the legacy folders), so the checks look at paths, not at "anything under
   data/".
   The task tables and templates (``2_tasks``, ``1_raw``) are checked apart from the pipeline's
-  output folders, so that one finding does not hide the other.
+  output folders, so that one finding does not hide the other.  A scan and a rescan run again
+  with runs of 3 names, so that every folder is sorted the way a folder of more than 32,768
+  files is: in runs spilled to temporary files (which must be anonymous and outside the data
+  root).
 * atime: on a ``relatime`` mount a plain read of a file whose atime is older than its mtime
   updates the atime; a scan must not (O_NOATIME honoured).
 * Durable before visible, by syscalls (``strace`` plus ``DOCWATCH_TRACE`` markers, which show
@@ -323,6 +326,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+#: ``docwatch`` with sorted runs of 3 names, so that a small tree's folders are sorted by
+#: spilling runs to temporary files and merging them (``ingest/sortedruns.py``): the path a
+#: tree of more than 32,768 files a folder takes.
+SPILLING_DOCWATCH = [
+    PYTHON,
+    "-c",
+    "import docwatch.ingest.sortedruns as s; s.RUN_NAMES = 3\n"
+    "from docwatch.cli import main; main()",
+]
+
+
 def traced_scan(
     tmp: Path,
     data_root: Path,
@@ -331,9 +345,10 @@ def traced_scan(
     label: str,
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    docwatch: tuple[str, ...] = (PYTHON, "-m", "docwatch"),
 ) -> Traced:
     out = tmp / f"strace-{label}.txt"
-    argv = strace_argv(out, syscalls) + [PYTHON, "-m", "docwatch", "scan", "--json"]
+    argv = strace_argv(out, syscalls) + [*docwatch, "scan", "--json"]
     argv += ["--data-root", str(data_root), *extra]
     proc = subprocess.run(
         argv, cwd=tmp, env=env or clean_env(), capture_output=True, text=True, timeout=180
@@ -428,11 +443,18 @@ def runs(tmp_path_factory) -> dict[str, Traced]:
     # tables hashed and not parsed, the documents' ids against the docs folders.
     scanned = found["scan"]
     found["rescan"] = traced_scan(scanned.cwd, scanned.data_root, READ_ONLY_TRACE, label="rescan")
+    # The same two with every folder's names sorted in spilled runs (temporary files).
+    tmp = tmp_path_factory.mktemp("scan-spill")
+    legacy_tree.build_tree(tmp / "data", combos=1, seed=7)
+    for label in ("scan-spill", "rescan-spill"):
+        found[label] = traced_scan(
+            tmp, tmp / "data", READ_ONLY_TRACE, label=label, docwatch=SPILLING_DOCWATCH
+        )
     found["watch"] = traced_watch(tmp_path_factory.mktemp("watch"))
     return found
 
 
-RUNS = ["scan", "scan-link", "rescan", "watch"]
+RUNS = ["scan", "scan-link", "rescan", "scan-spill", "rescan-spill", "watch"]
 
 
 def _report(problems: list[str], what: str, run: Traced) -> str:
@@ -481,7 +503,7 @@ def test_nothing_in_the_legacy_folders_is_written_locked_or_changed(runs, label)
     assert not problems, _report(problems, "changes to the legacy folders", run)
     ledger = _ledger(run)
     assert len(ledger) > 40, ledger
-    if label == "rescan":  # not vacuous: it listed every source and found each one known
+    if label.startswith("rescan"):  # not vacuous: it listed every source and found each one known
         report, _ = json.JSONDecoder().raw_decode(run.log)
         stages = report["stages"].values()
         assert sum(c["indexed"] for c in stages) == len(ledger), report
@@ -496,7 +518,7 @@ def test_nothing_in_the_legacy_folders_is_written_locked_or_changed(runs, label)
         assert len(links) >= len(ledger) // 2, "--link made no hard links"
 
 
-@pytest.mark.parametrize("label", ["scan", "scan-link", "watch"])  # a rescan opens none
+@pytest.mark.parametrize("label", ["scan", "scan-link", "scan-spill", "watch"])  # a rescan: none
 def test_pipeline_files_are_opened_noatime_and_nofollow(runs, label):
     run = runs[label]
     opens = _opened_files(run, PIPELINE_TOP)
@@ -509,7 +531,24 @@ def test_pipeline_files_are_opened_noatime_and_nofollow(runs, label):
     assert not problems, _report(problems, "opens without O_NOATIME|O_NOFOLLOW", run)
 
 
-@pytest.mark.parametrize("label", ["scan", "rescan", "watch"])
+@pytest.mark.parametrize("label", ["scan-spill", "rescan-spill"])
+def test_spilled_runs_are_anonymous_files_outside_the_data_root(runs, label):
+    """Not vacuous: the spilling runs did sort in spilled runs (``tempfile.TemporaryFile``,
+    an ``O_TMPFILE`` open: the one the product makes), and none of those files is in the data
+    root, let alone in a watched folder."""
+    run = runs[label]
+    spills = [
+        (open_path(c, run.cwd), c)
+        for c in run.calls
+        if "O_TMPFILE" in open_flags(c) and c.ret.split()[0] != "-1"
+    ]
+    assert spills, f"{label}: no run was spilled (no O_TMPFILE open in {run.strace_file})"
+    root = os.path.normpath(run.data_root)
+    inside = [c.text[:300] for p, c in spills if p and os.path.normpath(p).startswith(root)]
+    assert not inside, _report(inside, "spilled runs in the data root", run)
+
+
+@pytest.mark.parametrize("label", ["scan", "rescan", "scan-spill", "watch"])
 def test_task_tables_and_templates_are_opened_noatime_and_nofollow(runs, label):
     """``2_tasks/*.csv`` and ``1_raw/*.csv`` are in the legacy folders too: reading them must
     not move their atime (nor follow a symlink planted there)."""
