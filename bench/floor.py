@@ -6,13 +6,21 @@ the disk cost for the operations a document needs, with no docwatch code in the 
     rename        a staged directory into place
     syncfs        after a batch of N document-sized writes (the flush docwatch pays per batch)
     fsync         appending 100 bytes and fsync (SQLite's commit in WAL mode, synchronous=FULL)
+    batch flush   staging k documents (a directory and 3 files of 2 KiB each) and making them
+                  durable: one syncfs (what docwatch does), or an fsync of every file and
+                  directory (what a small batch might do instead), for k = 4 and 64
     inotify       events delivered to a watchdog observer per second for files closed in a
                   watched folder by 4 writer threads (docwatch's event path, without docwatch)
+    event path    CPU per file of docwatch's own event path (watchdog's observer with the
+                  daemon's mask, move-pairing delay and handler, into its queue, drained),
+                  while a separate writer process writes the pipeline's way (2 of 3 files
+                  renamed into place, 1 of 3 written in place): what the live path spends
+                  before any ingest, mostly under the GIL
 
 Each is measured ``--rounds`` times on the filesystem of ``--dir`` (default: bench/out, the tree's
 own filesystem) and reported as median (min–max).  From them: the floor of a scan (per source
 file: its share of the 5 inodes of a document — directory, raw, parsed, prompt, metadata.json —
-plus reading it) and of live throughput.  Stdlib and watchdog only.
+plus reading it) and of live throughput.  Stdlib, watchdog and docwatch's event handler.
 
     .venv/bin/python bench/floor.py
 """
@@ -23,8 +31,11 @@ import argparse
 import ctypes
 import json
 import os
+import queue
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -96,6 +107,40 @@ def fsyncs(base: Path, n: int) -> float:
         os.close(fd)
 
 
+def batch_flush(base: Path, k: int, *, each: bool) -> float:
+    """Seconds to stage ``k`` documents and make them durable: syncfs, or fsync each."""
+    root = base / f"batch-{k}-{'each' if each else 'syncfs'}-{time.monotonic_ns()}"
+    start = time.perf_counter()
+    root.mkdir()
+    for i in range(k):
+        d = root / f"d{i}"
+        d.mkdir()
+        for name in ("raw.txt", "parsed.txt", "metadata.json"):
+            fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.write(fd, DATA[:2048])
+            if each:
+                os.fsync(fd)
+            os.close(fd)
+        if each:
+            _fsync_dir(d)
+    if each:
+        _fsync_dir(root)
+        _fsync_dir(base)
+    else:
+        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+        _libc.syncfs(fd)
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def inotify_rate(base: Path, n: int) -> float:
     """Close events per second through a watchdog observer, 4 writer threads."""
     from watchdog.events import FileClosedEvent, FileSystemEventHandler
@@ -135,6 +180,61 @@ def inotify_rate(base: Path, n: int) -> float:
         obs.join()
 
 
+#: The writer of ``event_path_cpu``: its own process, so that its CPU is not counted.
+WRITER = """
+import os, sys
+folder, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    final = os.path.join(folder, f"t{i:07d}_v1.txt")
+    if i % 3 == 1:  # a raw: written in place
+        with open(final, "w") as f:
+            f.write("x" * 2000)
+    else:  # a prompt or a parsed file: a temp file renamed into place
+        with open(final + ".tmp", "w") as f:
+            f.write("x" * 2000)
+        os.replace(final + ".tmp", final)
+"""
+
+
+def event_path_cpu(base: Path, n: int) -> float:
+    """Seconds of this process's CPU per file for docwatch's event path (see the docstring)."""
+    from docwatch.live.events import EVENT_FILTER, MOVE_PAIRING_DELAY, READY, EnqueueHandler
+    from watchdog.observers.inotify import InotifyObserver
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+    folder = base / "events"
+    folder.mkdir()
+    out: queue.SimpleQueue = queue.SimpleQueue()
+    InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY
+    obs = InotifyObserver(generate_full_events=True)
+    obs.schedule(
+        EnqueueHandler(out, [str(folder)], polling=False),
+        str(folder),
+        recursive=False,
+        event_filter=EVENT_FILTER,
+    )
+    obs.start()
+    try:
+        cpu = time.process_time()
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(n)])
+        ready, deadline = set(), time.monotonic() + 120
+        while len(ready) < n and time.monotonic() < deadline:
+            try:
+                path, kind = out.get(timeout=1)
+            except queue.Empty:
+                continue
+            if kind == READY:
+                ready.add(path)
+        cpu = time.process_time() - cpu
+        writer.wait(60)
+        if len(ready) < n:
+            raise SystemExit(f"event path: {len(ready)} of {n} files seen ready in 120 s")
+        return cpu / n
+    finally:
+        obs.stop()
+        obs.join()
+
+
 def med(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
@@ -157,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             "syncfs_after_300_files_ms": lambda: syncfs_after(base, 300) * 1e3,
             "syncfs_idle_ms": lambda: syncfs_after(base, 0) * 1e3,
             "fsync_us": lambda: fsyncs(base, 300) * 1e6,
+            "flush_4_docs_syncfs_ms": lambda: batch_flush(base, 4, each=False) * 1e3,
+            "flush_4_docs_fsync_each_ms": lambda: batch_flush(base, 4, each=True) * 1e3,
+            "flush_64_docs_syncfs_ms": lambda: batch_flush(base, 64, each=False) * 1e3,
+            "flush_64_docs_fsync_each_ms": lambda: batch_flush(base, 64, each=True) * 1e3,
             "inotify_close_events_per_s": lambda: inotify_rate(base, args.files),
+            "event_path_cpu_us_per_file": lambda: event_path_cpu(base, args.files) * 1e6,
         }
         for key, fn in measures.items():
             os.sync()
@@ -174,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         f"\nper document (4 files + 1 directory): {per_doc:.0f} µs of file creation alone"
         f" → at most {1e6 / per_doc:,.0f} documents/s on one core, before any read, hash,"
         " sync or commit"
+    )
+    events = summary["event_path_cpu_us_per_file"][0]
+    print(
+        f"event path: {events:.0f} µs of CPU per file before any ingest"
+        f" → at most {1e6 / events:,.0f} files/s if the daemon did nothing else"
     )
     out = args.dir / "floor.json"
     out.write_text(json.dumps({k: list(v) for k, v in summary.items()}, indent=2))
