@@ -109,6 +109,8 @@ def fsyncs(base: Path, n: int) -> float:
 
 def batch_flush(base: Path, k: int, *, each: bool) -> float:
     """Seconds to stage ``k`` documents and make them durable: syncfs, or fsync each."""
+    from docwatch.store.docstore import fsync_dir as _fsync_dir  # open, fsync, close
+
     root = base / f"batch-{k}-{'each' if each else 'syncfs'}-{time.monotonic_ns()}"
     start = time.perf_counter()
     root.mkdir()
@@ -131,14 +133,6 @@ def batch_flush(base: Path, k: int, *, each: bool) -> float:
         _libc.syncfs(fd)
         os.close(fd)
     return time.perf_counter() - start
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def inotify_rate(base: Path, n: int) -> float:
