@@ -109,7 +109,7 @@ def fsyncs(base: Path, n: int) -> float:
 
 def batch_flush(base: Path, k: int, *, each: bool) -> float:
     """Seconds to stage ``k`` documents and make them durable: syncfs, or fsync each."""
-    from docwatch.store.docstore import fsync_dir as _fsync_dir  # open, fsync, close
+    from docwatch.store.docstore import fsync_dir, sync_filesystem
 
     root = base / f"batch-{k}-{'each' if each else 'syncfs'}-{time.monotonic_ns()}"
     start = time.perf_counter()
@@ -124,14 +124,12 @@ def batch_flush(base: Path, k: int, *, each: bool) -> float:
                 os.fsync(fd)
             os.close(fd)
         if each:
-            _fsync_dir(d)
+            fsync_dir(d)
     if each:
-        _fsync_dir(root)
-        _fsync_dir(base)
+        fsync_dir(root)
+        fsync_dir(base)
     else:
-        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
-        _libc.syncfs(fd)
-        os.close(fd)
+        sync_filesystem(base)
     return time.perf_counter() - start
 
 
@@ -191,26 +189,23 @@ for i in range(n):
 
 
 def event_path_cpu(base: Path, n: int) -> float:
-    """Seconds of this process's CPU per file for docwatch's event path (see the docstring)."""
-    from docwatch.live.events import EVENT_FILTER, MOVE_PAIRING_DELAY, READY, EnqueueHandler
-    from watchdog.observers.inotify import InotifyObserver
-    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+    """Seconds of this process's CPU per file for docwatch's event path (see the docstring):
+    the daemon's own ``WatchSet`` (observer, mask, move-pairing delay) and handler."""
+    from docwatch.live.events import READY, EnqueueHandler, WatchSet
 
-    folder = base / "events"
-    folder.mkdir()
+    folder = str(base / "events")
+    os.mkdir(folder)
     out: queue.SimpleQueue = queue.SimpleQueue()
-    InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY
-    obs = InotifyObserver(generate_full_events=True)
-    obs.schedule(
-        EnqueueHandler(out, [str(folder)], polling=False),
-        str(folder),
-        recursive=False,
-        event_filter=EVENT_FILTER,
+    watches = WatchSet(
+        [folder],
+        lambda: EnqueueHandler(out, [folder], polling=False),
+        polling=False,
+        poll_interval=1.0,
     )
-    obs.start()
+    watches.start()
     try:
         cpu = time.process_time()
-        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(n)])
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, folder, str(n)])
         ready, deadline = set(), time.monotonic() + 120
         while len(ready) < n and time.monotonic() < deadline:
             try:
@@ -225,8 +220,7 @@ def event_path_cpu(base: Path, n: int) -> float:
             raise SystemExit(f"event path: {len(ready)} of {n} files seen ready in 120 s")
         return cpu / n
     finally:
-        obs.stop()
-        obs.join()
+        watches.stop()
 
 
 def med(values: list[float]) -> tuple[float, float, float]:

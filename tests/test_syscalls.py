@@ -329,12 +329,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 #: ``docwatch`` with sorted runs of 3 names, so that a small tree's folders are sorted by
 #: spilling runs to temporary files and merging them (``ingest/sortedruns.py``): the path a
 #: tree of more than 32,768 files a folder takes.
-SPILLING_DOCWATCH = [
+SPILLING_DOCWATCH = (
     PYTHON,
     "-c",
     "import docwatch.ingest.sortedruns as s; s.RUN_NAMES = 3\n"
     "from docwatch.cli import main; main()",
-]
+)
 
 
 def traced_scan(
@@ -543,8 +543,7 @@ def test_spilled_runs_are_anonymous_files_outside_the_data_root(runs, label):
         if "O_TMPFILE" in open_flags(c) and c.ret.split()[0] != "-1"
     ]
     assert spills, f"{label}: no run was spilled (no O_TMPFILE open in {run.strace_file})"
-    root = os.path.normpath(run.data_root)
-    inside = [c.text[:300] for p, c in spills if p and os.path.normpath(p).startswith(root)]
+    inside = [c.text[:300] for p, c in spills if p and Path(p).is_relative_to(run.data_root)]
     assert not inside, _report(inside, "spilled runs in the data root", run)
 
 
