@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import live
+import livekit
 from run import (
     CommandFailed,
     build_tree,
@@ -152,7 +153,7 @@ class Counter:
     def first_at(self, count: int) -> float | None:
         return next((t for t, n in self.samples() if n >= count), None)
 
-    def wait_for(self, count: int, timeout: float, daemons: list[live.Daemon]) -> float | None:
+    def wait_for(self, count: int, timeout: float, daemons: list[livekit.Daemon]) -> float | None:
         deadline = time.time() + timeout
         while (t := self.first_at(count)) is None:
             if time.time() > deadline:
@@ -241,7 +242,7 @@ def live_case(
     else:
         config = private_file(base / "watch.toml", LIVE_CONFIG)
     n_daemons = 2 if case == "pg-2" else 1
-    daemons: list[live.Daemon] = []
+    daemons: list[livekit.Daemon] = []
     counter = None
     res: dict = {"case": case, "files": n_files, "daemons": n_daemons}
     try:
@@ -249,7 +250,7 @@ def live_case(
             env = {"DOCWATCH_INSTANCE_NAME": f"bench-{'ab'[k]}"} if url else {}
             log_path = logs / f"watch-{case}-r{r}-{'ab'[k]}.log"
             log_path.unlink(missing_ok=True)
-            daemons.append(live.Daemon(data, config, log_path, env=env))
+            daemons.append(livekit.Daemon(data, config, log_path, env=env))
         res["ready_s"] = [d.wait_ready() for d in daemons]
         target = "postgresql" if url else str(daemons[0].db)
         counter = Counter(target, base / "count.tsv", url)
@@ -259,13 +260,13 @@ def live_case(
                 raise BenchFailed(f"{case}: the ledger counter did not start")
             time.sleep(0.02)
         files = live.make_files(data, r, 1, n_files)
-        cpu0 = [live.proc_cpu_s(d.pid) for d in daemons]
-        busy0, t0 = live.machine_cpu_s()[0], time.perf_counter()
+        cpu0 = [livekit.proc_cpu_s(d.pid) for d in daemons]
+        busy0, t0 = livekit.machine_cpu_s()[0], time.perf_counter()
         start, closed = live.run_writers(files, None)
         seen = counter.wait_for(n_files, 60 + n_files / 100, daemons)
         t1 = time.perf_counter()
-        res["machine_busy_cores"] = (live.machine_cpu_s()[0] - busy0) / (t1 - t0)
-        cpu1 = [live.proc_cpu_s(d.pid) for d in daemons]
+        res["machine_busy_cores"] = (livekit.machine_cpu_s()[0] - busy0) / (t1 - t0)
+        cpu1 = [livekit.proc_cpu_s(d.pid) for d in daemons]
         res["daemon_cpu_s"] = [b - a for a, b in zip(cpu0, cpu1, strict=True)]
         last_close = max(closed)
         res["writers_rate"] = n_files / (last_close - start)
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                 one["live"][case], bad = live_case(case, r, n_live, work, logs, server)
                 res["checks"] += [f"round {r}: {b}" for b in bad]
             rounds.append(one)
-    except (BenchFailed, CommandFailed, PgServerError, live.BenchFailed) as exc:
+    except (BenchFailed, CommandFailed, PgServerError, livekit.BenchFailed) as exc:
         log(f"FAILED: {exc}")
         res["error"] = str(exc)
         res["rounds_done"] = rounds
