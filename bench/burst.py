@@ -30,6 +30,9 @@ from livekit import (
     self_cpu_s,
     spread,
 )
+from livekit import (
+    median_range as mr,
+)
 from run import rmtree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -336,13 +339,6 @@ def summarise_burst(bursts: list[dict]) -> dict:
 
 
 def burst_table(s: dict, poll_ms: float, settings: list[str]) -> list[str]:
-    def mr(d: dict, f: str = "{:.0f}") -> str:
-        if d["median"] is None:
-            return "-"
-        if len(d["samples"]) == 1:
-            return f.format(d["median"])
-        return f"{f.format(d['median'])} ({f.format(d['min'])}–{f.format(d['max'])})"
-
     def met(d: dict, target: float) -> str:
         return "met" if d["median"] is not None and d["median"] <= target else "NOT met"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
+from run import log  # noqa: E402, F401  (re-exported for the live benches)
 from support import NotifySocket  # noqa: E402  (the same stand-in for systemd the tests use)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -71,10 +72,6 @@ class BenchFailed(Exception):
     pass
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------- percentiles and summaries
 
 
@@ -99,7 +96,8 @@ def lat_stats(ms: list[float]) -> dict:
     }
 
 
-def spread(values: list[float | None]) -> dict:
+def spread(values: list[float | None], digits: int = 3) -> dict:
+    """Median, min, max of the rounds' values (a None: that round had none)."""
     vals = [v for v in values if v is not None]
     if not vals:
         return {"median": None, "min": None, "max": None, "samples": []}
@@ -107,8 +105,17 @@ def spread(values: list[float | None]) -> dict:
         "median": statistics.median(vals),
         "min": min(vals),
         "max": max(vals),
-        "samples": [round(v, 3) for v in vals],
+        "samples": [round(v, digits) for v in vals],
     }
+
+
+def median_range(d: dict, f: str = "{:.0f}") -> str:
+    """A ``spread`` as "median (min–max)", or the median alone for one round."""
+    if d["median"] is None:
+        return "-"
+    if len(d["samples"]) == 1:
+        return f.format(d["median"])
+    return f"{f.format(d['median'])} ({f.format(d['min'])}–{f.format(d['max'])})"
 
 
 # ---------------------------------------------------------------- systemd's side, the daemon

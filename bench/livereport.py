@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from burst import burst_table
 from livekit import WRITERS, lat_stats, spread
+from livekit import median_range as mr  # tables: "median (min–max)"
 
 TARGET_P99_MS = 250.0
 TARGET_RATE = 2000.0  # issue 10: live sustained, 0 lost
@@ -103,13 +104,6 @@ def phases_table(res: dict) -> list[str]:
 
     def m(d: dict, f: str = "{:.0f}") -> str:
         return "-" if d["median"] is None else f.format(d["median"])
-
-    def mr(d: dict, f: str = "{:.0f}") -> str:
-        if d["median"] is None:
-            return "-"
-        if len(d["samples"]) == 1:
-            return f.format(d["median"])
-        return f"{f.format(d['median'])} ({f.format(d['min'])}–{f.format(d['max'])})"
 
     lines = [
         f"phases: daemon settle_seconds {cfg['settle_seconds']}, batch_max_delay "

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +44,8 @@ from pathlib import Path
 
 import live
 import livekit
+from livekit import BenchFailed, log, spread
+from livekit import median_range as mr  # tables: "median (min–max)"
 from run import (
     CommandFailed,
     build_tree,
@@ -95,26 +96,6 @@ settle_seconds = 1
 batch_max_delay = "50ms"
 log_level = "INFO"
 """
-
-
-class BenchFailed(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def spread(values: list[float | None]) -> dict:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"median": None, "min": None, "max": None, "samples": []}
-    return {
-        "median": statistics.median(vals),
-        "min": min(vals),
-        "max": max(vals),
-        "samples": [round(v, 3) for v in vals],
-    }
 
 
 def private_file(path: Path, text: str) -> Path:
@@ -335,13 +316,6 @@ def summarise(rounds: list[dict]) -> dict:
 def table(res: dict) -> str:
     s, env, t = res["summary"], res["machine"], res["tree"]
 
-    def mr(d: dict, f: str = "{:.0f}") -> str:
-        if d["median"] is None:
-            return "-"
-        if len(d["samples"]) == 1:
-            return f.format(d["median"])
-        return f"{f.format(d['median'])} ({f.format(d['min'])}–{f.format(d['max'])})"
-
     def ratio(x: float | None) -> str:
         return "-" if x is None else f"{x:.2f}"
 
@@ -457,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 one["live"][case], bad = live_case(case, r, n_live, work, logs, server)
                 res["checks"] += [f"round {r}: {b}" for b in bad]
             rounds.append(one)
-    except (BenchFailed, CommandFailed, PgServerError, livekit.BenchFailed) as exc:
+    except (BenchFailed, CommandFailed, PgServerError) as exc:
         log(f"FAILED: {exc}")
         res["error"] = str(exc)
         res["rounds_done"] = rounds

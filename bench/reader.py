@@ -35,7 +35,6 @@ import argparse
 import gc
 import hashlib
 import json
-import math
 import os
 import random
 import sqlite3
@@ -46,6 +45,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from livekit import BenchFailed, log, median_range, pct, spread
 from run import docwatch_version, fs_type, git_rev, machine, rmtree
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,21 +68,6 @@ ATTEMPTS = (1, 2, 3, 3, 4, 5)  # per task: mean 3
 START_NS = int(datetime(2025, 9, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
 
 
-class BenchFailed(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def pct(sorted_vals: list[float], p: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_vals:
-        return None
-    return sorted_vals[max(0, math.ceil(p / 100 * len(sorted_vals)) - 1)]
-
-
 def stats_ms(ns: list[int]) -> dict:
     v = sorted(x / 1e6 for x in ns)
     return {
@@ -93,18 +78,6 @@ def stats_ms(ns: list[int]) -> dict:
         "p999": pct(v, 99.9),
         "max": v[-1] if v else None,
         "mean": statistics.fmean(v) if v else None,
-    }
-
-
-def spread(values: list[float | None]) -> dict:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {"median": None, "min": None, "max": None, "samples": []}
-    return {
-        "median": statistics.median(vals),
-        "min": min(vals),
-        "max": max(vals),
-        "samples": [round(v, 5) for v in vals],
     }
 
 
@@ -452,12 +425,8 @@ def cli_once(data: Path, stage: str, task: str) -> dict:
 def table(res: dict) -> str:
     s, b, ex, env = res["summary"], res["build"], res["explain"], res["machine"]
 
-    def mr(d: dict, f: str = "{:.3f}") -> str:
-        if d["median"] is None:
-            return "-"
-        if len(d["samples"]) == 1:
-            return f.format(d["median"])
-        return f"{f.format(d['median'])} ({f.format(d['min'])}–{f.format(d['max'])})"
+    def mr(d: dict, f: str = "{:.3f}") -> str:  # times in ms: three decimals
+        return median_range(d, f)
 
     ic = res["index"]
     size = ic["pages"] * ic["page_size"] / (1 << 20)
@@ -601,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     def each(fn) -> dict:
-        return spread([fn(r) for r in per_round])
+        return spread([fn(r) for r in per_round], digits=5)
 
     n_all = sum(r["api"]["all"]["n"] for r in per_round)
     res["summary"] = {
