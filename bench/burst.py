@@ -27,6 +27,7 @@ from livekit import (
     machine_cpu_s,
     pct,
     proc_cpu_s,
+    proc_user_sys_s,
     self_cpu_s,
     spread,
 )
@@ -231,12 +232,13 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
         poller = Poller(daemon.db, base / "seen.tsv", a.burst_poll_ms / 1e3, ok=True)
         time.sleep(0.3)  # the poller is polling
         t0, busy0, steal0 = time.perf_counter(), *machine_cpu_s()
-        cpu0, self0, over0 = proc_cpu_s(daemon.pid), self_cpu_s(), daemon.overflows()
+        (user0, sys0), self0, over0 = proc_user_sys_s(daemon.pid), self_cpu_s(), daemon.overflows()
         poll0 = proc_cpu_s(poller.proc.pid)
         start, closed = run_burst_writers(data, plan, files, a.burst_seed)
         keys = [burst_key(f) for f in files] + [f.rel for f in files]
         poller.wait_for(keys, 60 + len(files) / 200, daemon)
-        cpu = proc_cpu_s(daemon.pid) - cpu0
+        user1, sys1 = proc_user_sys_s(daemon.pid)
+        cpu = user1 - user0 + sys1 - sys0
         t1, busy1, steal1 = time.perf_counter(), *machine_cpu_s()
         ours = cpu + (self_cpu_s() - self0) + proc_cpu_s(poller.proc.pid) - poll0
         res["machine"] = {
@@ -255,6 +257,8 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
                 lat[f.kind].append((seen[key] - c) * 1e3)
             if f.kind == "raw" and f.rel in seen:
                 raw_row.append((seen[f.rel] - c) * 1e3)
+        waits = [((seen[k] - closed[f.rel]) * 1e3, f) for f in files if (k := burst_key(f)) in seen]
+        slowest = sorted(waits, key=lambda t: t[0])[-10:]
         lost = [f.rel for f in files if burst_key(f) not in seen]
         visible = [seen[burst_key(f)] for f in files if burst_key(f) in seen]
         last_close = max(closed.values())
@@ -274,8 +278,20 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
             "paused_raws": sum(f.pause for f in files),
             "daemon_cpu_s": cpu,
             "daemon_cpu_ms_per_file": 1e3 * cpu / len(files),
+            "daemon_user_ms_per_file": 1e3 * (user1 - user0) / len(files),
+            "daemon_system_ms_per_file": 1e3 * (sys1 - sys0) / len(files),
             "overflow_rescans": daemon.overflows() - over0,
             "batches": ledger_batches(daemon.db, {f.rel for f in files}),
+            "slowest": [
+                {
+                    "rel": f.rel,
+                    "kind": f.kind,
+                    "pause": f.pause,
+                    "closed_s": closed[f.rel] - start,
+                    "ms": round(ms, 1),
+                }
+                for ms, f in reversed(slowest)
+            ],
             "samples_ms": {k: [round(x, 2) for x in v] for k, v in lat.items() if k != "all"},
         }
         rc, secs = daemon.stop()
@@ -331,10 +347,13 @@ def summarise_burst(bursts: list[dict]) -> dict:
         "batch_max": each(lambda b: b["batches"]["size_max"]),
         "commit_gap_max_ms": each(lambda b: b["batches"]["commit_gap_max_ms"]),
         "cpu_ms_per_file": each(lambda b: b["daemon_cpu_ms_per_file"]),
+        "user_ms_per_file": each(lambda b: b["daemon_user_ms_per_file"]),
+        "system_ms_per_file": each(lambda b: b["daemon_system_ms_per_file"]),
         "lost": sum(b["lost"] for b in bursts),
         "overflow_rescans": [b["overflow_rescans"] for b in bursts],
         "log_retired": [b["log_retired"] for b in bursts],
         "others_cores": [round(b["machine"]["others_cores"], 2) for b in bursts],
+        "slowest": [b["slowest"][:3] for b in bursts],
     }
 
 
@@ -352,7 +371,8 @@ def burst_table(s: dict, poll_ms: float, settings: list[str]) -> list[str]:
         f"  writers {mr(s['writers_rate'])} files/s (done in {mr(s['write_s'], '{:.2f}')} s); "
         f"visible {mr(s['throughput'])} files/s; last visible {mr(s['drain_s'], '{:.2f}')} s "
         f"after the last write; lost {s['lost']}; daemon CPU "
-        f"{mr(s['cpu_ms_per_file'], '{:.2f}')} ms/file",
+        f"{mr(s['cpu_ms_per_file'], '{:.2f}')} ms/file (user "
+        f"{mr(s['user_ms_per_file'], '{:.2f}')}, system {mr(s['system_ms_per_file'], '{:.2f}')})",
         f"  close→visible ms (raw: its document ok): p50 {mr(s['p50'])}, p90 {mr(s['p90'])}, "
         f"p99 {mr(s['p99'])}, max {mr(s['max'])}; pooled p50 {po['p50'] or 0:.0f}, p99 "
         f"{po['p99'] or 0:.0f}",
@@ -363,6 +383,11 @@ def burst_table(s: dict, poll_ms: float, settings: list[str]) -> list[str]:
         f"commits {mr(s['commit_gap_max_ms'])} ms",
         f"  overflow rescans {s['overflow_rescans']}, documents retired {s['log_retired']}, "
         f"other processes used {s['others_cores']} cores",
+        "  slowest files per round (ms, kind, closed at s into the burst): "
+        + "; ".join(
+            ", ".join(f"{x['ms']:.0f} {x['kind']} at {x['closed_s']:.2f}" for x in r)
+            for r in s["slowest"]
+        ),
         f"  targets: p50 <= {BURST_TARGET_P50_MS:.0f} ms: {met(s['p50'], BURST_TARGET_P50_MS)}; "
         f"p99 <= {BURST_TARGET_P99_MS:.0f} ms: {met(s['p99'], BURST_TARGET_P99_MS)}",
     ]

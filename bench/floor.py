@@ -2,6 +2,9 @@
 the disk cost for the operations a document needs, with no docwatch code in the way.
 
     file create   open(O_CREAT|O_EXCL) + write 4 KiB + close, in fresh directories
+    create after  the same, right after deleting as many files (ext4 without a journal skips,
+     deleting    testing each, the inodes freed in the last 60-300 s: a burst of creations
+                  after a deletion pays for it; with a journal this costs nothing extra)
     mkdir         one directory per document
     rename        a staged directory into place
     syncfs        after a batch of N document-sized writes (the flush docwatch pays per batch)
@@ -41,6 +44,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from run import fs_type  # noqa: E402
+
 _libc = ctypes.CDLL(None, use_errno=True)
 DATA = os.urandom(4096)
 
@@ -57,6 +63,18 @@ def files_created(base: Path, n: int) -> float:
             os.close(fd)
     elapsed = time.perf_counter() - start
     return elapsed / n
+
+
+def files_created_after_delete(base: Path, n: int) -> float:
+    """Seconds per file, as ``files_created``, right after as many files were deleted."""
+    gone = base / "gone"
+    gone.mkdir()
+    files_created(gone, n)
+    os.sync()
+    subprocess.run(["rm", "-rf", str(gone)], check=True)
+    after = base / "after-delete"
+    after.mkdir()
+    return files_created(after, n)
 
 
 def dirs_made(base: Path, n: int) -> float:
@@ -223,6 +241,24 @@ def event_path_cpu(base: Path, n: int) -> float:
         watches.stop()
 
 
+def round_measures(base: Path, files: int) -> dict:
+    """One round's rows: name → a function measuring it in ``base``."""
+    return {
+        "file_create_us": lambda: files_created(base, files) * 1e6,
+        "mkdir_us": lambda: dirs_made(base, files // 3) * 1e6,
+        "rename_us": lambda: renames(base, files // 3) * 1e6,
+        "syncfs_after_300_files_ms": lambda: syncfs_after(base, 300) * 1e3,
+        "syncfs_idle_ms": lambda: syncfs_after(base, 0) * 1e3,
+        "fsync_us": lambda: fsyncs(base, 300) * 1e6,
+        "flush_4_docs_syncfs_ms": lambda: batch_flush(base, 4, each=False) * 1e3,
+        "flush_4_docs_fsync_each_ms": lambda: batch_flush(base, 4, each=True) * 1e3,
+        "flush_64_docs_syncfs_ms": lambda: batch_flush(base, 64, each=False) * 1e3,
+        "flush_64_docs_fsync_each_ms": lambda: batch_flush(base, 64, each=True) * 1e3,
+        "inotify_close_events_per_s": lambda: inotify_rate(base, files),
+        "event_path_cpu_us_per_file": lambda: event_path_cpu(base, files) * 1e6,
+    }
+
+
 def med(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
 
@@ -233,32 +269,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--files", type=int, default=6000, help="files per round (default 6000)")
     args = ap.parse_args(argv)
-    base = args.dir / "floor-work"
+    work = args.dir / "floor-work"
+    shutil.rmtree(work, ignore_errors=True)
     results: dict[str, list[float]] = {}
+    # Nothing is deleted until every other row is measured: on ext4 without a journal a
+    # deletion slows the creations of the next minutes (the "after deleting" rows, last).
     for r in range(args.rounds):
-        shutil.rmtree(base, ignore_errors=True)
+        base = work / f"r{r}"
         base.mkdir(parents=True)
-        measures = {
-            "file_create_us": lambda: files_created(base, args.files) * 1e6,
-            "mkdir_us": lambda: dirs_made(base, args.files // 3) * 1e6,
-            "rename_us": lambda: renames(base, args.files // 3) * 1e6,
-            "syncfs_after_300_files_ms": lambda: syncfs_after(base, 300) * 1e3,
-            "syncfs_idle_ms": lambda: syncfs_after(base, 0) * 1e3,
-            "fsync_us": lambda: fsyncs(base, 300) * 1e6,
-            "flush_4_docs_syncfs_ms": lambda: batch_flush(base, 4, each=False) * 1e3,
-            "flush_4_docs_fsync_each_ms": lambda: batch_flush(base, 4, each=True) * 1e3,
-            "flush_64_docs_syncfs_ms": lambda: batch_flush(base, 64, each=False) * 1e3,
-            "flush_64_docs_fsync_each_ms": lambda: batch_flush(base, 64, each=True) * 1e3,
-            "inotify_close_events_per_s": lambda: inotify_rate(base, args.files),
-            "event_path_cpu_us_per_file": lambda: event_path_cpu(base, args.files) * 1e6,
-        }
+        measures = round_measures(base, args.files)
         for key, fn in measures.items():
             os.sync()
             results.setdefault(key, []).append(fn())
         print(f"round {r + 1}/{args.rounds} done", flush=True)
-    shutil.rmtree(base, ignore_errors=True)
+    for r in range(args.rounds):
+        os.sync()
+        results.setdefault("file_create_after_delete_us", []).append(
+            files_created_after_delete(work / f"r{r}", args.files) * 1e6
+        )
+    print("file creation after deleting: done", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
     summary = {k: med(v) for k, v in results.items()}
-    print(f"\nfloor on {args.dir} (median, min–max over {args.rounds} rounds):")
+    fs = fs_type(args.dir)
+    print(f"\nfloor on {args.dir}, {fs} (median, min–max over {args.rounds} rounds):")
     for key, (m, lo, hi) in summary.items():
         print(f"  {key:30} {m:10.1f}   ({lo:.1f}–{hi:.1f})")
     create, mkdir = summary["file_create_us"][0], summary["mkdir_us"][0]
@@ -268,13 +301,19 @@ def main(argv: list[str] | None = None) -> int:
         f" → at most {1e6 / per_doc:,.0f} documents/s on one core, before any read, hash,"
         " sync or commit"
     )
+    after = summary["file_create_after_delete_us"][0]
+    print(
+        f"file creation right after deleting as many files: {after:.0f} µs, "
+        f"{after / create:.1f}× a creation with no deletion before it"
+    )
     events = summary["event_path_cpu_us_per_file"][0]
     print(
         f"event path: {events:.0f} µs of CPU per file before any ingest"
         f" → at most {1e6 / events:,.0f} files/s if the daemon did nothing else"
     )
     out = args.dir / "floor.json"
-    out.write_text(json.dumps({k: list(v) for k, v in summary.items()}, indent=2))
+    rows = {k: list(v) for k, v in summary.items()}
+    out.write_text(json.dumps(rows | {"fs_type": fs_type(args.dir)}, indent=2))
     print(f"results in {out}")
     return 0
 

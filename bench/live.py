@@ -488,7 +488,6 @@ def reference_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Pa
         raise BenchFailed(f"reference scan exited {out.returncode}; see {logs}")
     report = json.loads(out.stdout)
     created = sum(s.get("docs_created", 0) for s in report["stages"].values())
-    rmtree(data.parent)
     return {
         "writers_alone_rate": writers_rate,
         "scan_s": secs,
@@ -588,8 +587,6 @@ def main(argv: list[str] | None = None) -> int:
             if not a.no_burst:
                 log(f"round {r}/{params['rounds']}: burst (a fresh daemon, default settings)")
                 bursts.append(burst_round(r, a, params, work, logs))
-                if not a.keep:
-                    rmtree(work / f"burst{r}")
             if a.burst_only:
                 continue
             log(f"round {r}/{params['rounds']}: daemon")
@@ -601,8 +598,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"    writers alone {refs[-1]['writers_alone_rate']:.0f} files/s, scan "
                     f"{refs[-1]['scan_rate']:.0f} files/s"
                 )
-            if not a.keep:
-                rmtree(work / f"r{r}")
+            # Rounds keep their trees until the end: on ext4 without a journal a deletion
+            # slows the next minutes' file creations (bench/floor.py, "create after deleting").
     except BenchFailed as exc:
         log(f"FAILED: {exc}")
         res["error"] = str(exc)
