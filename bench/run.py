@@ -13,9 +13,11 @@ both sides of every comparison:
                           cost of docwatch's layout, one directory per document; the scan's
                           ratio to it is docwatch's own overhead)
 
-Each pair runs in turn, the reference first in odd rounds and docwatch first in even ones: the
-filesystem is still freeing the previous round's inodes when a round starts (removed untimed),
-and whoever creates files first pays for it.
+Each pair runs in turn, the reference first in odd rounds and docwatch first in even ones.
+Every round writes to its own directories, and nothing is removed before the run ends: on ext4
+without a journal, a file created within minutes of a deletion costs several times more (see
+``bench/floor.py``), so removing a round's outputs would slow the next round's first creator.
+The outputs of all rounds need about ``--repeats`` × 3 times the tree's size on disk.
 
 Every command is a child process timed with ``time.perf_counter`` from spawn to reap; its peak
 RSS comes from ``os.wait4``.  ``sync`` runs (timed separately, never inside a measurement)
@@ -327,11 +329,12 @@ def one_round(
         samples[key]["seconds"].append(r.seconds + s)
         samples[key]["maxrss_kib"].append(r.maxrss_kib)
 
-    for d in ("cp_a", "cp_al", "scan_copy", "scan_link", "cp_docs"):
-        rmtree(work / d)  # untimed; the sync in measure() flushes it
-    # The filesystem frees the previous round's inodes in the background after the removal
-    # above, which slows whoever creates files first; even rounds go docwatch first, so the
-    # medians are not biased towards either side.
+    # Each round writes to its own directories and nothing is deleted until the run ends: on
+    # ext4 without a journal a deletion slows every file creation of the next one to five
+    # minutes (bench/floor.py, "create after deleting"), whoever makes it.  Even rounds still
+    # go docwatch first, so that the medians favour neither side.
+    work = work / f"r{i}"
+    work.mkdir(parents=True, exist_ok=True)
     docwatch_first = i % 2 == 0
     pairs = [("cp_a", ["cp", "-a"], "scan_copy", False)]
     if link:
