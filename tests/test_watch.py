@@ -10,6 +10,7 @@ import contextlib
 import inspect
 import logging
 import os
+import queue
 import shutil
 import sqlite3
 import threading
@@ -19,7 +20,16 @@ from pathlib import Path
 import pytest
 import watchdog.version
 from docwatch.config import load_config
-from docwatch.live.events import EVENT_FILTER, OVERFLOW_LOGGER, OVERFLOW_MESSAGE, OverflowDetector
+from docwatch.live.events import (
+    DIRS,
+    EVENT_FILTER,
+    OVERFLOW_LOGGER,
+    OVERFLOW_MESSAGE,
+    READY,
+    EnqueueHandler,
+    OverflowDetector,
+    WatchSet,
+)
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.watcher import Watcher
 from support import wait_until
@@ -255,6 +265,69 @@ def test_a_file_that_only_gets_created_is_read_after_settle(tmp_path):
 
 
 # --- folders --------------------------------------------------------------------------------
+
+
+class _Events:
+    """A WatchSet whose handler classifies into a queue, read here as the main loop would."""
+
+    def __init__(self, targets: list[str]):
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.seen: list[tuple[str, str]] = []
+        self.ws = WatchSet(targets, self._handler, polling=False, poll_interval=1.0)
+
+    def _handler(self) -> EnqueueHandler:
+        return EnqueueHandler(
+            self.queue, self.ws.targets, polling=False, on_new_dir=self.ws.watch_early
+        )
+
+    def has(self, path: Path, kind: str):
+        def check() -> bool:
+            while not self.queue.empty():
+                self.seen.append(self.queue.get())
+            return (str(path), kind) in self.seen
+
+        return check
+
+    def watched(self) -> set[str]:
+        return {e.watch.path for e in self.ws.observer.emitters}
+
+
+def test_a_folder_that_appears_is_watched_at_once_not_at_the_main_threads_next_turn(tmp_path):
+    """Files written into a new stage folder after its creation event get their own events
+    although the main thread has not armed it yet (it may be busy with a batch): only the
+    files that beat the watch are left to the listing and its quiet rule."""
+    folder = tmp_path / PROMPT
+    ev = _Events([str(folder)])
+    ev.ws.start()  # watches tmp_path, the nearest existing ancestor
+    try:
+        folder.parent.mkdir()
+        wait_until(ev.has(folder.parent, DIRS), 10, what="its parent's creation")
+        folder.mkdir()
+        wait_until(ev.has(folder, DIRS), 10, what="the folder's creation, via the parent")
+        write_atomic(folder / "t_v1.txt", b"a prompt")  # no arm() since the folder appeared
+        wait_until(ev.has(folder / "t_v1.txt", READY), 10, what="an event from the new folder")
+        assert ev.ws.arm() == [str(folder)]  # adopted, so the main thread lists it
+        assert ev.watched() == {str(folder)} == set(ev.ws.watches)
+    finally:
+        ev.ws.stop()
+
+
+def test_a_watch_made_early_on_the_way_to_a_folder_is_dropped_once_unneeded(tmp_path):
+    """mkdir a, then a/b: the early watch on a (to see b appear) is not adopted by arm(),
+    which still unschedules it once b has its own: no thread or inotify instance leaks."""
+    target = tmp_path / "a" / "b"
+    ev = _Events([str(target)])
+    ev.ws.start()
+    try:
+        (tmp_path / "a").mkdir()
+        wait_until(ev.has(tmp_path / "a", DIRS), 10, what="a appears")
+        target.mkdir()
+        wait_until(ev.has(target, DIRS), 10, what="b appears, seen by the early watch on a")
+        assert str(tmp_path / "a") in ev.watched()
+        assert ev.ws.arm() == [str(target)]
+        assert ev.watched() == {str(target)} == set(ev.ws.watches)
+    finally:
+        ev.ws.stop()
 
 
 def test_folders_created_later_deleted_and_recreated_are_watched(tmp_path):

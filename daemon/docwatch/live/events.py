@@ -16,14 +16,19 @@ Measured with watchdog 7.1 on Linux/ext4 (pinned by tests/test_watch.py), with t
 * an inotify queue overflow: only a warning on the ``watchdog.observers.inotify_c`` logger
   (``OVERFLOW_MESSAGE``); the lost events never reach a handler.
 
-Handlers here only classify and enqueue ``(path, kind)``; they never do I/O and never raise
-(an exception in a handler kills watchdog's dispatcher thread while events keep queueing).
+Handlers here classify and enqueue ``(path, kind)``, and never raise (an exception in a
+handler kills watchdog's dispatcher thread while events keep queueing).  Their one piece of
+I/O: a folder that appears on the way to a watched folder gets its watch at once, on the
+dispatcher thread (``WatchSet.watch_early``), so that the files written into it from then on
+have events instead of waiting for the main thread's next turn and the listing's quiet rule;
+the main thread's ``WatchSet.arm`` adopts that watch and lists the folder, as for any other.
 ``WatchSet`` owns the observer and its watches; ``PendingTable`` holds the paths the daemon's
 main thread will ingest, by due time (the readiness rules themselves are in ``watch``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -84,10 +89,18 @@ def _fspath(p: bytes | str) -> str:
 class EnqueueHandler(FileSystemEventHandler):
     """Classify an event into ``(path, kind)`` on ``out``; pure, and it never raises."""
 
-    def __init__(self, out: queue.SimpleQueue, role_dirs: Iterable[str], *, polling: bool) -> None:
+    def __init__(
+        self,
+        out: queue.SimpleQueue,
+        role_dirs: Iterable[str],
+        *,
+        polling: bool,
+        on_new_dir: Callable[[str], None] | None = None,
+    ) -> None:
         self.out = out
         self.role_dirs = frozenset(role_dirs)
         self.polling = polling
+        self.on_new_dir = on_new_dir  # a folder appeared (created or moved in)
         self.dropped = 0  # events that raised while being classified (should stay 0)
 
     def dispatch(self, event: FileSystemEvent) -> None:
@@ -103,6 +116,11 @@ class EnqueueHandler(FileSystemEventHandler):
 
     def _classify(self, event: FileSystemEvent) -> None:
         if event.is_directory:
+            if self.on_new_dir is not None and not isinstance(event, DirDeletedEvent):
+                appeared = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
+                if appeared:
+                    with contextlib.suppress(Exception):  # the main thread's arm() retries
+                        self.on_new_dir(_fspath(appeared))
             self.out.put((_fspath(event.src_path), DIRS))
             return
         if isinstance(event, FileMovedEvent):
@@ -263,6 +281,24 @@ class WatchSet:
         except Exception as exc:  # already gone (KeyError) or a dead emitter
             log.debug("unschedule %s: %r", path, exc)
 
+    def watch_early(self, appeared: str) -> None:
+        """On watchdog's dispatcher thread: watch the targets under a folder that just
+        appeared (or their nearest existing ancestor under it) before the main thread's
+        ``arm`` does.  Nothing of this set's own state changes here: ``arm`` adopts the watch
+        (watchdog hands back the same one) and lists the folder, or drops it if unneeded."""
+        obs, handler = self.observer, self.handler
+        if obs is None or handler is None or self.polling:
+            return
+        inside = appeared.rstrip(os.sep) + os.sep
+        for path in {
+            anc
+            for target in self.targets
+            if target == appeared or target.startswith(inside)
+            if (anc := nearest_existing_dir(target)) is not None
+            if anc == appeared or anc.startswith(inside)
+        }:
+            obs.schedule(handler, path, recursive=False, event_filter=self.filter)
+
     def health(self) -> str | None:
         """Why the observer as a whole is broken (then rebuild it), or None."""
         obs = self.observer
@@ -319,7 +355,22 @@ class WatchSet:
         for path in list(self.watches):
             if path not in needed:
                 self._unwatch(path)
+        self._drop_unadopted(needed)
         return new
+
+    def _drop_unadopted(self, needed: set[str]) -> None:
+        """Unschedule what ``watch_early`` scheduled and no target needs any more (a folder
+        on the way to a target that exists now): it would hold a thread and an inotify
+        instance for nothing."""
+        assert self.observer is not None
+        adopted = {watch for watch, _ in self.watches.values()}
+        for emitter in list(self.observer.emitters):
+            watch = emitter.watch
+            if watch not in adopted and watch.path not in needed:
+                try:
+                    self.observer.unschedule(watch)
+                except Exception as exc:  # already gone
+                    log.debug("unschedule %s: %r", watch.path, exc)
 
 
 def role_dirs(data_root: Path, roles: Iterable[FolderRole]) -> dict[str, FolderRole]:

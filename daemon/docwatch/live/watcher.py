@@ -375,7 +375,9 @@ class Watcher:
         return text
 
     def _make_handler(self) -> EnqueueHandler:
-        return EnqueueHandler(self.events, self.roles, polling=self.polling)
+        return EnqueueHandler(
+            self.events, self.roles, polling=self.polling, on_new_dir=self.watches.watch_early
+        )
 
 
 def run_watch(
