@@ -208,7 +208,8 @@ def check_burst(db: Path, files: list[BurstFile], expected: list) -> tuple[dict,
 def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) -> dict:
     """Issue 10's live burst on a fresh daemon with docwatch's default settings: an empty data
     root (only the templates and task tables, which are not stage folders), then the pipeline
-    on 10 writer threads; the stage folders appear during the burst."""
+    on 10 writer threads; the stage folders appear during the burst (before it with
+    ``--burst-folders-first``)."""
     base = work / f"burst{r}"
     rmtree(base)
     data = base / "data"
@@ -219,6 +220,9 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
     for rel, body in plan.tables.items():
         (data / rel).parent.mkdir(parents=True, exist_ok=True)
         (data / rel).write_bytes(body)
+    if a.burst_folders_first:  # the folders a running pipeline would have made already
+        for rel in {str(Path(f.rel).parent) for f in files}:
+            (data / rel).mkdir(parents=True, exist_ok=True)
     config = base / "burst.toml"
     config.write_text(
         "# bench/live.py burst: docwatch's default settings\n"
@@ -226,7 +230,12 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
     )
     daemon = Daemon(data, config, logs / f"watch-burst-r{r}.log")
     poller = None
-    res: dict = {"round": r, "combos": p["burst_combos"], "files": len(files)}
+    res: dict = {
+        "round": r,
+        "combos": p["burst_combos"],
+        "files": len(files),
+        "folders_first": a.burst_folders_first,
+    }
     try:
         res["ready_s"] = daemon.wait_ready()
         poller = Poller(daemon.db, base / "seen.tsv", a.burst_poll_ms / 1e3, ok=True)
@@ -329,6 +338,7 @@ def summarise_burst(bursts: list[dict]) -> dict:
     pooled["all"] = lat_stats([x for b in bursts for v in b["samples_ms"].values() for x in v])
     return {
         "combos": bursts[0]["combos"],
+        "folders_first": bursts[0]["folders_first"],
         "files": bursts[0]["files"],
         "kinds": bursts[0]["kinds"],
         "paused_raws": bursts[0]["paused_raws"],
@@ -363,11 +373,12 @@ def burst_table(s: dict, poll_ms: float, settings: list[str]) -> list[str]:
 
     k, po, paused = s["kinds"], s["pooled"]["all"], s["paused_raws"]
     shown = ", ".join(settings) or "defaults"
+    made = "made before it" if s.get("folders_first") else "made during it"
     return [
         f"burst (issue 10): a {s['combos']}-combo pipeline, {s['files']} files "
         f"({k.get('prompt', 0)} prompts, {k.get('raw', 0)} raws of which {paused} pause "
         f"0.1 s, {k.get('parsed', 0)} parsed), {WRITERS} writer threads, 0–20 ms gaps, stage "
-        f"folders made during it; daemon settings: {shown}; poller every {poll_ms:g} ms",
+        f"folders {made}; daemon settings: {shown}; poller every {poll_ms:g} ms",
         f"  writers {mr(s['writers_rate'])} files/s (done in {mr(s['write_s'], '{:.2f}')} s); "
         f"visible {mr(s['throughput'])} files/s; last visible {mr(s['drain_s'], '{:.2f}')} s "
         f"after the last write; lost {s['lost']}; daemon CPU "

@@ -531,6 +531,12 @@ def main(argv: list[str] | None = None) -> int:
         "--burst-poll-ms", type=float, default=20.0, help="the burst's poller period (default 20)"
     )
     ap.add_argument(
+        "--burst-folders-first",
+        action="store_true",
+        help="make the stage folders before the burst (as in a running pipeline) instead of "
+        "during it (issue 10's scenario)",
+    )
+    ap.add_argument(
         "--burst-set",
         action="append",
         default=[],
@@ -573,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
             "writers": WRITERS,
             "burst_poll_ms": a.burst_poll_ms,
             "burst_settings": a.burst_set,
+            "burst_folders_first": a.burst_folders_first,
             "burst_seed": a.burst_seed,
         },
         "docwatch_rev": git_rev(),

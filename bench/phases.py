@@ -18,9 +18,13 @@ from bytecode import compile_docwatch  # noqa: E402
 compile_docwatch()  # as installed: the imports below load bytecode, they do not compile
 START = time.perf_counter()
 
+import docwatch.ingest.batchplan as batchplan  # noqa: E402
 import docwatch.ingest.indexer as indexer  # noqa: E402
+import docwatch.ingest.ingestor as ingestor  # noqa: E402
 import docwatch.ingest.listing as listing  # noqa: E402
 import docwatch.ingest.scan as scan  # noqa: E402
+import docwatch.ingest.writer as writer  # noqa: E402
+import docwatch.store.docstore as docstore  # noqa: E402
 from docwatch.cli import main  # noqa: E402
 
 IMPORTED = time.perf_counter() - START
@@ -30,6 +34,14 @@ PHASES = (
     (listing, "unknown_names"),  # a folder's names, sorted, merged with its ledger rows
     (indexer.Indexer, "look_at_tables"),
     (indexer.Indexer, "ingest"),
+    # inside ``ingest``, a batch's parts (nested: they add up to less than ``ingest``):
+    (ingestor.Ingestor, "probe_all"),  # lstat, then read and hash on the I/O threads
+    (batchplan.BatchPlanner, "plan"),
+    (writer.Writer, "_stage_all"),  # the documents' files, on the I/O threads
+    (docstore.Batch, "sync_staged"),  # syncfs
+    (docstore.Batch, "publish"),  # renames into place, syncfs
+    (writer.Writer, "_commit"),  # the rows
+    (docstore.Batch, "cleanup"),
     (indexer.Indexer, "expire_pending"),
 )
 
