@@ -66,12 +66,15 @@ format: $(STAMP)
 ## bench: the floor (kernel, disk), scan vs cp -a, --link vs cp -al, rescan vs walk+stat, RSS
 ## (bench/run.py, ~100,000 files), the live daemon incl. issue 10's burst (live.py), latest on a
 ## 1M-row index (reader.py), PostgreSQL vs SQLite (postgres.py)
+## Each bench keeps its files (--keep) and they are removed only after the last one: on ext4
+## without a journal a deletion slows every file creation of the next minutes (bench/README.md).
 bench: $(STAMP) system-deps
-	$(BIN)/python bench/floor.py
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/live.py
+	$(BIN)/python bench/floor.py --keep
+	$(BIN)/python bench/run.py --keep
+	$(BIN)/python bench/live.py --keep
 	$(BIN)/python bench/reader.py
 	$(BIN)/python bench/postgres.py
+	rm -rf bench/out/floor-work bench/out/work bench/out/tree bench/out/tree.json bench/out/live-work
 
 bench-quick: $(STAMP) system-deps
 	$(BIN)/python bench/floor.py --rounds 1 --files 3000

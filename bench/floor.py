@@ -268,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", type=Path, default=REPO / "bench" / "out", help="filesystem to test")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--files", type=int, default=6000, help="files per round (default 6000)")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep <dir>/floor-work (make bench removes it after the last bench: a deletion "
+        "would slow the next bench's file creations on ext4 without a journal)",
+    )
     args = ap.parse_args(argv)
     work = args.dir / "floor-work"
     shutil.rmtree(work, ignore_errors=True)
@@ -288,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             files_created_after_delete(work / f"r{r}", args.files) * 1e6
         )
     print("file creation after deleting: done", flush=True)
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     summary = {k: med(v) for k, v in results.items()}
     fs = fs_type(args.dir)
     print(f"\nfloor on {args.dir}, {fs} (median, min–max over {args.rounds} rounds):")

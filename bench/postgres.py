@@ -273,7 +273,6 @@ def live_case(
             d.kill()
     if url:
         server.drop_database(name)
-    rmtree(base)
     log(
         f"    live {case:<9} {n_files} files  written {res['writers_rate']:6.0f}/s  visible "
         f"{res['throughput'] or 0:6.0f}/s  created per daemon {res['created_by']}"
@@ -410,10 +409,10 @@ def main(argv: list[str] | None = None) -> int:
             pg_config = private_file(work / "scan.toml", f"index_url = {json.dumps(url)}\n")
             engines = [("sqlite", None), ("postgresql", pg_config)]
             for engine, config in engines if r % 2 else engines[::-1]:
-                secs, rss, counts = scan(src, work / f"scan-{engine}", config, logs / "scan.log")
+                dst = work / f"scan-{engine}-r{r}"  # kept to the end: deletions slow creations
+                secs, rss, counts = scan(src, dst, config, logs / "scan.log")
                 one["scan"][engine] = {"seconds": secs, "maxrss_kib": rss, "counts": counts}
                 log(f"    scan {engine:<10} {secs:7.2f} s  {counts['docs_created']} documents")
-                rmtree(work / f"scan-{engine}")
             server.drop_database(name)
             c = {e: one["scan"][e]["counts"] for e in ("sqlite", "postgresql")}
             if c["sqlite"]["docs_created"] != c["postgresql"]["docs_created"]:

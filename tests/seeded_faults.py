@@ -324,6 +324,26 @@ FAULTS = (
         ("tests/test_watch_e2e.py::test_live_pipeline_converges_with_a_scan_of_the_finished_tree",),
     ),
     Fault(
+        "new_folder_waits_for_arm",
+        "a new stage folder is watched only at the main loop's next turn, not at its event",
+        (
+            (
+                "live/events.py",
+                "        obs, handler = self.observer, self.handler\n",
+                "        obs, handler = None, None\n",
+            ),
+        ),
+        ("tests/test_watch.py",),
+        ("-k", "appears_is_watched_at_once or made_early"),
+    ),
+    Fault(
+        "early_watch_leaks",
+        "an early watch no target needs is never unscheduled (a thread and an inotify each)",
+        (("live/events.py", "        self._drop_unadopted(needed)\n", "        pass\n"),),
+        ("tests/test_watch.py",),
+        ("-k", "made_early"),
+    ),
+    Fault(
         "stale_chars_on_update",
         "updates keep stale raw_chars/parsed_chars",
         (
