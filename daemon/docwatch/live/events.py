@@ -87,7 +87,8 @@ def _fspath(p: bytes | str) -> str:
 
 
 class EnqueueHandler(FileSystemEventHandler):
-    """Classify an event into ``(path, kind)`` on ``out``; pure, and it never raises."""
+    """Classify an event into ``(path, kind)`` on ``out``; it never raises.  A folder that
+    appears is first passed to ``on_new_dir`` (``WatchSet.watch_early``), its only I/O."""
 
     def __init__(
         self,
