@@ -15,8 +15,10 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Threads for file I/O; a batch with fewer items than ``SERIAL_BELOW`` runs on the caller.
-IO_THREADS = 4
+#: Threads for file I/O, one per core up to 4; a batch with fewer items than ``SERIAL_BELOW``
+#: runs on the caller.  More threads than cores only pass the GIL around: on 2 cores a scan
+#: with 2 took 8% less time than with 4 (bench/README.md, "Sixth pass").
+IO_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 SERIAL_BELOW = 8
 #: Items go to the threads in about this many chunks per thread (a future per item cost
 #: more Python than the item's own work for small files).
