@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from docwatch.core.tasks import TaskTables, parse_bool, parse_table, task_info
 from docwatch.ingest.tables import TaskTableReader
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 SAMPLE_RAW = Path("/work/shared/legacy-sample/1_raw")
@@ -470,6 +470,7 @@ def test_table_lines_split_as_a_file_opened_with_newline_empty(text: str) -> Non
     st.integers(min_value=1, max_value=9),
 )
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200)
+@example("a\r\nb", False, 2)  # a \r\n across two chunks: random draws do not always make one
 def test_a_table_file_read_a_chunk_at_a_time_splits_and_hashes_as_read_whole(
     tmp_path: Path, text: str, bom: bool, chunk: int
 ) -> None:
