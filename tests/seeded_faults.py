@@ -337,6 +337,18 @@ FAULTS = (
         ("-k", "appears_is_watched_at_once or made_early"),
     ),
     Fault(
+        "new_folder_not_listed",
+        "a folder just watched is not listed: files written before its watch are lost",
+        (
+            (
+                "live/watcher.py",
+                "                for c in list_folder(self.data_root, role):",
+                "                for c in []:",
+            ),
+        ),
+        ("tests/test_watch_e2e.py::test_stage_folders_made_while_watched_converge_with_a_scan",),
+    ),
+    Fault(
         "early_watch_leaks",
         "an early watch no target needs is never unscheduled (a thread and an inotify each)",
         (("live/events.py", "        self._drop_unadopted(needed)\n", "        pass\n"),),

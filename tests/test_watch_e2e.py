@@ -259,6 +259,21 @@ def test_live_pipeline_converges_with_a_scan_of_the_finished_tree(env, notify, i
     assert_verified_and_same_as_scan(env)
 
 
+def test_stage_folders_made_while_watched_converge_with_a_scan(env, notify):
+    """An empty data root: every stage folder is made by the pipeline while the daemon runs,
+    so files land in folders watched early (on watchdog's thread) and in the instant before
+    (found by listing).  Each source is in exactly one document, and live = scan."""
+    proc = env.start(notify)
+    wait_ready(env, proc, notify)
+    summary = legacy_tree.run_pipeline(
+        env.data, combos=4, seed=14, writers=10, raw_write_delay=0.02
+    )
+    assert summary.complete
+    wait_until(env.caught_up, 60, interval=0.3, what="the daemon to index everything")
+    stop(env, proc, notify)
+    assert_verified_and_same_as_scan(env)
+
+
 def test_kill_9_in_the_middle_then_restart_converges(env, notify, index_url):
     proc = env.start(notify)
     wait_ready(env, proc, notify)
