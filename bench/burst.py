@@ -230,12 +230,8 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
     )
     daemon = Daemon(data, config, logs / f"watch-burst-r{r}.log")
     poller = None
-    res: dict = {
-        "round": r,
-        "combos": p["burst_combos"],
-        "files": len(files),
-        "folders_first": a.burst_folders_first,
-    }
+    res: dict = {"round": r, "combos": p["burst_combos"], "files": len(files)}
+    res["folders_first"] = a.burst_folders_first
     try:
         res["ready_s"] = daemon.wait_ready()
         poller = Poller(daemon.db, base / "seen.tsv", a.burst_poll_ms / 1e3, ok=True)
@@ -267,7 +263,7 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
             if f.kind == "raw" and f.rel in seen:
                 raw_row.append((seen[f.rel] - c) * 1e3)
         waits = [((seen[k] - closed[f.rel]) * 1e3, f) for f in files if (k := burst_key(f)) in seen]
-        slowest = sorted(waits, key=lambda t: t[0])[-10:]
+        waits.sort(key=lambda t: -t[0])
         lost = [f.rel for f in files if burst_key(f) not in seen]
         visible = [seen[burst_key(f)] for f in files if burst_key(f) in seen]
         last_close = max(closed.values())
@@ -291,15 +287,9 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
             "daemon_system_ms_per_file": 1e3 * (sys1 - sys0) / len(files),
             "overflow_rescans": daemon.overflows() - over0,
             "batches": ledger_batches(daemon.db, {f.rel for f in files}),
-            "slowest": [
-                {
-                    "rel": f.rel,
-                    "kind": f.kind,
-                    "pause": f.pause,
-                    "closed_s": closed[f.rel] - start,
-                    "ms": round(ms, 1),
-                }
-                for ms, f in reversed(slowest)
+            "slowest": [  # named, with when they were closed: what sets the tail
+                {"rel": f.rel, "kind": f.kind, "closed_s": closed[f.rel] - start, "ms": ms}
+                for ms, f in waits[:10]
             ],
             "samples_ms": {k: [round(x, 2) for x in v] for k, v in lat.items() if k != "all"},
         }

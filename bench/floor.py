@@ -45,7 +45,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from run import fs_type  # noqa: E402
+from run import fs_type, rmtree  # noqa: E402
 
 _libc = ctypes.CDLL(None, use_errno=True)
 DATA = os.urandom(4096)
@@ -71,7 +71,7 @@ def files_created_after_delete(base: Path, n: int) -> float:
     gone.mkdir()
     files_created(gone, n)
     os.sync()
-    subprocess.run(["rm", "-rf", str(gone)], check=True)
+    rmtree(gone)
     after = base / "after-delete"
     after.mkdir()
     return files_created(after, n)

@@ -605,8 +605,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"    writers alone {refs[-1]['writers_alone_rate']:.0f} files/s, scan "
                     f"{refs[-1]['scan_rate']:.0f} files/s"
                 )
-            # Rounds keep their trees until the end: on ext4 without a journal a deletion
-            # slows the next minutes' file creations (bench/floor.py, "create after deleting").
     except BenchFailed as exc:
         log(f"FAILED: {exc}")
         res["error"] = str(exc)
@@ -631,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n(total {res['total_seconds']} s; results in {out / 'live.json'}, daemon logs in {logs})"
     )
+    # Only now: every round kept its trees, since on ext4 without a journal a deletion slows
+    # the next minutes' file creations (bench/floor.py, "create after deleting").
     if not a.keep:
         rmtree(work)
     return 3 if res["checks"] else 0
