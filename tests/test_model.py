@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -24,7 +25,7 @@ from docwatch.core.model import (
     logical_key,
     plan_task,
 )
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 S = 1_000_000_000
@@ -70,6 +71,37 @@ def test_split_task_id_evaluation_keeps_document_id():
 def test_hash36_is_deterministic_base36_16(parts):
     a, b = hash36(*parts), hash36(*parts)
     assert a == b and len(a) == 16 and set(a) <= set("0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def _hash36_reference(*parts: str | None, length: int = 16) -> str:
+    """The definition ids were first written with: json.dumps of the parts, one base-36
+    digit per division, least significant first."""
+    text = json.dumps(list(parts), ensure_ascii=False, separators=(",", ":"))
+    number = int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16)
+    digits = []
+    for _ in range(length):
+        number, digit = divmod(number, 36)
+        digits.append("0123456789abcdefghijklmnopqrstuvwxyz"[digit])
+    return "".join(digits)
+
+
+@given(
+    st.lists(st.one_of(st.none(), st.text(max_size=30)), min_size=1, max_size=6),
+    st.integers(min_value=1, max_value=40),
+)
+@example(["doc", "draft", "t", "p/t_v1.txt", "0" * 64], 16)
+@example(["a"], 15)
+def test_hash36_never_moves_an_id(parts, length):
+    """Ids are stored in rows, directory names and links: the faster digit loop must give
+    exactly the ids the first definition gave, for odd lengths too."""
+    assert hash36(*parts, length=length) == _hash36_reference(*parts, length=length)
+
+
+def test_ids_are_pinned():
+    """Values written by docwatch before the digit loop changed (a changed id would orphan
+    every document directory and link of an existing index)."""
+    assert doc_id_for("draft", TASK, "p/x_v1.txt", "0" * 64) == "2ksgu9rld43toeyo"
+    assert hash36("a", None, "", "é", length=7) == "w5z2c5a"
 
 
 def test_doc_id_depends_on_content_and_path():

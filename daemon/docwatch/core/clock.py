@@ -16,16 +16,18 @@ def iso_utc(ns: int) -> str:
     """``2025-09-14T10:02:03.123456Z`` for a time in nanoseconds since the epoch (formatted
     by hand: ``strftime`` took 3× as long, several times per document)."""
     seconds, fraction = divmod(ns, 1_000_000_000)
-    return f"{_second(seconds)}.{fraction // 1000:06d}Z"
+    hour, in_hour = divmod(seconds, 3600)  # POSIX time: every hour is 3,600 seconds
+    minute, second = divmod(in_hour, 60)
+    return f"{_hour(hour)}:{minute:02d}:{second:02d}.{fraction // 1000:06d}Z"
 
 
-@functools.lru_cache(maxsize=64)  # a batch's timestamps fall in a few seconds
-def _second(seconds: int) -> str:
-    t = time.gmtime(seconds)
+@functools.lru_cache(maxsize=256)  # a batch's timestamps fall in a few hours
+def _hour(hour: int) -> str:
+    t = time.gmtime(hour * 3600)
     if not 1 <= t.tm_year <= 9999:
         raise ValueError(f"year {t.tm_year} is out of range")
     year = str(t.tm_year)  # unpadded below 1000, as strftime wrote it (ids must not change)
-    return f"{year}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    return f"{year}-{t.tm_mon:02d}-{t.tm_mday:02d}T{t.tm_hour:02d}"
 
 
 def iso_seconds(seconds: float) -> str:

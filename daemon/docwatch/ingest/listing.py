@@ -150,8 +150,9 @@ def stage_candidates(
     for role in sorted(roles, key=lambda r: (_KIND_ORDER[r.kind], r.folder)):
         names = sorted_names(unknown_names(data_root, role, ledger, counts), key=_by_task)
         streams.append(zip(itertools.repeat(role), names))
+    folder_of = {role.folder: data_root / role.folder for role in roles}  # one join a file
     for role, name in heapq.merge(*streams, key=_of_task):
-        yield Candidate(data_root / role.folder / name, role, f"{role.folder}/{name}")
+        yield Candidate(folder_of[role.folder] / name, role, f"{role.folder}/{name}")
 
 
 def listing(

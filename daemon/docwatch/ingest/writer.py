@@ -109,7 +109,9 @@ class Writer:
         self, batch: Batch | None, batch_in: BatchInput, kept: list[Change], result: WriteResult
     ) -> None:
         retry = result.retry
-        sources = [s for s in batch_in.new_sources if (s.stage, s.task_id) not in retry]
+        sources = batch_in.new_sources
+        if retry:
+            sources = [s for s in sources if (s.stage, s.task_id) not in retry]
         with self.index.transaction():
             self.index.put_sources(sources + batch_in.touched, batch_in.seen)
             self.index.put_problems(result.problems)

@@ -38,6 +38,8 @@ CHUNK = 1 << 20
 _CONTINUATION = bytes(range(0x80, 0xC0))
 _libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
 _HAS_SYNCFS = _libc is not None and hasattr(_libc, "syncfs")
+# json.dumps with options builds an encoder per call; one, built once, writes the same bytes.
+_metadata_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
 
 
 class SourceChanged(Exception):
@@ -78,10 +80,11 @@ class StagedDocument:
     add: tuple[str, ...] = ()  # UPDATE: names new to the directory (before the commit)
     replace: tuple[str, ...] = ()  # UPDATE: names that exist and change (after the commit)
 
-    def intent(self, docs_root: Path) -> dict:
-        """What recovery needs to undo (before the commit) or finish (after it) this write."""
+    def intent(self, staging_from_docs: str) -> dict:
+        """What recovery needs to undo (before the commit) or finish (after it) this write;
+        ``staging_from_docs`` is the batch's staging directory relative to the docs root."""
         return {
-            "dir": os.path.relpath(self.staged_dir, docs_root),
+            "dir": f"{staging_from_docs}/{self.staged_dir.name}",
             "add": list(self.add),
             "replace": list(self.replace),
             "remove": list(self.remove),
@@ -109,9 +112,13 @@ class DocStore:
         self.link = link
         self.file_mode = file_mode
         self.dir_mode = dir_mode
+        self._stage_dirs: dict[str, Path] = {}
 
     def doc_path(self, stage: str, doc_id: str) -> Path:
-        return self.docs_root / stage / doc_id
+        folder = self._stage_dirs.get(stage)
+        if folder is None:  # one join a document instead of two
+            folder = self._stage_dirs[stage] = self.docs_root / stage
+        return folder / doc_id
 
     def begin(self) -> Batch:
         self.staging_root.mkdir(parents=True, exist_ok=True, mode=self.dir_mode)
@@ -188,7 +195,7 @@ class Batch:
 
     def write_metadata(self, staged: StagedDocument, metadata: dict) -> None:
         # No indent: json's C encoder only runs without one (3× faster on a backfill).
-        data = json.dumps(metadata, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+        data = _metadata_json(metadata).encode() + b"\n"
         self._write_bytes(f"{os.fspath(staged.staged_dir)}/metadata.json", data)
         staged.files.append("metadata.json")
         if staged.op is Op.UPDATE:
@@ -204,9 +211,8 @@ class Batch:
 
     def intents(self) -> list[tuple[str, str, str, dict]]:
         """(doc_id, stage, op, detail) of every staged document, for the intents commit."""
-        return [
-            (s.doc_id, s.stage, s.op.value, s.intent(self.store.docs_root)) for s in self.documents
-        ]
+        rel = os.path.relpath(self.root, self.store.docs_root)  # once: relpath is costly
+        return [(s.doc_id, s.stage, s.op.value, s.intent(rel)) for s in self.documents]
 
     # -- file placement ------------------------------------------------------------------
 

@@ -23,6 +23,10 @@ from docwatch.store.sweeps import SweepQueries, in_chunks, task_info_from_row
 #: Statuses a reader may ask for; ``superseded`` documents are never anyone's latest.
 NEVER_LATEST = "superseded"
 
+# json.dumps with options builds an encoder per call; these, built once, write the same text.
+_sorted_json = json.JSONEncoder(sort_keys=True).encode
+_sorted_text_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+
 _ATTEMPT_SELECT = (
     "a.version AS _version, a.created_at_ns AS _created_at_ns,"
     " a.parent_stage AS _parent_stage, a.parent_task_id AS _parent_task_id,"
@@ -293,7 +297,7 @@ class Index(SweepQueries):
         rows = []
         for row, _ in docs:
             values = [row[c] for c in DOCUMENT_COLUMNS]
-            values[meta] = json.dumps(row["meta_small"], sort_keys=True, ensure_ascii=False)
+            values[meta] = _sorted_text_json(row["meta_small"])
             rows.append(values)
         self.executemany(_PUT_DOCUMENT, rows)
         self.executemany(_PUT_ATTEMPT, [[a.get(c) for c in ATTEMPT_COLUMNS] for _, a in docs])
@@ -342,7 +346,7 @@ class Index(SweepQueries):
                 ["doc_id"],
             ),
             [
-                (doc_id, stage, task_id, op, "staged", writer, json.dumps(detail, sort_keys=True))
+                (doc_id, stage, task_id, op, "staged", writer, _sorted_json(detail))
                 for doc_id, stage, task_id, op, detail in intents
             ],
         )
