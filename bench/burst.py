@@ -132,10 +132,13 @@ def burst_key(f: BurstFile) -> str:
     return f"ok:{f.rel}" if f.paired else f.rel
 
 
-def ledger_batches(db: Path, rels: set[str]) -> dict:
+def ledger_batches(db: Path, closed: dict[str, float]) -> dict:
     """The daemon's group commits, from the ledger: every source a commit records gets that
     commit's one ``ingested_at`` (and keeps it: a known source is never re-stamped), so the
-    burst's files grouped by ``ingested_at`` are the batches, in commit order."""
+    burst's files grouped by ``ingested_at`` are the batches, in commit order.  ``commit_ms``:
+    each file's close → its commit (``ingested_at``, stamped as the commit begins): the
+    latency without the poller's share."""
+    rels = set(closed)
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT ingested_at, relpath FROM sources").fetchall()
@@ -148,6 +151,8 @@ def ledger_batches(db: Path, rels: set[str]) -> dict:
         for s in stamps
     ]
     gaps = [1e3 * (b - a) for a, b in zip(secs, secs[1:], strict=False)]
+    at = dict(zip(stamps, secs, strict=True))
+    commit_ms = [1e3 * (at[s] - closed[rel]) for s, rel in rows if rel in rels]
     ordered = [sizes[s] for s in stamps]
     v = sorted(ordered)
     return {
@@ -157,6 +162,7 @@ def ledger_batches(db: Path, rels: set[str]) -> dict:
         "size_max": v[-1] if v else None,
         "largest_at": ordered.index(v[-1]) + 1 if v else None,
         "commit_gap_max_ms": max(gaps) if gaps else None,
+        "commit_ms": lat_stats(commit_ms),
         "sizes": ordered,
         "commit_gaps_ms": [round(g, 1) for g in gaps],
     }
@@ -286,7 +292,7 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
             "daemon_user_ms_per_file": 1e3 * (user1 - user0) / len(files),
             "daemon_system_ms_per_file": 1e3 * (sys1 - sys0) / len(files),
             "overflow_rescans": daemon.overflows() - over0,
-            "batches": ledger_batches(daemon.db, {f.rel for f in files}),
+            "batches": ledger_batches(daemon.db, closed),
             "slowest": [  # named, with when they were closed: what sets the tail
                 {"rel": f.rel, "kind": f.kind, "closed_s": closed[f.rel] - start, "ms": ms}
                 for ms, f in waits[:10]
@@ -346,6 +352,8 @@ def summarise_burst(bursts: list[dict]) -> dict:
         "batch_p50": each(lambda b: b["batches"]["size_p50"]),
         "batch_max": each(lambda b: b["batches"]["size_max"]),
         "commit_gap_max_ms": each(lambda b: b["batches"]["commit_gap_max_ms"]),
+        "commit_p50": each(lambda b: b["batches"]["commit_ms"]["p50"]),
+        "commit_p99": each(lambda b: b["batches"]["commit_ms"]["p99"]),
         "cpu_ms_per_file": each(lambda b: b["daemon_cpu_ms_per_file"]),
         "user_ms_per_file": each(lambda b: b["daemon_user_ms_per_file"]),
         "system_ms_per_file": each(lambda b: b["daemon_system_ms_per_file"]),
@@ -381,7 +389,8 @@ def burst_table(s: dict, poll_ms: float, settings: list[str]) -> list[str]:
         f"{mr(s['parsed_p99'])}; raw's own ledger row {mr(s['raw_row_p99'])}",
         f"  batches (ledger ingested_at): {mr(s['batches'])} commits, size p50 "
         f"{mr(s['batch_p50'])}, max {mr(s['batch_max'])} files; longest time between two "
-        f"commits {mr(s['commit_gap_max_ms'])} ms",
+        f"commits {mr(s['commit_gap_max_ms'])} ms; close→commit (no poller) p50 "
+        f"{mr(s['commit_p50'])}, p99 {mr(s['commit_p99'])} ms",
         f"  overflow rescans {s['overflow_rescans']}, documents retired {s['log_retired']}, "
         f"other processes used {s['others_cores']} cores",
         "  slowest files per round (ms, kind, closed at s into the burst): "
