@@ -92,6 +92,7 @@ RATIOS = (
     ("scan_copy", "cp_a", "scan / cp -a  (target <= 2.5)"),
     ("scan_copy", "cp_a+sync", "scan / (cp -a + sync)"),
     ("cp_docs", "cp_a", "cp -a docs / cp -a SRC  (the layout)"),
+    ("cp_docs+sync", "cp_a", "(cp -a docs + sync) / cp -a (floor)"),
     ("scan_copy", "cp_docs+sync", "scan / (cp -a docs + sync)"),
     ("scan_link", "cp_al", "scan --link / cp -al"),
     ("scan_link", "cp_al+sync", "scan --link / (cp -al + sync)"),

@@ -134,9 +134,11 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
       docwatch scan --data-root /srv/daydreaming/data --stage draft --json
     """
     from docwatch.ingest.indexer import default_run_id
+    from docwatch.ingest.pool import collect_cycles_less_often
     from docwatch.ingest.scan import scan as run_scan
 
     cfg = make_config(config_file, **flags)
+    collect_cycles_less_often()
     run_id = cfg.run_id or default_run_id()
     with ProgressBar(enabled=sys.stderr.isatty() and not as_json) as bar:
         result = run_scan(
@@ -389,7 +391,9 @@ def watch(config_file, **flags) -> None:
       docwatch watch --data-root /mnt/nfs/data --observer polling --run-id exp-42
     """
     from docwatch.dagster.runrecords import live_records
+    from docwatch.ingest.pool import collect_cycles_less_often
     from docwatch.live.watcher import run_watch
 
     cfg = make_config(config_file, **flags)
+    collect_cycles_less_often()
     run_watch(cfg, run_facts=live_records(cfg))
