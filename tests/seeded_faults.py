@@ -496,6 +496,34 @@ FAULTS = (
         (("ingest/tablestore.py", "INSERT OR REPLACE INTO t", "INSERT OR IGNORE INTO t"),),
         ("tests/test_tablestore.py",),
     ),
+    # -- CPU per document, nothing moved (issue 10, seventh pass) ------------------------------
+    Fault(
+        "id_digit_pairs_reversed",
+        "ids built two digits at a time with the pair's digits swapped: every id changes",
+        (
+            (
+                "core/ids.py",
+                "_PAIRS = [_ALPHABET[p % 36] + _ALPHABET[p // 36] for p in range(_PAIR_BASE)]",
+                "_PAIRS = [_ALPHABET[p // 36] + _ALPHABET[p % 36] for p in range(_PAIR_BASE)]",
+            ),
+        ),
+        ("tests/test_model.py",),
+        ("-k", "hash36 or pinned"),
+    ),
+    Fault(
+        "intent_names_the_batch_not_the_document",
+        "an intent's staging path names the batch's directory, not the document's: recovery "
+        "cannot finish a committed batch",
+        (
+            (
+                "store/docstore.py",
+                '"dir": f"{staging_from_docs}/{self.staged_dir.name}",',
+                '"dir": staging_from_docs,',
+            ),
+        ),
+        ("tests/test_crash.py",),
+        ("-k", "every_durable_step_then_rerun"),
+    ),
 )
 
 
