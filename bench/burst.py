@@ -13,9 +13,9 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from docwatch.core.clock import parse_iso
 from livekit import (
     WRITERS,
     BenchFailed,
@@ -138,21 +138,17 @@ def ledger_batches(db: Path, closed: dict[str, float]) -> dict:
     burst's files grouped by ``ingested_at`` are the batches, in commit order.  ``commit_ms``:
     each file's close → its commit (``ingested_at``, stamped as the commit begins): the
     latency without the poller's share."""
-    rels = set(closed)
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         rows = con.execute("SELECT ingested_at, relpath FROM sources").fetchall()
     finally:
         con.close()
-    sizes = Counter(at for at, rel in rows if rel in rels)
+    sizes = Counter(at for at, rel in rows if rel in closed)
     stamps = sorted(sizes)
-    secs = [
-        datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-        for s in stamps
-    ]
+    secs = [parse_iso(s) / 1e9 for s in stamps]  # docwatch's own timestamp format
     gaps = [1e3 * (b - a) for a, b in zip(secs, secs[1:], strict=False)]
     at = dict(zip(stamps, secs, strict=True))
-    commit_ms = [1e3 * (at[s] - closed[rel]) for s, rel in rows if rel in rels]
+    commit_ms = [1e3 * (at[s] - closed[rel]) for s, rel in rows if rel in closed]
     ordered = [sizes[s] for s in stamps]
     v = sorted(ordered)
     return {
@@ -236,8 +232,12 @@ def burst_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) 
     )
     daemon = Daemon(data, config, logs / f"watch-burst-r{r}.log")
     poller = None
-    res: dict = {"round": r, "combos": p["burst_combos"], "files": len(files)}
-    res["folders_first"] = a.burst_folders_first
+    res: dict = {
+        "round": r,
+        "combos": p["burst_combos"],
+        "files": len(files),
+        "folders_first": a.burst_folders_first,
+    }
     try:
         res["ready_s"] = daemon.wait_ready()
         poller = Poller(daemon.db, base / "seen.tsv", a.burst_poll_ms / 1e3, ok=True)

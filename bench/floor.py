@@ -35,7 +35,6 @@ import ctypes
 import json
 import os
 import queue
-import shutil
 import statistics
 import subprocess
 import sys
@@ -276,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     work = args.dir / "floor-work"
-    shutil.rmtree(work, ignore_errors=True)
+    rmtree(work)
     results: dict[str, list[float]] = {}
     # Nothing is deleted until every other row is measured: on ext4 without a journal a
     # deletion slows the creations of the next minutes (the "after deleting" rows, last).
@@ -295,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print("file creation after deleting: done", flush=True)
     if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+        rmtree(work)
     summary = {k: med(v) for k, v in results.items()}
     fs = fs_type(args.dir)
     print(f"\nfloor on {args.dir}, {fs} (median, min–max over {args.rounds} rounds):")
