@@ -524,6 +524,34 @@ FAULTS = (
         ("tests/test_crash.py",),
         ("-k", "every_durable_step_then_rerun"),
     ),
+    # -- the readers' latest from one index (issue 10, eighth pass) ----------------------------
+    Fault(
+        "document_version_not_copied",
+        "documents.version (the readers' order) written as 0: an unversioned legacy file "
+        "becomes the latest when it is the newest",
+        (
+            (
+                "store/index.py",
+                'values.append(attempt["version"])',
+                "values.append(0)",
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "unversioned_file_is_the_oldest"),
+    ),
+    Fault(
+        "latest_orders_by_time_alone",
+        "the readers' latest ignores the unversioned-first rule (created_at alone)",
+        (
+            (
+                "store/index.py",
+                '" ORDER BY (d.version <> 0) DESC, d.created_at DESC,',
+                '" ORDER BY d.created_at DESC,',
+            ),
+        ),
+        ("tests/test_index.py",),
+        ("-k", "readers_seek_latest"),
+    ),
 )
 
 

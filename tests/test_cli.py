@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_config, snapshot
+from conftest import make_config, query, snapshot
 from docwatch.cli import main
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import missing_document_tasks
@@ -159,6 +159,32 @@ def test_a_row_and_metadata_agreeing_on_wrong_char_counts_are_reported_then_repa
     assert f"its row says parsed_chars = {right + 7}" in problems[0]["what"]
     assert run("verify", "--data-root", data_root, "--repair").exit_code == 0
     assert json.loads(meta_path.read_text())["row"]["parsed_chars"] == right
+    assert run("verify", "--data-root", data_root).exit_code == 0
+
+
+def test_a_row_without_its_order_copy_is_reported_then_repaired(indexed):
+    """A row whose documents.version (the readers' order) is not its attempt's, as a writer
+    from before schema v5 left beside a newer one writes it: verify names it, --repair
+    rewrites it, and the readers' latest is right again."""
+    data_root, _, _ = indexed
+    cfg = make_config(data_root)
+    con = sqlite3.connect(cfg.db)
+    victim, version = con.execute(
+        "SELECT doc_id, version FROM documents WHERE version > 0 AND status = 'ok' LIMIT 1"
+    ).fetchone()
+    with con:
+        con.execute("UPDATE documents SET version = NULL WHERE doc_id = ?", (victim,))
+    con.close()
+
+    result = run("verify", "--data-root", data_root, "--json")
+    assert result.exit_code == 1
+    problems = json.loads(result.output)["problems"]
+    assert [p["where"] for p in problems] == [victim], problems
+    assert f"its attempt is version {version}" in problems[0]["what"]
+    assert run("verify", "--data-root", data_root, "--repair").exit_code == 0
+    assert query(cfg.db, "SELECT version FROM documents WHERE doc_id = ?", (victim,)) == [
+        (version,)
+    ]
     assert run("verify", "--data-root", data_root).exit_code == 0
 
 

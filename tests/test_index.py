@@ -7,7 +7,14 @@ import sqlite3
 import pytest
 from docwatch.core.model import Source
 from docwatch.errors import IndexCorrupt
-from docwatch.store.schema import DOCUMENT_COLUMNS, MIGRATIONS, SCHEMA_VERSION, statements
+from docwatch.store.schema import (
+    DOCUMENT_COLUMNS,
+    DOCUMENT_ORDER_COLUMNS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    SQLITE_DDL,
+    statements,
+)
 from docwatch.store.sqlite import open_sqlite
 from docwatch.store.sweeps import SweepQueries
 
@@ -17,7 +24,7 @@ def test_fresh_index_has_the_seed_table_wal_and_current_version(tmp_path):
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     columns = [r[1] for r in con.execute("PRAGMA table_info(documents)")]
-    assert tuple(columns) == DOCUMENT_COLUMNS
+    assert tuple(columns) == DOCUMENT_COLUMNS + DOCUMENT_ORDER_COLUMNS
     indexes = {r[1] for r in con.execute("PRAGMA index_list(documents)")}
     assert {"idx_documents_logical", "idx_documents_stage"} <= indexes
 
@@ -112,6 +119,71 @@ def test_v3_index_learns_which_tables_its_tasks_were_checked_against(tmp_path):
         " WHERE relpath >= 'a/' AND relpath < 'a0' ORDER BY relpath, sha256"
     ).fetchall()
     assert "COVERING INDEX idx_sources_seen" in " ".join(str(r[3]) for r in plan)
+
+
+def _v4_index_with_one_task(db) -> None:
+    """An index written by docwatch 0.4 (schema v4): one draft task with an unversioned legacy
+    document (the newest file, yet the oldest attempt), _v1 (newer than _v2 by created_at),
+    _v2, and a superseded _v3."""
+    con = sqlite3.connect(db, isolation_level=None)
+    for step in range(4):
+        for statement in statements(MIGRATIONS[step]) + statements(SQLITE_DDL.get(step + 1, "")):
+            con.execute(statement)
+    con.execute("PRAGMA user_version = 4")
+    docs = [
+        ("d0", 0, "2026-01-09T00:00:00Z", "ok"),
+        ("d1", 1, "2026-01-05T00:00:00Z", "ok"),
+        ("d2", 2, "2026-01-04T00:00:00Z", "ok"),
+        ("d3", 3, "2026-01-08T00:00:00Z", "superseded"),
+    ]
+    for doc_id, version, created_at, status in docs:
+        con.execute(
+            "INSERT INTO documents (doc_id, logical_key_id, stage, task_id, status, created_at)"
+            " VALUES (?, 'lk', 'draft', 't', ?, ?)",
+            (doc_id, status, created_at),
+        )
+        con.execute(
+            "INSERT INTO attempts (doc_id, version, created_at_ns) VALUES (?, ?, 0)",
+            (doc_id, version),
+        )
+    con.close()
+
+
+def _latest_and_its_plan(db) -> tuple[str, str, str]:
+    """The readers' latest of the task and of its logical key, and the plan of the query the
+    reader really ran (captured as it ran)."""
+    from docwatch.reader import DocumentsIndex
+
+    with DocumentsIndex(db, db.parent) as idx:
+        ran: list[str] = []
+        idx._index.con.set_trace_callback(ran.append)
+        by_task = idx.get_latest_by_task("draft", "t")["doc_id"]
+        by_logical = idx.get_latest_by_logical("lk")["doc_id"]
+        idx._index.con.set_trace_callback(None)
+        plan = " / ".join(
+            str(r[3]) for sql in ran for r in idx._index.con.execute("EXPLAIN QUERY PLAN " + sql)
+        )
+    return by_task, by_logical, plan
+
+
+def test_v4_index_learns_versions_and_readers_seek_latest_without_join_or_sort(tmp_path):
+    """v5: each document's version beside its row, so "latest" in the model's order (the
+    unversioned file oldest, then created_at, then version; superseded never) is one index
+    seek.  A reader of the index before its daemon migrates it gets the same answer."""
+    db = tmp_path / "db.sqlite"
+    _v4_index_with_one_task(db)
+    by_task, by_logical, plan = _latest_and_its_plan(db)
+    assert (by_task, by_logical) == ("d1", "d1")
+    assert "attempts" in plan  # v4: the join, and a sort
+    open_sqlite(db).close()  # a writer migrates
+    con = sqlite3.connect(db)
+    versions = dict(con.execute("SELECT doc_id, version FROM documents"))
+    con.close()
+    assert versions == {"d0": 0, "d1": 1, "d2": 2, "d3": 3}
+    by_task, by_logical, plan = _latest_and_its_plan(db)
+    assert (by_task, by_logical) == ("d1", "d1")
+    assert "idx_documents_latest " in plan and "idx_documents_latest_logical" in plan
+    assert "TEMP B-TREE" not in plan and "attempts" not in plan
 
 
 def test_a_check_marks_only_the_facts_it_looked_at(tmp_path):

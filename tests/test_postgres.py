@@ -304,3 +304,52 @@ def test_the_dagster_resource_reads_a_postgres_index(tree, tmp_path, pg_server, 
         driver.close()
     with_sqlite_api = snapshot(pg_url)[row["doc_id"]]
     assert with_sqlite_api[3] == task and text
+
+
+def test_v4_index_learns_versions_and_readers_agree_before_and_after(tmp_path, pg_url):
+    """Schema v5 on PostgreSQL: a reader of a v4 index (its daemon not upgraded yet) and of
+    the migrated one give the model's latest; the migration copies each attempt's version."""
+    import psycopg
+    from docwatch.reader import DocumentsIndex
+    from docwatch.store.backend import open_index
+    from docwatch.store.postgres import _pg_ddl
+    from docwatch.store.schema import MIGRATIONS, statements
+
+    docs = [  # the unversioned file is the newest, yet the oldest attempt; _v3 superseded
+        ("d0", 0, "2026-01-09T00:00:00Z", "ok"),
+        ("d1", 1, "2026-01-05T00:00:00Z", "ok"),
+        ("d2", 2, "2026-01-04T00:00:00Z", "ok"),
+        ("d3", 3, "2026-01-08T00:00:00Z", "superseded"),
+    ]
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        for step in range(4):
+            for statement in statements(MIGRATIONS[step]):
+                con.execute(_pg_ddl(statement))
+        con.execute("CREATE TABLE docwatch_schema (version INTEGER NOT NULL)")
+        con.execute("INSERT INTO docwatch_schema VALUES (4)")
+        for doc_id, version, created_at, status in docs:
+            con.execute(
+                "INSERT INTO documents (doc_id, logical_key_id, stage, task_id, status,"
+                " created_at) VALUES (%s, 'lk', 'draft', 't', %s, %s)",
+                (doc_id, status, created_at),
+            )
+            con.execute(
+                "INSERT INTO attempts (doc_id, version, created_at_ns) VALUES (%s, %s, 0)",
+                (doc_id, version),
+            )
+
+    def latest() -> tuple[str, str]:
+        with DocumentsIndex(pg_url, tmp_path) as idx:
+            by_task = idx.get_latest_by_task("draft", "t")
+            by_logical = idx.get_latest_by_logical("lk")
+        assert "version" not in by_task  # the seed's columns only
+        return by_task["doc_id"], by_logical["doc_id"]
+
+    assert latest() == ("d1", "d1")
+    open_index(pg_url).close()  # a writer migrates
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        schema = con.execute("SELECT version FROM docwatch_schema").fetchone()[0]
+        versions = dict(con.execute("SELECT doc_id, version FROM documents").fetchall())
+    assert schema == 5
+    assert versions == {"d0": 0, "d1": 1, "d2": 2, "d3": 3}
+    assert latest() == ("d1", "d1")

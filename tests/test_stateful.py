@@ -71,6 +71,7 @@ from docwatch.ingest.verify import verify
 from docwatch.store import faults
 from docwatch.store.backend import open_index
 from docwatch.store.index import Index
+from docwatch.store.schema import DOCUMENT_COLUMNS
 from hypothesis import HealthCheck, settings
 from hypothesis import event as hypothesis_event
 from hypothesis import strategies as st
@@ -690,9 +691,11 @@ class DocwatchMachine(RuleBasedStateMachine):
             assert meta_path.is_file(), f"visible {doc_id} ({row['status']}) has no {meta_path}"
             meta = json.loads(meta_path.read_text())
             settled = doc_id not in intents
-            if settled:  # metadata.json holds the full row
-                stored = dict(row, meta_small=json.loads(row["meta_small"]))
+            if settled:  # metadata.json holds the full row; the order copy is the attempt's
+                stored = {c: row[c] for c in DOCUMENT_COLUMNS}
+                stored["meta_small"] = json.loads(row["meta_small"])
                 assert meta["row"] == stored, (doc_id, meta["row"], stored)
+                assert row["version"] == attempts[doc_id]["version"], (doc_id, row["version"])
             sources = json.loads(row["meta_small"])["sources"]
             for kind, relpath in sources.items():
                 key = attempts[doc_id][f"{kind}_key"]

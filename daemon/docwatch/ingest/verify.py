@@ -54,8 +54,8 @@ def verify(cfg: Config, *, checksums: bool = True) -> VerifyReport:
     index = open_index(cfg.index_location, readonly=True)
     try:
         rows = index.all(
-            "SELECT d.*, a.parent_stage, a.parent_task_id, a.parent_ref_ns"
-            " FROM documents d JOIN attempts a USING (doc_id)"
+            "SELECT d.*, a.parent_stage, a.parent_task_id, a.parent_ref_ns,"
+            " a.version AS _attempt_version FROM documents d JOIN attempts a USING (doc_id)"
         )
         unfinished = {r["doc_id"] for r in index.all("SELECT doc_id FROM intents")}
         report.checked["documents"] = len(rows)
@@ -63,6 +63,7 @@ def verify(cfg: Config, *, checksums: bool = True) -> VerifyReport:
             meta = _check_document(cfg, r["doc_id"], r["stage"], checksums, report)
             if meta is not None and r["doc_id"] not in unfinished:
                 _check_metadata_row(cfg, r, meta, report)
+            _check_order_copy(r, report)
         _check_orphans(cfg, {r["doc_id"] for r in rows}, unfinished, report)
         _check_parents(index, rows, report)
         _check_sources(cfg, index, report)
@@ -88,6 +89,21 @@ def _check_metadata_row(cfg: Config, row: dict, meta: dict, report: VerifyReport
         where = str(cfg.docs_root / row["stage"] / row["doc_id"] / "metadata.json")
         report.problems.append(
             (where, f"says other {', '.join(differ)} than the index; `verify --repair` rewrites it")
+        )
+        report.damaged.add(row["doc_id"])
+
+
+def _check_order_copy(row: dict, report: VerifyReport) -> None:
+    """``documents.version`` (the readers' order, schema v5) is its attempt's version; a
+    writer older than v5 left running beside a newer one writes it empty."""
+    if "version" in row and row["version"] != row["_attempt_version"]:
+        report.problems.append(
+            (
+                row["doc_id"],
+                f"the index orders it as version {row['version']}, its attempt is version "
+                f"{row['_attempt_version']} (a writer from before schema v5 still running?); "
+                "`docwatch verify --repair` rewrites it",
+            )
         )
         report.damaged.add(row["doc_id"])
 

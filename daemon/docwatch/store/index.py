@@ -17,7 +17,14 @@ from typing import Any
 
 from docwatch.core.clock import now_iso
 from docwatch.core.model import ParentCandidate, Source, TaskInfo
-from docwatch.store.schema import ATTEMPT_COLUMNS, DOCUMENT_COLUMNS, SOURCE_COLUMNS, TASK_COLUMNS
+from docwatch.store.schema import (
+    ATTEMPT_COLUMNS,
+    DOCUMENT_COLUMNS,
+    DOCUMENT_ORDER_COLUMNS,
+    SCHEMA_VERSION,
+    SOURCE_COLUMNS,
+    TASK_COLUMNS,
+)
 from docwatch.store.sweeps import SweepQueries, in_chunks, task_info_from_row
 
 #: Statuses a reader may ask for; ``superseded`` documents are never anyone's latest.
@@ -33,9 +40,18 @@ _ATTEMPT_SELECT = (
     " a.parent_ref_ns AS _parent_ref_ns, a.raw_key AS _raw_key,"
     " a.parsed_key AS _parsed_key, a.prompt_key AS _prompt_key"
 )
-# The model's order (core.model.attempt_order): unversioned first, then created_at, version.
+#: A reader's row: the seed's columns (not the ones kept for the order).
+_ROW = ", ".join(f"d.{c}" for c in DOCUMENT_COLUMNS)
+# The model's order (core.model.attempt_order): unversioned first, then created_at, version;
+# idx_documents_latest(_logical) holds the rows in exactly this order.
 _LATEST = (
-    "SELECT d.* FROM documents d JOIN attempts a USING (doc_id) WHERE {where}"
+    f"SELECT {_ROW} FROM documents d WHERE {{where}}"
+    " AND d.status IN ({marks}) AND d.status <> 'superseded'"
+    " ORDER BY (d.version <> 0) DESC, d.created_at DESC, d.version DESC, d.doc_id DESC LIMIT 1"
+)
+#: The same before schema v5 (a reader of an index its daemon has not migrated yet).
+_LATEST_BEFORE_V5 = (
+    f"SELECT {_ROW} FROM documents d JOIN attempts a USING (doc_id) WHERE {{where}}"
     " AND d.status IN ({marks}) AND d.status <> 'superseded'"
     " ORDER BY (a.version <> 0) DESC, d.created_at DESC, a.version DESC, d.doc_id DESC LIMIT 1"
 )
@@ -60,7 +76,7 @@ def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     )
 
 
-_PUT_DOCUMENT = upsert_sql("documents", DOCUMENT_COLUMNS, ["doc_id"])
+_PUT_DOCUMENT = upsert_sql("documents", DOCUMENT_COLUMNS + DOCUMENT_ORDER_COLUMNS, ["doc_id"])
 _PUT_ATTEMPT = upsert_sql("attempts", ATTEMPT_COLUMNS, ["doc_id"])
 _PUT_TASK = upsert_sql("tasks", TASK_COLUMNS, ["stage", "task_id"])
 _PUT_SOURCE = (
@@ -102,11 +118,20 @@ class Index(SweepQueries):
     #: How a write transaction begins (SQLite takes the write lock at once).
     begin_sql = "BEGIN"
 
-    def __init__(self, con: Any, location: str, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        con: Any,
+        location: str,
+        *,
+        readonly: bool = False,
+        schema_version: int = SCHEMA_VERSION,
+    ) -> None:
         self.con = con
         self.location = location
         self.readonly = readonly
         self._in_transaction = False
+        # A reader may open an index its daemon has not migrated yet (writers migrate).
+        self._latest = _LATEST if schema_version >= 5 else _LATEST_BEFORE_V5
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -218,7 +243,7 @@ class Index(SweepQueries):
             for r in self.execute(sql + pairs, params):
                 data.sources.setdefault((r["stage"], r["task_id"]), []).append(source_from_row(r))
             sql = (
-                f"SELECT d.*, {_ATTEMPT_SELECT} FROM documents d JOIN attempts a USING (doc_id)"
+                f"SELECT {_ROW}, {_ATTEMPT_SELECT} FROM documents d JOIN attempts a USING (doc_id)"
                 f" WHERE (d.stage, d.task_id) IN {pairs}"
             )
             for r in self.execute(sql, params):
@@ -295,9 +320,10 @@ class Index(SweepQueries):
         docs = list(docs)
         meta = DOCUMENT_COLUMNS.index("meta_small")
         rows = []
-        for row, _ in docs:
+        for row, attempt in docs:
             values = [row[c] for c in DOCUMENT_COLUMNS]
             values[meta] = _sorted_text_json(row["meta_small"])
+            values.append(attempt["version"])
             rows.append(values)
         self.executemany(_PUT_DOCUMENT, rows)
         self.executemany(_PUT_ATTEMPT, [[a.get(c) for c in ATTEMPT_COLUMNS] for _, a in docs])
@@ -313,16 +339,16 @@ class Index(SweepQueries):
     # -- readers --------------------------------------------------------------------------
 
     def get(self, doc_id: str) -> dict | None:
-        r = self.one("SELECT * FROM documents WHERE doc_id = ?", (doc_id,))
+        r = self.one(f"SELECT {_ROW} FROM documents d WHERE doc_id = ?", (doc_id,))
         return None if r is None else row_to_dict(r)
 
     def latest_by_task(self, stage: str, task_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = _LATEST.format(where="d.stage = ? AND d.task_id = ?", marks=_marks(statuses))
+        sql = self._latest.format(where="d.stage = ? AND d.task_id = ?", marks=_marks(statuses))
         r = self.one(sql, [stage, task_id, *statuses])
         return None if r is None else row_to_dict(r)
 
     def latest_by_logical(self, logical_key_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = _LATEST.format(where="d.logical_key_id = ?", marks=_marks(statuses))
+        sql = self._latest.format(where="d.logical_key_id = ?", marks=_marks(statuses))
         r = self.one(sql, [logical_key_id, *statuses])
         return None if r is None else row_to_dict(r)
 

@@ -60,8 +60,8 @@ class PostgresIndex(Index):
     begin_sql = "BEGIN"
     byte_order = ' COLLATE "C"'
 
-    def __init__(self, con: Any, url: str, *, readonly: bool) -> None:
-        super().__init__(con, redact(url), readonly=readonly)
+    def __init__(self, con: Any, url: str, *, readonly: bool, schema_version: int) -> None:
+        super().__init__(con, redact(url), readonly=readonly, schema_version=schema_version)
         self.url = url
         self._held: set[int] = set()
         self._claims: list[tuple[str, tuple]] = []  # (sql, params) to take again on reopen
@@ -212,16 +212,17 @@ def open_postgres(url: str, *, readonly: bool = False) -> PostgresIndex:
     try:
         if readonly:
             con.execute("SET default_transaction_read_only = on")
-            _check_version(con, url)
+            version = _check_version(con, url)
         else:
             _migrate(con, url)
+            version = SCHEMA_VERSION
     except psycopg.errors.InsufficientPrivilege as exc:
         con.close()
         raise IndexUnreadable(f"{redact(url)}: permission denied: {_first_line(exc)}") from None
     except BaseException:
         con.close()
         raise
-    return PostgresIndex(con, url, readonly=readonly)
+    return PostgresIndex(con, url, readonly=readonly, schema_version=version)
 
 
 def _version(con: Any) -> int | None:
@@ -232,7 +233,8 @@ def _version(con: Any) -> int | None:
     return row[0] or 0
 
 
-def _check_version(con: Any, url: str) -> None:
+def _check_version(con: Any, url: str) -> int:
+    """The index's schema version, refused if missing or newer than this docwatch."""
     version = _version(con)
     if version is None:
         raise IndexCorrupt(f"{redact(url)}: no docwatch index in this database; run a scan first")
@@ -241,6 +243,7 @@ def _check_version(con: Any, url: str) -> None:
             f"{redact(url)}: schema version {version} is newer than this docwatch "
             f"({SCHEMA_VERSION}); upgrade docwatch"
         )
+    return version
 
 
 def _migrate(con: Any, url: str) -> None:

@@ -32,6 +32,11 @@ DOCUMENT_COLUMNS = (
     "lineage_prev_doc_id",
 )
 
+#: Columns of ``documents`` beyond the seed's, never in a reader's row: the attempt's version,
+#: copied from ``attempts`` so that "latest" is one seek in ``idx_documents_latest``, with no
+#: join and no sort (it never changes once a document exists).
+DOCUMENT_ORDER_COLUMNS = ("version",)
+
 #: Per-document facts the model needs that are not seed columns.
 ATTEMPT_COLUMNS = (
     "doc_id",
@@ -170,6 +175,18 @@ MIGRATIONS: tuple[str, ...] = (
     # tables skips the check: ``Index.task_facts_not_from``).
     """
     ALTER TABLE tasks ADD COLUMN tables_digest TEXT;
+    """,
+    # v5: the readers' "latest" in the model's order straight from one index (no join, no
+    # sort): the attempt's version beside the row, and an index in that order.
+    """
+    ALTER TABLE documents ADD COLUMN version INTEGER;
+    UPDATE documents SET version = (SELECT a.version FROM attempts a
+      WHERE a.doc_id = documents.doc_id);
+    CREATE INDEX idx_documents_latest ON documents(stage, task_id, status, (version <> 0),
+      created_at, version, doc_id);
+    CREATE INDEX idx_documents_latest_logical ON documents(logical_key_id, status,
+      (version <> 0), created_at, version, doc_id);
+    DROP INDEX idx_documents_reader;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -38,8 +38,10 @@ class SqliteIndex(Index):
     dialect = "sqlite"
     begin_sql = "BEGIN IMMEDIATE"
 
-    def __init__(self, con: sqlite3.Connection, path: Path, *, readonly: bool) -> None:
-        super().__init__(con, str(path), readonly=readonly)
+    def __init__(
+        self, con: sqlite3.Connection, path: Path, *, readonly: bool, schema_version: int
+    ) -> None:
+        super().__init__(con, str(path), readonly=readonly, schema_version=schema_version)
         self.path = path
 
     def close(self) -> None:
@@ -112,11 +114,12 @@ def open_sqlite(
     try:
         con.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if readonly:
-            check_version(con, path)
+            version = check_version(con, path)
         else:
             _wal(con, busy_timeout_ms / 1000)
             con.execute("PRAGMA synchronous = FULL")
             migrate(con, path)
+            version = SCHEMA_VERSION
     except sqlite3.Error as exc:
         con.close()
         if any(word in str(exc) for word in _BUSY):
@@ -125,7 +128,7 @@ def open_sqlite(
     except BaseException:
         con.close()
         raise
-    return SqliteIndex(con, path, readonly=readonly)
+    return SqliteIndex(con, path, readonly=readonly, schema_version=version)
 
 
 def _wal(con: sqlite3.Connection, timeout: float) -> None:
@@ -143,13 +146,15 @@ def _wal(con: sqlite3.Connection, timeout: float) -> None:
             time.sleep(0.02)
 
 
-def check_version(con: sqlite3.Connection, path: Path) -> None:
+def check_version(con: sqlite3.Connection, path: Path) -> int:
+    """The index's schema version, refused if newer than this docwatch."""
     version = con.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
         raise IndexCorrupt(
             f"{path}: schema version {version} is newer than this docwatch "
             f"({SCHEMA_VERSION}); upgrade docwatch"
         )
+    return version
 
 
 def migrate(con: sqlite3.Connection, path: Path) -> None:
