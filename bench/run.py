@@ -451,6 +451,41 @@ def table(res: dict) -> str:
 # ---------------------------------------------------------------- main
 
 
+def report(res: dict, samples: dict, reports: dict, tree: dict, out: Path, started: float) -> int:
+    """Summarise the rounds into ``res``, write ``results.json`` and print the table; the
+    exit code (3 when a check failed)."""
+    summary = summarise(samples)
+    med = {k: v["median_s"] for k, v in summary.items()}
+    first, walk = reports["scan_copy"][0], reports["walk"][0]
+    res["tree"] = {
+        "files": walk["files"],
+        "bytes": walk["bytes"],
+        "candidates": first["candidates"],
+        "documents_created": first["docs_created"],
+        "expected_documents": sum(tree["expected_documents"].values()),
+        "generator": tree,
+    }
+    res["summary"] = summary
+    res["ratios"] = {
+        label: med[a_] / med[b_] for a_, b_, label in RATIOS if a_ in med and b_ in med
+    }
+    res["rates"] = {
+        "scan_files_per_s": first["candidates"] / med["scan_copy"],
+        "scan_mib_per_s": walk["bytes"] / MIB / med["scan_copy"],
+        "link_files_per_s": first["candidates"] / med["scan_link"] if "scan_link" in med else None,
+        "rescan_files_per_s": first["candidates"] / med["rescan"],
+    }
+    # wait4's ru_maxrss of a child counts the parent's RSS it was forked from; `true` shows it.
+    res["rss_floor_mib"] = round(max(reports["rss_floor_kib"]) / 1024, 1)
+    res["docwatch_reports"] = reports
+    res["checks"] = checks(reports, {"total_files": tree["total_files"]})
+    res["total_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "results.json").write_text(json.dumps(res, indent=2))
+    print(table(res))
+    print(f"\n(total {res['total_seconds']} s; results in {out / 'results.json'})")
+    return 3 if res["checks"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--files", type=int, default=100_000, help="tree size (default 100000)")
@@ -498,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(a.repeats):
             log(f"round {i + 1}/{a.repeats}")
             one_round(i + 1, src, work, logs, samples, reports, link=not a.no_link)
+        code = report(res, samples, reports, tree, out, started)  # before the slow clean-up
     except CommandFailed as exc:
         log(f"FAILED: {exc}")
         res["error"] = str(exc)
@@ -506,39 +542,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not a.keep:
             rmtree(work)
-    summary = summarise(samples)
-    med = {k: v["median_s"] for k, v in summary.items()}
-    first, walk = reports["scan_copy"][0], reports["walk"][0]
-    res["tree"] = {
-        "files": walk["files"],
-        "bytes": walk["bytes"],
-        "candidates": first["candidates"],
-        "documents_created": first["docs_created"],
-        "expected_documents": sum(tree["expected_documents"].values()),
-        "generator": tree,
-    }
-    res["summary"] = summary
-    res["ratios"] = {
-        label: med[a_] / med[b_] for a_, b_, label in RATIOS if a_ in med and b_ in med
-    }
-    res["rates"] = {
-        "scan_files_per_s": first["candidates"] / med["scan_copy"],
-        "scan_mib_per_s": walk["bytes"] / MIB / med["scan_copy"],
-        "link_files_per_s": first["candidates"] / med["scan_link"] if "scan_link" in med else None,
-        "rescan_files_per_s": first["candidates"] / med["rescan"],
-    }
-    # wait4's ru_maxrss of a child counts the parent's RSS it was forked from; `true` shows it.
-    res["rss_floor_mib"] = round(max(reports["rss_floor_kib"]) / 1024, 1)
-    res["docwatch_reports"] = reports
-    res["checks"] = checks(reports, {"total_files": tree["total_files"]})
-    res["total_seconds"] = round(time.perf_counter() - started, 1)
-    (out / "results.json").write_text(json.dumps(res, indent=2))
-    print(table(res))
-    print(f"\n(total {res['total_seconds']} s; results in {out / 'results.json'})")
     if not (a.keep or a.reuse_tree):
         rmtree(out / "tree")
         (out / "tree.json").unlink(missing_ok=True)
-    return 3 if res["checks"] else 0
+    return code
 
 
 if __name__ == "__main__":
