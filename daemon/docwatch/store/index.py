@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from docwatch.core.clock import now_iso
@@ -343,12 +344,12 @@ class Index(SweepQueries):
         return None if r is None else row_to_dict(r)
 
     def latest_by_task(self, stage: str, task_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = self._latest.format(where="d.stage = ? AND d.task_id = ?", marks=_marks(statuses))
+        sql = _latest_sql(self._latest, "d.stage = ? AND d.task_id = ?", len(statuses))
         r = self.one(sql, [stage, task_id, *statuses])
         return None if r is None else row_to_dict(r)
 
     def latest_by_logical(self, logical_key_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = self._latest.format(where="d.logical_key_id = ?", marks=_marks(statuses))
+        sql = _latest_sql(self._latest, "d.logical_key_id = ?", len(statuses))
         r = self.one(sql, [logical_key_id, *statuses])
         return None if r is None else row_to_dict(r)
 
@@ -413,6 +414,12 @@ class Index(SweepQueries):
 
     def get_state(self, key: str) -> str | None:
         return self.scalar("SELECT value FROM state WHERE key = ?", (key,))
+
+
+@lru_cache(maxsize=64)
+def _latest_sql(template: str, where: str, statuses: int) -> str:
+    """A reader's statement, built once per shape (a reader calls it thousands of times)."""
+    return template.format(where=where, marks=", ".join("?" * statuses))
 
 
 def _marks(values: Sequence[str]) -> str:
