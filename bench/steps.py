@@ -36,8 +36,8 @@ def stamp(point: str) -> None:
     prev, at = _last
     if point in PER_DOCUMENT and prev == point:
         return  # the batch's run of renames counts once, from the step before it
-    if prev is not None and prev != "cleaned":  # "cleaned" → "staged" spans the next batch's
-        GAPS[f"{prev} -> {point}"].append(now - at)  # probe, plan and staging: not a flush
+    if prev is not None and prev != "cleaned":  # "cleaned" → "begun": the time between batches
+        GAPS[f"{prev} -> {point}"].append(now - at)
     _last[:] = [point, now]
 
 
@@ -48,8 +48,23 @@ def report() -> None:
         print(f"{name:<36} {len(gaps):>8} {med:>10.1f} {sum(gaps):>8.2f}", file=sys.stderr)
 
 
+def stamp_batches() -> None:
+    """A "begun" stamp as each batch starts (not a durable step: the seam has none there), so
+    "begun -> staged" is the batch's probe, plan and staging."""
+    from docwatch.ingest.indexer import Indexer
+
+    ingest = Indexer.ingest
+
+    def begun(self, *args, **kwargs):
+        stamp("begun")
+        return ingest(self, *args, **kwargs)
+
+    Indexer.ingest = begun
+
+
 if __name__ == "__main__":
     faults.set_hook(stamp)
+    stamp_batches()
     try:
         main(standalone_mode=False)
     finally:
