@@ -58,6 +58,32 @@ def make_config(data_root: Path, **overrides):
     return load_config(None, {}, flags)
 
 
+#: One draft task of an index written before schema v5, (doc_id, version, created_at, status):
+#: the unversioned file is the newest yet the oldest attempt, _v1 is newer than _v2 by
+#: created_at, _v3 is superseded; the model's latest is d1 (by task and by logical key 'lk').
+V4_TASK_DOCS = [
+    ("d0", 0, "2026-01-09T00:00:00Z", "ok"),
+    ("d1", 1, "2026-01-05T00:00:00Z", "ok"),
+    ("d2", 2, "2026-01-04T00:00:00Z", "ok"),
+    ("d3", 3, "2026-01-08T00:00:00Z", "superseded"),
+]
+
+
+def insert_v4_task(execute, mark: str = "?") -> None:
+    """Insert ``V4_TASK_DOCS`` with ``execute(sql, params)`` (``mark``: the driver's
+    placeholder), as a v4 writer did: no version beside the row."""
+    for doc_id, version, created_at, status in V4_TASK_DOCS:
+        execute(
+            "INSERT INTO documents (doc_id, logical_key_id, stage, task_id, status, created_at)"
+            f" VALUES ({mark}, 'lk', 'draft', 't', {mark}, {mark})",
+            (doc_id, status, created_at),
+        )
+        execute(
+            f"INSERT INTO attempts (doc_id, version, created_at_ns) VALUES ({mark}, {mark}, 0)",
+            (doc_id, version),
+        )
+
+
 def query(location, sql: str, params=()) -> list[tuple]:
     """Rows of a read-only query on an index: an SQLite file, or a postgresql:// URL."""
     if isinstance(location, str) and location.startswith("postgresql://"):

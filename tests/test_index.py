@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from conftest import V4_TASK_DOCS, insert_v4_task
 from docwatch.core.model import Source
 from docwatch.errors import IndexCorrupt
 from docwatch.store.schema import (
@@ -122,30 +123,13 @@ def test_v3_index_learns_which_tables_its_tasks_were_checked_against(tmp_path):
 
 
 def _v4_index_with_one_task(db) -> None:
-    """An index written by docwatch 0.4 (schema v4): one draft task with an unversioned legacy
-    document (the newest file, yet the oldest attempt), _v1 (newer than _v2 by created_at),
-    _v2, and a superseded _v3."""
+    """An index written before schema v5 with one task (``conftest.V4_TASK_DOCS``)."""
     con = sqlite3.connect(db, isolation_level=None)
     for step in range(4):
         for statement in statements(MIGRATIONS[step]) + statements(SQLITE_DDL.get(step + 1, "")):
             con.execute(statement)
     con.execute("PRAGMA user_version = 4")
-    docs = [
-        ("d0", 0, "2026-01-09T00:00:00Z", "ok"),
-        ("d1", 1, "2026-01-05T00:00:00Z", "ok"),
-        ("d2", 2, "2026-01-04T00:00:00Z", "ok"),
-        ("d3", 3, "2026-01-08T00:00:00Z", "superseded"),
-    ]
-    for doc_id, version, created_at, status in docs:
-        con.execute(
-            "INSERT INTO documents (doc_id, logical_key_id, stage, task_id, status, created_at)"
-            " VALUES (?, 'lk', 'draft', 't', ?, ?)",
-            (doc_id, status, created_at),
-        )
-        con.execute(
-            "INSERT INTO attempts (doc_id, version, created_at_ns) VALUES (?, ?, 0)",
-            (doc_id, version),
-        )
+    insert_v4_task(con.execute)
     con.close()
 
 
@@ -179,7 +163,7 @@ def test_v4_index_learns_versions_and_readers_seek_latest_without_join_or_sort(t
     con = sqlite3.connect(db)
     versions = dict(con.execute("SELECT doc_id, version FROM documents"))
     con.close()
-    assert versions == {"d0": 0, "d1": 1, "d2": 2, "d3": 3}
+    assert versions == {doc_id: version for doc_id, version, _, _ in V4_TASK_DOCS}
     by_task, by_logical, plan = _latest_and_its_plan(db)
     assert (by_task, by_logical) == ("d1", "d1")
     assert "idx_documents_latest " in plan and "idx_documents_latest_logical" in plan

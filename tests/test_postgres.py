@@ -12,7 +12,16 @@ import threading
 from pathlib import Path
 
 import legacy_tree
-from conftest import REPO, SNAPSHOT_COLUMNS, assert_tombstones, docs_tree, query, snapshot
+from conftest import (
+    REPO,
+    SNAPSHOT_COLUMNS,
+    V4_TASK_DOCS,
+    assert_tombstones,
+    docs_tree,
+    insert_v4_task,
+    query,
+    snapshot,
+)
 from pgserver import database_of
 from support import NotifySocket, wait_until
 
@@ -315,28 +324,13 @@ def test_v4_index_learns_versions_and_readers_agree_before_and_after(tmp_path, p
     from docwatch.store.postgres import _pg_ddl
     from docwatch.store.schema import MIGRATIONS, statements
 
-    docs = [  # the unversioned file is the newest, yet the oldest attempt; _v3 superseded
-        ("d0", 0, "2026-01-09T00:00:00Z", "ok"),
-        ("d1", 1, "2026-01-05T00:00:00Z", "ok"),
-        ("d2", 2, "2026-01-04T00:00:00Z", "ok"),
-        ("d3", 3, "2026-01-08T00:00:00Z", "superseded"),
-    ]
     with psycopg.connect(pg_url, autocommit=True) as con:
         for step in range(4):
             for statement in statements(MIGRATIONS[step]):
                 con.execute(_pg_ddl(statement))
         con.execute("CREATE TABLE docwatch_schema (version INTEGER NOT NULL)")
         con.execute("INSERT INTO docwatch_schema VALUES (4)")
-        for doc_id, version, created_at, status in docs:
-            con.execute(
-                "INSERT INTO documents (doc_id, logical_key_id, stage, task_id, status,"
-                " created_at) VALUES (%s, 'lk', 'draft', 't', %s, %s)",
-                (doc_id, status, created_at),
-            )
-            con.execute(
-                "INSERT INTO attempts (doc_id, version, created_at_ns) VALUES (%s, %s, 0)",
-                (doc_id, version),
-            )
+        insert_v4_task(con.execute, mark="%s")
 
     def latest() -> tuple[str, str]:
         with DocumentsIndex(pg_url, tmp_path) as idx:
@@ -351,5 +345,5 @@ def test_v4_index_learns_versions_and_readers_agree_before_and_after(tmp_path, p
         schema = con.execute("SELECT version FROM docwatch_schema").fetchone()[0]
         versions = dict(con.execute("SELECT doc_id, version FROM documents").fetchall())
     assert schema == 5
-    assert versions == {"d0": 0, "d1": 1, "d2": 2, "d3": 3}
+    assert versions == {doc_id: version for doc_id, version, _, _ in V4_TASK_DOCS}
     assert latest() == ("d1", "d1")
