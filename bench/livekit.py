@@ -216,9 +216,9 @@ class Daemon:
         return t - self.started
 
     def overflows(self) -> int:
-        """Rescans the daemon logged for an inotify queue overflow (events were lost)."""
+        """Rescans the daemon logged for an inotify queue overflow (the kernel dropped events)."""
         try:
-            return self.log_path.read_text(errors="replace").count("queue overflowed (events were")
+            return self.log_path.read_text(errors="replace").count("queue overflowed (the kernel")
         except OSError:
             return 0
 

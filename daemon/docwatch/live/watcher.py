@@ -229,7 +229,10 @@ class Watcher:
         self._ping()
         if self.rescan_needed.is_set():
             self.rescan_needed.clear()
-            log.warning("inotify queue overflowed (events were lost); rescanning every folder")
+            log.warning(
+                "inotify queue overflowed (the kernel dropped events); rescanning every folder,"
+                " so no file is missed"
+            )
             self.stats["rescans"] += 1
             self._arm()
             self._catch_up("overflow")
