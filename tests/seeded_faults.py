@@ -532,8 +532,8 @@ FAULTS = (
         (
             (
                 "store/index.py",
-                'values.append(attempt["version"])',
-                "values.append(0)",
+                "values += [attempt[c] for c in DOCUMENT_ORDER_COLUMNS]",
+                "values += [0 for c in DOCUMENT_ORDER_COLUMNS]",
             ),
         ),
         ("tests/test_identity.py",),
@@ -545,8 +545,8 @@ FAULTS = (
         (
             (
                 "store/index.py",
-                '" ORDER BY (d.version <> 0) DESC, d.created_at DESC,',
-                '" ORDER BY d.created_at DESC,',
+                'f" ORDER BY ({version} <> 0) DESC, d.created_at DESC, {version} DESC,',
+                'f" ORDER BY d.created_at DESC, {version} DESC,',
             ),
         ),
         ("tests/test_index.py",),

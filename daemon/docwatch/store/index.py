@@ -17,6 +17,7 @@ from functools import lru_cache
 from typing import Any
 
 from docwatch.core.clock import now_iso
+from docwatch.core.jsontext import sorted_json, sorted_text_json
 from docwatch.core.model import ParentCandidate, Source, TaskInfo
 from docwatch.store.schema import (
     ATTEMPT_COLUMNS,
@@ -31,9 +32,6 @@ from docwatch.store.sweeps import SweepQueries, in_chunks, task_info_from_row
 #: Statuses a reader may ask for; ``superseded`` documents are never anyone's latest.
 NEVER_LATEST = "superseded"
 
-# json.dumps with options builds an encoder per call; these, built once, write the same text.
-_sorted_json = json.JSONEncoder(sort_keys=True).encode
-_sorted_text_json = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
 
 _ATTEMPT_SELECT = (
     "a.version AS _version, a.created_at_ns AS _created_at_ns,"
@@ -43,19 +41,23 @@ _ATTEMPT_SELECT = (
 )
 #: A reader's row: the seed's columns (not the ones kept for the order).
 _ROW = ", ".join(f"d.{c}" for c in DOCUMENT_COLUMNS)
-# The model's order (core.model.attempt_order): unversioned first, then created_at, version;
-# idx_documents_latest(_logical) holds the rows in exactly this order.
-_LATEST = (
-    f"SELECT {_ROW} FROM documents d WHERE {{where}}"
-    " AND d.status IN ({marks}) AND d.status <> 'superseded'"
-    " ORDER BY (d.version <> 0) DESC, d.created_at DESC, d.version DESC, d.doc_id DESC LIMIT 1"
-)
-#: The same before schema v5 (a reader of an index its daemon has not migrated yet).
-_LATEST_BEFORE_V5 = (
-    f"SELECT {_ROW} FROM documents d JOIN attempts a USING (doc_id) WHERE {{where}}"
-    " AND d.status IN ({marks}) AND d.status <> 'superseded'"
-    " ORDER BY (a.version <> 0) DESC, d.created_at DESC, a.version DESC, d.doc_id DESC LIMIT 1"
-)
+
+
+def _latest_template(source: str, version: str) -> str:
+    """A reader's "latest" statement (``{where}`` and ``{marks}`` still to fill) in the model's
+    order (core.model.attempt_order): unversioned first, then created_at, then version."""
+    return (
+        f"SELECT {_ROW} FROM {source} WHERE {{where}}"
+        " AND d.status IN ({marks}) AND d.status <> 'superseded'"
+        f" ORDER BY ({version} <> 0) DESC, d.created_at DESC, {version} DESC, d.doc_id DESC"
+        " LIMIT 1"
+    )
+
+
+#: idx_documents_latest(_logical) holds the rows in exactly this order: one seek.
+_LATEST = _latest_template("documents d", "d.version")
+#: Before schema v5 (a reader of an index its daemon has not migrated yet): the join, a sort.
+_LATEST_BEFORE_V5 = _latest_template("documents d JOIN attempts a USING (doc_id)", "a.version")
 
 
 def source_key(relpath: str, sha256: str) -> str:
@@ -323,8 +325,8 @@ class Index(SweepQueries):
         rows = []
         for row, attempt in docs:
             values = [row[c] for c in DOCUMENT_COLUMNS]
-            values[meta] = _sorted_text_json(row["meta_small"])
-            values.append(attempt["version"])
+            values[meta] = sorted_text_json(row["meta_small"])
+            values += [attempt[c] for c in DOCUMENT_ORDER_COLUMNS]
             rows.append(values)
         self.executemany(_PUT_DOCUMENT, rows)
         self.executemany(_PUT_ATTEMPT, [[a.get(c) for c in ATTEMPT_COLUMNS] for _, a in docs])
@@ -373,7 +375,7 @@ class Index(SweepQueries):
                 ["doc_id"],
             ),
             [
-                (doc_id, stage, task_id, op, "staged", writer, _sorted_json(detail))
+                (doc_id, stage, task_id, op, "staged", writer, sorted_json(detail))
                 for doc_id, stage, task_id, op, detail in intents
             ],
         )
