@@ -14,6 +14,7 @@ from pathlib import Path
 import legacy_tree
 from conftest import docs_tree, make_config, snapshot
 from docwatch import DocumentsIndex
+from docwatch.ingest import pool
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import list_candidates, scan
 from docwatch.ingest.verify import verify
@@ -119,6 +120,21 @@ def test_any_batching_and_order_converges_to_one_scan(tree, copy_tree, tmp_path)
             indexer.close()
         assert snapshot(cfg.db) == golden, f"seed {seed} diverged"
         assert docs_tree(cfg.docs_root) == docs_tree(golden_cfg.docs_root)
+
+
+def test_io_threads_and_the_caller_make_the_same_documents(tree, copy_tree, tmp_path, monkeypatch):
+    """Two cores or fewer read and stage on the caller; more use the I/O threads: the same
+    documents either way (the threaded path runs here even on a 2-core CI machine)."""
+    data_root, _ = tree
+    monkeypatch.setattr(pool, "IO_THREADS", 0)
+    serial_cfg, _ = run_scan(data_root)
+    monkeypatch.setattr(pool, "IO_THREADS", 2)
+    monkeypatch.setattr(pool, "_pool", None)
+    threaded_cfg, _ = run_scan(copy_tree(data_root, tmp_path / "threaded"))
+    assert pool._pool is not None, "no batch went to the I/O threads"
+    pool._pool.shutdown()
+    assert snapshot(threaded_cfg.db) == snapshot(serial_cfg.db)
+    assert docs_tree(threaded_cfg.docs_root) == docs_tree(serial_cfg.docs_root)
 
 
 def test_link_mode_hard_links_and_verifies(tree):
