@@ -123,8 +123,8 @@ def test_any_batching_and_order_converges_to_one_scan(tree, copy_tree, tmp_path)
 
 
 def test_io_threads_and_the_caller_make_the_same_documents(tree, copy_tree, tmp_path, monkeypatch):
-    """Two cores or fewer read and stage on the caller; more use the I/O threads: the same
-    documents either way (the threaded path runs here even on a 2-core CI machine)."""
+    """Reading and staging on the I/O threads or all on the caller (``IO_THREADS = 0``)
+    make the same documents."""
     data_root, _ = tree
     monkeypatch.setattr(pool, "IO_THREADS", 0)
     serial_cfg, _ = run_scan(data_root)

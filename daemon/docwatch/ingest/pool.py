@@ -1,9 +1,7 @@
 """A small pool of threads for file I/O: reads and hashes, copies and writes release the GIL,
-so on a machine with more than two cores a batch's files are read and staged side by side while
-the plan and the commit stay on the calling thread.  On two cores or fewer the work runs on the
-caller: the threads' hand-offs of the GIL cost 10-15% more CPU there and saved no time
-(bench/README.md, "Ninth pass").  Also the process settings of long batch work: freed memory
-handed back, the cycle collector run less often."""
+so a batch's files are read and staged side by side (the machine's cores and the disk's queue
+both get work) while the plan and the commit stay on the calling thread.  Also the process
+settings of long batch work: freed memory handed back, the cycle collector run less often."""
 
 from __future__ import annotations
 
@@ -19,13 +17,12 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-#: Threads for file I/O: one per core up to 4, none on two cores or fewer (the caller does the
-#: work).  More threads than cores only pass the GIL around: on 2 cores a scan with 2 took 8%
-#: less time than with 4 (bench/README.md, "Sixth pass"), and one with none the same time as
-#: with 2, for 10-15% less CPU ("Ninth pass").  A batch with fewer items than ``SERIAL_BELOW``
-#: runs on the caller anyway.
-IO_THREADS = min(4, CORES) if CORES > 2 else 0
+#: Threads for file I/O, one per core up to 4 (0: every batch on the caller); a batch with
+#: fewer items than ``SERIAL_BELOW`` runs on the caller.  More threads than cores only pass
+#: the GIL around: on 2 cores a scan with 2 took 8% less time than with 4 (bench/README.md,
+#: "Sixth pass").  None at all cost less CPU but more time: the kernel's share of creating
+#: the documents' files then runs on one core ("Ninth pass").
+IO_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 SERIAL_BELOW = 8
 #: Items go to the threads in about this many chunks per thread (a future per item cost
 #: more Python than the item's own work for small files).
