@@ -84,6 +84,33 @@ def insert_v4_task(execute, mark: str = "?") -> None:
         )
 
 
+def check_batch_lookups(index) -> None:
+    """``ledger_seen`` and ``max_raw_versions`` answer for a whole batch, across chunks of
+    the IN list, as the per-file questions would: only the exact (size, mtime) seen last
+    is known, and only raw files count toward a task's highest version."""
+    from docwatch.core.model import Source
+
+    def source(task: str, kind: str, version: int, size: int = 10) -> Source:
+        folder = "draft_responses_raw" if kind == "raw" else "draft_responses"
+        relpath = f"3_generation/{folder}/{task}_v{version}.txt"
+        return Source("draft", kind, relpath, task, version, 10**18, size, f"{task}{version}")
+
+    many = [f"t{i:03d}" for i in range(450)]  # more than one chunk (in_chunks: 400)
+    sources = [source(t, "raw", 1 + i % 3) for i, t in enumerate(many)]
+    sources += [source("t000", "raw", 7), source("t000", "parsed", 9), source("p", "parsed", 4)]
+    with index.transaction():
+        index.put_sources(sources)
+    known = index.ledger_seen([s.relpath for s in sources] + ["3_generation/x/none_v1.txt"])
+    assert all(known(s.relpath, 10, 10**18) for s in sources)
+    assert not known(sources[0].relpath, 11, 10**18)  # another size
+    assert not known(sources[0].relpath, 10, 10**18 + 1)  # another mtime
+    assert not known("3_generation/x/none_v1.txt", 10, 10**18)
+    versions = index.max_raw_versions([("draft", t) for t in many] + [("draft", "p")])
+    assert versions[("draft", "t000")] == 7  # the parsed _v9 does not count
+    assert versions[("draft", "t449")] == 1 + 449 % 3
+    assert len(versions) == 450 and ("draft", "p") not in versions  # no raw file yet
+
+
 def query(location, sql: str, params=()) -> list[tuple]:
     """Rows of a read-only query on an index: an SQLite file, or a postgresql:// URL."""
     if isinstance(location, str) and location.startswith("postgresql://"):

@@ -275,9 +275,8 @@ FAULTS = (
         (
             (
                 "store/index.py",
-                '"SELECT 1 FROM sources WHERE relpath = ? AND seen_size = ? AND seen_mtime_ns = ?",\n'
-                "            (relpath, size, mtime_ns),",
-                '"SELECT 1 FROM sources WHERE relpath = ?",\n            (relpath,),',
+                "return lambda relpath, size, mtime_ns: (relpath, size, mtime_ns) in seen",
+                "return lambda relpath, size, mtime_ns: relpath in {s[0] for s in seen}",
             ),
         ),
         ("tests/test_identity.py",),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from conftest import V4_TASK_DOCS, insert_v4_task
+from conftest import V4_TASK_DOCS, check_batch_lookups, insert_v4_task
 from docwatch.core.model import Source
 from docwatch.errors import IndexCorrupt
 from docwatch.store.schema import (
@@ -228,3 +228,11 @@ def test_sqlite_streams_the_ledger_and_doc_ids_as_the_paged_reads_do(tmp_path):
     )
     assert list(index.doc_ids(page=3)) == list(SweepQueries.doc_ids(index, page=3)) == ids
     index.close()
+
+
+def test_a_batch_asks_the_ledger_and_the_raw_versions_once_for_all_its_files(tmp_path):
+    index = open_sqlite(tmp_path / "i.sqlite")
+    try:
+        check_batch_lookups(index)
+    finally:
+        index.close()

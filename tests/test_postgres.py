@@ -17,6 +17,7 @@ from conftest import (
     SNAPSHOT_COLUMNS,
     V4_TASK_DOCS,
     assert_tombstones,
+    check_batch_lookups,
     docs_tree,
     insert_v4_task,
     query,
@@ -347,3 +348,13 @@ def test_v4_index_learns_versions_and_readers_agree_before_and_after(tmp_path, p
     assert schema == 5
     assert versions == {doc_id: version for doc_id, version, _, _ in V4_TASK_DOCS}
     assert latest() == ("d1", "d1")
+
+
+def test_a_batch_asks_the_ledger_and_the_raw_versions_once_for_all_its_files(pg_url):
+    from docwatch.store.backend import open_index
+
+    index = open_index(pg_url)
+    try:
+        check_batch_lookups(index)
+    finally:
+        index.close()

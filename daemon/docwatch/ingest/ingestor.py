@@ -134,7 +134,8 @@ class Ingestor:
         self, candidates: Iterable[Candidate], *, ready: bool, known: Known | None
     ) -> list[Outcome]:
         now = time.time_ns()
-        known = known or self.index.ledger_knows
+        candidates = list(candidates)
+        known = known or self.index.ledger_seen(c.relpath for c in candidates)
         seen: dict[str, Outcome | tuple] = {}
         for cand in candidates:  # lstat and the ledger, here; the reads, on the I/O threads
             seen[cand.relpath] = (

@@ -16,7 +16,7 @@ from docwatch.core.layout import FolderRole, parse_name
 from docwatch.errors import DocwatchError
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.ingestor import BatchReport
-from docwatch.ingest.sources import Candidate
+from docwatch.ingest.sources import Candidate, Stat
 from docwatch.live.pending import Pending, PendingTable
 from docwatch.live.readiness import FileState, Policy, Verdict, decide
 
@@ -81,7 +81,8 @@ class Batches:
         now, now_ns = time.monotonic(), time.time_ns()
         cands: list[Candidate] = []
         for e in entries:
-            d = decide(e, file_state(e.path), now=now, now_ns=now_ns, policy=self.policy)
+            st = lstat_or_none(e.path)
+            d = decide(e, file_state(e.path, st), now=now, now_ns=now_ns, policy=self.policy)
             if d.verdict is Verdict.WAIT:
                 self.pending.put(
                     e.path,
@@ -96,7 +97,8 @@ class Batches:
                 )
             elif d.verdict is Verdict.READ:
                 relpath = f"{e.role.folder}/{os.path.basename(e.path)}"
-                cands.append(Candidate(Path(e.path), e.role, relpath))
+                lstat = None if st is None else Stat.of(st)  # the probe needs no second lstat
+                cands.append(Candidate(Path(e.path), e.role, relpath, lstat))
         if cands:
             self.ingest(cands + self.raws_behind(cands))
 
@@ -111,12 +113,15 @@ class Batches:
         assert self.indexer is not None
         queued = {str(c.path) for c in cands}
         extra: list[Candidate] = []
-        for c in cands:
-            name = parse_name(c.path.name)
-            if c.role.kind != "parsed" or isinstance(name, str):
-                continue
+        parsed = [
+            (c, name)
+            for c in cands
+            if c.role.kind == "parsed" and not isinstance(name := parse_name(c.path.name), str)
+        ]
+        indexed = self.indexer.index.max_raw_versions((c.role.stage, n.task_id) for c, n in parsed)
+        for c, name in parsed:
             try:
-                parsed_mtime = os.lstat(c.path).st_mtime_ns
+                parsed_mtime = (c.lstat or os.lstat(c.path)).st_mtime_ns
             except OSError:
                 continue
             complete = set()
@@ -128,7 +133,7 @@ class Batches:
                 queued.add(e.path)
                 relpath = f"{e.role.folder}/{os.path.basename(e.path)}"
                 extra.append(Candidate(Path(e.path), e.role, relpath))
-            first = self.indexer.index.max_raw_version(c.role.stage, name.task_id) + 1
+            first = indexed.get((c.role.stage, name.task_id), 0) + 1
             for folder, role in self.raw_dirs.get(c.role.stage, ()):
                 for version in range(first, first + RAW_LOOKAHEAD):
                     path = os.path.join(folder, f"{name.task_id}_v{version}.txt")
@@ -191,9 +196,17 @@ class Batches:
             self.last = (files, time.monotonic())
 
 
-def file_state(path: str) -> FileState | None:
+def lstat_or_none(path: str) -> os.stat_result | None:
     try:
-        st = os.lstat(path)
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def file_state(path: str, st: os.stat_result | None = None) -> FileState | None:
+    """What the readiness rules see of ``path`` (``st``: its lstat, when already taken)."""
+    try:
+        st = st or os.lstat(path)
     except FileNotFoundError:
         return None
     except OSError:  # unreadable: read it now, and the probe reports why

@@ -10,7 +10,7 @@ Every statement is parametrised.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -204,13 +204,15 @@ class Index(SweepQueries):
 
     # -- the ledger ----------------------------------------------------------------------
 
-    def ledger_knows(self, relpath: str, size: int, mtime_ns: int) -> bool:
-        """The no-read skip: did some ingested version of this path last look like this?"""
-        row = self.execute(
-            "SELECT 1 FROM sources WHERE relpath = ? AND seen_size = ? AND seen_mtime_ns = ?",
-            (relpath, size, mtime_ns),
-        ).fetchone()
-        return row is not None
+    def ledger_seen(self, relpaths: Iterable[str]) -> Callable[[str, int, int], bool]:
+        """The no-read skip for a batch's paths, in one query a chunk: ``known(relpath, size,
+        mtime_ns)`` says whether some ingested version of the path last looked like that."""
+        seen = set()
+        sql = "SELECT relpath, seen_size, seen_mtime_ns FROM sources WHERE relpath IN "
+        for chunk in in_chunks(sorted(set(relpaths))):
+            rows = self.execute(f"{sql}({_marks(chunk)})", chunk)
+            seen.update((r["relpath"], r["seen_size"], r["seen_mtime_ns"]) for r in rows)
+        return lambda relpath, size, mtime_ns: (relpath, size, mtime_ns) in seen
 
     def pinned(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Source]:
         """The ledger's Source (pinned facts) for each (relpath, sha256) already ingested."""
@@ -264,13 +266,18 @@ class Index(SweepQueries):
                     data.children.setdefault(parent, set()).add((r["stage"], r["task_id"]))
         return data
 
-    def max_raw_version(self, stage: str, task_id: str) -> int:
-        value = self.scalar(
-            "SELECT max(version) AS v FROM sources"
-            " WHERE stage = ? AND task_id = ? AND kind = 'raw'",
-            (stage, task_id),
+    def max_raw_versions(self, tasks: Iterable[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The highest raw version ingested for each task, in one query a chunk (a task with
+        no raw file yet is absent)."""
+        out = {}
+        sql = (
+            "SELECT stage, task_id, max(version) AS v FROM sources"
+            " WHERE kind = 'raw' AND (stage, task_id) IN {pairs} GROUP BY stage, task_id"
         )
-        return value or 0
+        for chunk in in_chunks(sorted(set(tasks))):
+            rows = self.execute(sql.format(pairs=_values(chunk)), [v for t in chunk for v in t])
+            out.update(((r["stage"], r["task_id"]), r["v"] or 0) for r in rows)
+        return out
 
     def put_sources(self, sources: Iterable[Source], seen: dict | None = None) -> None:
         """Record sources (first facts pinned) and the stat each was last seen with.
