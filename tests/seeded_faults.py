@@ -543,7 +543,7 @@ FAULTS = (
         "the readers' latest ignores the unversioned-first rule (created_at alone)",
         (
             (
-                "store/index.py",
+                "store/readsql.py",
                 'f" ORDER BY ({version} <> 0) DESC, d.created_at DESC, {version} DESC,',
                 'f" ORDER BY d.created_at DESC, {version} DESC,',
             ),

@@ -13,12 +13,12 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 from docwatch.core.clock import now_iso
 from docwatch.core.jsontext import sorted_json, sorted_text_json
 from docwatch.core.model import ParentCandidate, Source, TaskInfo
+from docwatch.store.readsql import LATEST, LATEST_BEFORE_V5, ROW, latest_sql
 from docwatch.store.schema import (
     ATTEMPT_COLUMNS,
     DOCUMENT_COLUMNS,
@@ -29,35 +29,12 @@ from docwatch.store.schema import (
 )
 from docwatch.store.sweeps import SweepQueries, in_chunks, task_info_from_row
 
-#: Statuses a reader may ask for; ``superseded`` documents are never anyone's latest.
-NEVER_LATEST = "superseded"
-
-
 _ATTEMPT_SELECT = (
     "a.version AS _version, a.created_at_ns AS _created_at_ns,"
     " a.parent_stage AS _parent_stage, a.parent_task_id AS _parent_task_id,"
     " a.parent_ref_ns AS _parent_ref_ns, a.raw_key AS _raw_key,"
     " a.parsed_key AS _parsed_key, a.prompt_key AS _prompt_key"
 )
-#: A reader's row: the seed's columns (not the ones kept for the order).
-_ROW = ", ".join(f"d.{c}" for c in DOCUMENT_COLUMNS)
-
-
-def _latest_template(source: str, version: str) -> str:
-    """A reader's "latest" statement (``{where}`` and ``{marks}`` still to fill) in the model's
-    order (core.model.attempt_order): unversioned first, then created_at, then version."""
-    return (
-        f"SELECT {_ROW} FROM {source} WHERE {{where}}"
-        " AND d.status IN ({marks}) AND d.status <> 'superseded'"
-        f" ORDER BY ({version} <> 0) DESC, d.created_at DESC, {version} DESC, d.doc_id DESC"
-        " LIMIT 1"
-    )
-
-
-#: idx_documents_latest(_logical) holds the rows in exactly this order: one seek.
-_LATEST = _latest_template("documents d", "d.version")
-#: Before schema v5 (a reader of an index its daemon has not migrated yet): the join, a sort.
-_LATEST_BEFORE_V5 = _latest_template("documents d JOIN attempts a USING (doc_id)", "a.version")
 
 
 def source_key(relpath: str, sha256: str) -> str:
@@ -134,7 +111,7 @@ class Index(SweepQueries):
         self.readonly = readonly
         self._in_transaction = False
         # A reader may open an index its daemon has not migrated yet (writers migrate).
-        self._latest = _LATEST if schema_version >= 5 else _LATEST_BEFORE_V5
+        self._latest = LATEST if schema_version >= 5 else LATEST_BEFORE_V5
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -248,7 +225,7 @@ class Index(SweepQueries):
             for r in self.execute(sql + pairs, params):
                 data.sources.setdefault((r["stage"], r["task_id"]), []).append(source_from_row(r))
             sql = (
-                f"SELECT {_ROW}, {_ATTEMPT_SELECT} FROM documents d JOIN attempts a USING (doc_id)"
+                f"SELECT {ROW}, {_ATTEMPT_SELECT} FROM documents d JOIN attempts a USING (doc_id)"
                 f" WHERE (d.stage, d.task_id) IN {pairs}"
             )
             for r in self.execute(sql, params):
@@ -349,16 +326,16 @@ class Index(SweepQueries):
     # -- readers --------------------------------------------------------------------------
 
     def get(self, doc_id: str) -> dict | None:
-        r = self.one(f"SELECT {_ROW} FROM documents d WHERE doc_id = ?", (doc_id,))
+        r = self.one(f"SELECT {ROW} FROM documents d WHERE doc_id = ?", (doc_id,))
         return None if r is None else row_to_dict(r)
 
     def latest_by_task(self, stage: str, task_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = _latest_sql(self._latest, "d.stage = ? AND d.task_id = ?", len(statuses))
+        sql = latest_sql(self._latest, "d.stage = ? AND d.task_id = ?", len(statuses))
         r = self.one(sql, [stage, task_id, *statuses])
         return None if r is None else row_to_dict(r)
 
     def latest_by_logical(self, logical_key_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = _latest_sql(self._latest, "d.logical_key_id = ?", len(statuses))
+        sql = latest_sql(self._latest, "d.logical_key_id = ?", len(statuses))
         r = self.one(sql, [logical_key_id, *statuses])
         return None if r is None else row_to_dict(r)
 
@@ -423,12 +400,6 @@ class Index(SweepQueries):
 
     def get_state(self, key: str) -> str | None:
         return self.scalar("SELECT value FROM state WHERE key = ?", (key,))
-
-
-@lru_cache(maxsize=64)
-def _latest_sql(template: str, where: str, statuses: int) -> str:
-    """A reader's statement, built once per shape (a reader calls it thousands of times)."""
-    return template.format(where=where, marks=", ".join("?" * statuses))
 
 
 def _marks(values: Sequence[str]) -> str:
