@@ -20,8 +20,9 @@ R = TypeVar("R")
 #: Threads for file I/O, one per core up to 4 (0: every batch on the caller); a batch with
 #: fewer items than ``SERIAL_BELOW`` runs on the caller.  More threads than cores only pass
 #: the GIL around: on 2 cores a scan with 2 took 8% less time than with 4 (bench/README.md,
-#: "Sixth pass").  None at all cost less CPU but more time: the kernel's share of creating
-#: the documents' files then runs on one core ("Ninth pass").
+#: "Sixth pass").  None at all took the same time for 10-15% less CPU ("Ninth pass"), but
+#: right after deletions the threads were twice as fast: they spread the kernel's share of
+#: file creation over the cores ("Fifth pass").
 IO_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 SERIAL_BELOW = 8
 #: Items go to the threads in about this many chunks per thread (a future per item cost
