@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from docwatch.core.clock import parse_iso
+from host import rmtree
 from livekit import (
     WRITERS,
     BenchFailed,
@@ -34,7 +35,6 @@ from livekit import (
 from livekit import (
     median_range as mr,
 )
-from run import rmtree
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))

@@ -44,7 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from run import fs_type, rmtree  # noqa: E402
+from host import fs_type, rmtree  # noqa: E402
 
 _libc = ctypes.CDLL(None, use_errno=True)
 DATA = os.urandom(4096)

@@ -68,6 +68,7 @@ from pathlib import Path
 
 from burst import burst_round, summarise_burst
 from bytecode import compile_docwatch
+from host import docwatch_version, fs_type, git_rev, machine, rmtree
 from livekit import (
     WRITERS,
     BenchFailed,
@@ -85,7 +86,6 @@ from livekit import (
     self_cpu_s,
 )
 from livereport import summarise, table
-from run import docwatch_version, fs_type, git_rev, machine, rmtree
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))

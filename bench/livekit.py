@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from run import log  # noqa: E402, F401  (re-exported for the live benches)
+from host import log  # noqa: E402, F401  (re-exported for the live benches)
 from support import NotifySocket  # noqa: E402  (the same stand-in for systemd the tests use)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -44,11 +44,8 @@ from pathlib import Path
 
 import live
 import livekit
-from livekit import BenchFailed, log, spread
-from livekit import median_range as mr  # tables: "median (min–max)"
-from run import (
+from host import (
     CommandFailed,
-    build_tree,
     docwatch_version,
     fs_type,
     git_rev,
@@ -56,8 +53,10 @@ from run import (
     rmtree,
     run,
     timed_sync,
-    totals,
 )
+from livekit import BenchFailed, log, spread
+from livekit import median_range as mr  # tables: "median (min–max)"
+from run import build_tree, totals
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))

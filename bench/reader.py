@@ -45,8 +45,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from host import docwatch_version, fs_type, git_rev, machine, rmtree
 from livekit import BenchFailed, log, median_range, pct, spread
-from run import docwatch_version, fs_type, git_rev, machine, rmtree
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "examples"))
