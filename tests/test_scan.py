@@ -9,6 +9,7 @@ import sqlite3
 import time
 import tracemalloc
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import legacy_tree
@@ -17,6 +18,7 @@ from docwatch import DocumentsIndex
 from docwatch.ingest import pool
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import list_candidates, scan
+from docwatch.ingest.sources import Stat
 from docwatch.ingest.verify import verify
 from docwatch.store.rebuild import rebuild
 
@@ -257,6 +259,30 @@ def test_vanished_between_listing_and_reading(tmp_path):
         indexer.close()
     assert report.counts[("draft", "docs_created")] == 1
     assert report.counts[("draft", "ignored")] == 1
+
+
+def test_bytes_rewritten_after_their_stat_are_described_by_what_was_read(tmp_path):
+    """The daemon probes with the stat its readiness rule took, a moment before the read: a
+    file rewritten in that moment (same inode, new bytes, new mtime) is recorded with the size
+    and mtime of the bytes read, never with the earlier stat's."""
+    data_root = tmp_path / "data"
+    path = write(data_root / RAW / "late__t__m_v1.txt", b"first bytes\n")
+    cfg = make_config(data_root)
+    # each with its lstat taken now, as the daemon's readiness rule passes it to the probe
+    cands = [replace(c, lstat=Stat.of(os.lstat(c.path))) for c in list_candidates(cfg, ("draft",))]
+    with open(path, "r+b") as f:  # in place, as the pipeline writes raw files
+        f.write(b"second, longer bytes\n")
+    os.utime(path, ns=(cands[0].lstat.st_mtime_ns + 10**9,) * 2)
+    indexer = Indexer(cfg, "t")
+    try:
+        indexer.ingest(cands, ready=True)
+    finally:
+        indexer.close()
+    st = path.stat()
+    rows = sqlite3.connect(cfg.db).execute("SELECT size, seen_size, seen_mtime_ns FROM sources")
+    assert rows.fetchall() == [(st.st_size, st.st_size, st.st_mtime_ns)]
+    (doc,) = docs_tree(cfg.docs_root).values()
+    assert doc == b"second, longer bytes\n"
 
 
 def test_unversioned_legacy_and_links_folders(tmp_path):

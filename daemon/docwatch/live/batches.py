@@ -120,20 +120,21 @@ class Batches:
         ]
         indexed = self.indexer.index.max_raw_versions((c.role.stage, n.task_id) for c, n in parsed)
         for c, name in parsed:
+            task = (c.role.stage, name.task_id)
             try:
                 parsed_mtime = (c.lstat or os.lstat(c.path)).st_mtime_ns
             except OSError:
                 continue
             complete = set()
-            for path in self.pending.raws_of(c.task) - queued:  # waiting here: close or settle
+            for path in self.pending.raws_of(task) - queued:  # waiting here: close or settle
                 st = file_state(path)
                 if st is not None and st.regular and st.mtime_ns <= parsed_mtime:
                     complete.add(path)
-            for e in self.pending.take_raws(c.task, complete):
+            for e in self.pending.take_raws(task, complete):
                 queued.add(e.path)
                 relpath = f"{e.role.folder}/{os.path.basename(e.path)}"
                 extra.append(Candidate(Path(e.path), e.role, relpath))
-            first = indexed.get((c.role.stage, name.task_id), 0) + 1
+            first = indexed.get(task, 0) + 1
             for folder, role in self.raw_dirs.get(c.role.stage, ()):
                 for version in range(first, first + RAW_LOOKAHEAD):
                     path = os.path.join(folder, f"{name.task_id}_v{version}.txt")

@@ -330,12 +330,12 @@ class Index(SweepQueries):
         return None if r is None else row_to_dict(r)
 
     def latest_by_task(self, stage: str, task_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = latest_sql(self._latest, "d.stage = ? AND d.task_id = ?", len(statuses))
+        sql = latest_sql(self._latest, "d.stage = ? AND d.task_id = ?", _marks(statuses))
         r = self.one(sql, [stage, task_id, *statuses])
         return None if r is None else row_to_dict(r)
 
     def latest_by_logical(self, logical_key_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = latest_sql(self._latest, "d.logical_key_id = ?", len(statuses))
+        sql = latest_sql(self._latest, "d.logical_key_id = ?", _marks(statuses))
         r = self.one(sql, [logical_key_id, *statuses])
         return None if r is None else row_to_dict(r)
 

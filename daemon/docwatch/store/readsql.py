@@ -30,6 +30,6 @@ LATEST_BEFORE_V5 = latest_template("documents d JOIN attempts a USING (doc_id)",
 
 
 @lru_cache(maxsize=64)
-def latest_sql(template: str, where: str, statuses: int) -> str:
+def latest_sql(template: str, where: str, marks: str) -> str:
     """A reader's statement, built once per shape (a reader calls it thousands of times)."""
-    return template.format(where=where, marks=", ".join("?" * statuses))
+    return template.format(where=where, marks=marks)
