@@ -30,6 +30,7 @@ from docwatch.live.events import (
     OverflowDetector,
     WatchSet,
 )
+from docwatch.live.inotify import FifoInotifyObserver, UnpairedMoves
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.watcher import Watcher
 from support import wait_until
@@ -43,6 +44,7 @@ from watchdog.events import (
 )
 from watchdog.observers import inotify_c
 from watchdog.observers.inotify import InotifyObserver
+from watchdog.observers.inotify_move_event_grouper import PathedInotifyEvent
 
 RAW = "3_generation/draft_responses_raw"
 PARSED = "3_generation/draft_responses"
@@ -172,6 +174,69 @@ def test_watchdog_71_delivers_what_the_watcher_relies_on(tmp_path):
     finally:
         obs.stop()
         obs.join(5)
+
+
+def test_the_daemon_s_observer_gives_every_rename_s_destination_once_and_stops(tmp_path):
+    """``FifoInotifyObserver`` (renames unpaired): a burst of renames into place gives one
+    move per destination, in the order written; a file's ``IN_MOVED_FROM`` never arrives, a
+    folder's does (the watches are re-armed); stopping ends every thread."""
+    watched, outside = tmp_path / "w", tmp_path / "outside"
+    watched.mkdir()
+    outside.mkdir()
+    rec = _Recorder()
+    obs = FifoInotifyObserver()
+    obs.start()
+    obs.schedule(rec, str(watched), recursive=False, event_filter=EVENT_FILTER)
+    finals = [watched / f"t{i:04d}_v1.txt" for i in range(300)]
+    try:
+        for i, final in enumerate(finals):
+            write_atomic(final, b"x" * (i % 7))  # the emitter falls behind: a queue builds up
+        (watched / "raw_v1.txt").write_bytes(b"in place")
+        (watched / "sub").mkdir()
+        os.rename(watched / "sub", outside / "sub")
+
+        def folder_moved_away():
+            return [e for e in rec.events if type(e).__name__ == "DirMovedEvent"]
+
+        wait_until(folder_moved_away, 10, what="the folder moved away")
+        moves = [e for e in rec.events if isinstance(e, FileMovedEvent)]
+        assert [(e.src_path, e.dest_path) for e in moves] == [("", str(f)) for f in finals]
+        assert [(e.src_path, e.dest_path) for e in folder_moved_away()] == [
+            (str(watched / "sub"), "")
+        ]
+        assert [e.src_path for e in rec.events if isinstance(e, FileClosedEvent)][-1] == str(
+            watched / "raw_v1.txt"
+        )
+        emitters = list(obs.emitters)
+    finally:
+        stopper = threading.Thread(target=obs.stop, daemon=True)  # joins every emitter
+        stopper.start()
+        stopper.join(5)
+        obs.join(5)
+    assert not stopper.is_alive(), "stopping hung: an emitter stayed blocked in its queue"
+    assert not obs.is_alive() and emitters and not [e for e in emitters if e.is_alive()]
+
+
+def test_unpaired_moves_discards_on_overflow_but_keeps_a_close():
+    moves = UnpairedMoves()
+    for i in range(3):
+        moves.put_event(
+            PathedInotifyEvent(
+                inotify_c.InotifyEvent(1, inotify_c.InotifyConstants.IN_CREATE, 0, b"f%d" % i),
+                b"/w/f%d" % i,
+            )
+        )
+    assert moves.read_event().path == b"/w/f0"
+    moves.discard_pending_events()  # the kernel's queue overflowed: f1 and f2 are dropped
+    reads: queue.SimpleQueue = queue.SimpleQueue()
+    reader = threading.Thread(target=lambda: [reads.put(moves.read_event()) for _ in range(2)])
+    reader.start()
+    time.sleep(0.2)  # the emitter waits in read_event
+    moves.close()
+    moves.discard_pending_events()  # an overflow racing the close must not eat its wake-up
+    reader.join(5)
+    assert not reader.is_alive(), "the emitter stayed blocked after the close"
+    assert [reads.get(), reads.get()] == [None, None]  # closed stays closed
 
 
 def test_overflow_is_only_a_log_warning_and_the_detector_sees_it():

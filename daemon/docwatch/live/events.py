@@ -6,7 +6,8 @@ Measured with watchdog 7.1 on Linux/ext4 (pinned by tests/test_watch.py), with t
 * raw written in place (``write_text``): ``FileCreatedEvent`` then ``FileClosedEvent``
   (IN_CLOSE_WRITE) once the writer closes it: ready at the close, never at the create;
 * ``.tmp`` + ``os.replace`` (prompts, parsed): created/closed for the ``.tmp`` name, then
-  ``FileMovedEvent(tmp -> final)``: ready at the move;
+  ``FileMovedEvent(tmp -> final)``, or ``('' -> final)`` through the daemon's own observer,
+  which leaves renames unpaired (``live/inotify.py``): ready at the move;
 * a file renamed in from outside the watched folder: ``FileMovedEvent('' -> final)`` (only a
   ``FileCreatedEvent`` without ``generate_full_events``): ready at the move;
 * ``mkdir sub && write sub/x`` under a non-recursive watch: only ``DirCreatedEvent(sub)``; the
@@ -59,8 +60,6 @@ log = logging.getLogger("docwatch.watch")
 OVERFLOW_LOGGER = "watchdog.observers.inotify_c"
 OVERFLOW_MESSAGE = "Inotify queue overflowed"
 
-#: Seconds watchdog may hold a rename's first half to pair it (its default: 0.5).
-MOVE_PAIRING_DELAY = 0.0
 #: What the handler asks for: only these reach it, and the inotify mask is built from them
 #: (IN_CLOSE_WRITE | IN_MOVE | IN_CREATE | IN_DELETE | IN_DELETE_SELF; no IN_MODIFY/IN_OPEN).
 EVENT_FILTER: list[type[FileSystemEvent]] = [
@@ -204,16 +203,11 @@ class WatchSet:
             from watchdog.observers.polling import PollingObserver
 
             return PollingObserver(timeout=self.poll_interval)
-        from watchdog.observers.inotify import InotifyObserver
-        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+        from docwatch.live.inotify import FifoInotifyObserver
 
-        # watchdog holds an IN_MOVED_FROM up to 0.5 s to pair it with its IN_MOVED_TO, and
-        # its emitter sleeps all that time when it meets the FROM first: every later event of
-        # the folder waits behind it.  Only a move's destination matters here, and an unpaired
-        # IN_MOVED_TO is a move in (ready) just the same, so nothing is held.
-        InotifyMoveEventGrouper.delay = MOVE_PAIRING_DELAY
-        # Full events: a file renamed in from another folder arrives as a move (ready).
-        return InotifyObserver(generate_full_events=True)
+        # Full events (a file renamed in from another folder arrives as a move: ready), and
+        # renames left unpaired: only a move's destination matters here (live/inotify.py).
+        return FifoInotifyObserver()
 
     def start(self) -> None:
         try:
