@@ -15,10 +15,11 @@ the disk cost for the operations a document needs, with no docwatch code in the 
     inotify       events delivered to a watchdog observer per second for files closed in a
                   watched folder by 4 writer threads (docwatch's event path, without docwatch)
     event path    CPU per file of docwatch's own event path (watchdog's observer with the
-                  daemon's mask, move-pairing delay and handler, into its queue, drained),
+                  daemon's mask, renames unpaired, and its handler, into its queue, drained),
                   while a separate writer process writes the pipeline's way (2 of 3 files
                   renamed into place, 1 of 3 written in place): what the live path spends
-                  before any ingest, mostly under the GIL
+                  before any ingest, mostly under the GIL; and the same with watchdog's own
+                  observer, which pairs renames (the daemon's event path before the tenth pass)
 
 Each is measured ``--rounds`` times on the filesystem of ``--dir`` (default: bench/out, the tree's
 own filesystem) and reported as median (min–max).  From them: the floor of a scan (per source
@@ -205,12 +206,16 @@ for i in range(n):
 """
 
 
-def event_path_cpu(base: Path, n: int) -> float:
+def event_path_cpu(base: Path, n: int, *, watchdog_pairing: bool = False) -> float:
     """Seconds of this process's CPU per file for docwatch's event path (see the docstring):
-    the daemon's own ``WatchSet`` (observer, mask, move-pairing delay) and handler."""
+    the daemon's own ``WatchSet`` (observer, mask, renames unpaired) and handler.
+    ``watchdog_pairing``: watchdog's own observer instead, which pairs renames by scanning a
+    queue (as the daemon ran it before ``live/inotify.py``: no 0.5 s hold), for reference."""
     from docwatch.live.events import READY, EnqueueHandler, WatchSet
+    from watchdog.observers.inotify import InotifyObserver
+    from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 
-    folder = str(base / "events")
+    folder = str(base / ("events-pairing" if watchdog_pairing else "events"))
     os.mkdir(folder)
     out: queue.SimpleQueue = queue.SimpleQueue()
     watches = WatchSet(
@@ -219,7 +224,14 @@ def event_path_cpu(base: Path, n: int) -> float:
         polling=False,
         poll_interval=1.0,
     )
-    watches.start()
+    hold = InotifyMoveEventGrouper.delay
+    if watchdog_pairing:
+        InotifyMoveEventGrouper.delay = 0.0
+        watches._new_observer = lambda: InotifyObserver(generate_full_events=True)
+    try:
+        watches.start()
+    finally:
+        InotifyMoveEventGrouper.delay = hold  # read once, as each watch's queue is made
     try:
         cpu = time.process_time()
         writer = subprocess.Popen([sys.executable, "-c", WRITER, folder, str(n)])
@@ -255,6 +267,9 @@ def round_measures(base: Path, files: int) -> dict:
         "flush_64_docs_fsync_each_ms": lambda: batch_flush(base, 64, each=True) * 1e3,
         "inotify_close_events_per_s": lambda: inotify_rate(base, files),
         "event_path_cpu_us_per_file": lambda: event_path_cpu(base, files) * 1e6,
+        "event_path_watchdog_pairing_us": lambda: (
+            event_path_cpu(base, files, watchdog_pairing=True) * 1e6
+        ),
     }
 
 
@@ -313,9 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{after / create:.1f}× a creation with no deletion before it"
     )
     events = summary["event_path_cpu_us_per_file"][0]
+    pairing = summary["event_path_watchdog_pairing_us"][0]
     print(
         f"event path: {events:.0f} µs of CPU per file before any ingest"
         f" → at most {1e6 / events:,.0f} files/s if the daemon did nothing else"
+        f" (watchdog's own observer, renames paired: {pairing:.0f} µs,"
+        f" {pairing / events:.2f}×)"
     )
     out = args.dir / "floor.json"
     rows = {k: list(v) for k, v in summary.items()}
