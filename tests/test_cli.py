@@ -220,6 +220,23 @@ def test_corrupt_index_exit_3_then_rebuild_recovers(indexed):
     assert snapshot(cfg.db) == before
 
 
+def test_io_threads_setting_reaches_the_scan(tree):
+    """``DOCWATCH_IO_THREADS=0``: the scan reads and stages on its own thread (no pool)."""
+    from docwatch.ingest import pool
+
+    data_root, summary = tree
+    pool.use_io_threads(None)
+    pool.use_io_threads(1)  # a pool of another size, made and let go by the setting
+    pool._executor()
+    try:
+        result = run("scan", "--data-root", data_root, env={"DOCWATCH_IO_THREADS": "0"})
+        assert result.exit_code == 0, result.output
+        assert (pool.IO_THREADS, pool._pool) == (0, None)
+    finally:
+        pool.use_io_threads(None)
+    assert len(snapshot(make_config(data_root).db)) == sum(summary.attempts.values())
+
+
 def test_bad_config_lists_every_problem_exit_2(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('pair_window = "ten"\nsettle_seconds = "x"\nbogus = 1\n')

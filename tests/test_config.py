@@ -105,6 +105,24 @@ def test_unrelated_flags_are_ignored() -> None:
     assert load_config(env={}, flags={"dry_run": True, "json": False}) == load_config(env={})
 
 
+def test_io_threads_is_auto_or_a_count_from_zero(tmp_path: Path) -> None:
+    assert load_config(env={}).io_threads is None  # auto: one a core, at most 4
+    path = write(tmp_path, "io_threads = 0\n")
+    assert load_config(path, env={}).io_threads == 0
+    assert load_config(path, env={"DOCWATCH_IO_THREADS": "3"}).io_threads == 3
+    assert load_config(path, env={"DOCWATCH_IO_THREADS": "Auto"}).io_threads is None
+    bad = write(tmp_path, "io_threads = -1\n", name="bad.toml")
+    problems = problems_of(config_file=bad, env={})
+    assert problems == [
+        f'io_threads = -1 (from {bad}): expected "auto" or a whole number from 0 '
+        "(no I/O threads) to 64"
+    ]
+    for raw in ("many", "65", "true", "1.5"):
+        assert problems_of(env={"DOCWATCH_IO_THREADS": raw})[0].startswith(
+            f'io_threads = "{raw}" (from env DOCWATCH_IO_THREADS): expected "auto"'
+        )
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     path = write(tmp_path, 'pair_window = "ten"\nbatch_max_files = 0\nobserver = "fanotify"\n')
     problems = problems_of(config_file=path, env={"DOCWATCH_LINK": "maybe"})

@@ -124,17 +124,20 @@ def test_any_batching_and_order_converges_to_one_scan(tree, copy_tree, tmp_path)
         assert docs_tree(cfg.docs_root) == docs_tree(golden_cfg.docs_root)
 
 
-def test_io_threads_and_the_caller_make_the_same_documents(tree, copy_tree, tmp_path, monkeypatch):
-    """Reading and staging on the I/O threads or all on the caller (``IO_THREADS = 0``)
+def test_io_threads_and_the_caller_make_the_same_documents(tree, copy_tree, tmp_path):
+    """Reading and staging on the I/O threads or all on the caller (``io_threads = 0``)
     make the same documents."""
     data_root, _ = tree
-    monkeypatch.setattr(pool, "IO_THREADS", 0)
-    serial_cfg, _ = run_scan(data_root)
-    monkeypatch.setattr(pool, "IO_THREADS", 2)
-    monkeypatch.setattr(pool, "_pool", None)
-    threaded_cfg, _ = run_scan(copy_tree(data_root, tmp_path / "threaded"))
-    assert pool._pool is not None, "no batch went to the I/O threads"
-    pool._pool.shutdown()
+    try:
+        pool.use_io_threads(0)
+        serial_cfg, _ = run_scan(data_root)
+        assert pool._pool is None, "io_threads = 0 made I/O threads"
+        pool.use_io_threads(2)
+        threaded_cfg, _ = run_scan(copy_tree(data_root, tmp_path / "threaded"))
+        assert pool._pool is not None, "no batch went to the I/O threads"
+        assert pool._pool._max_workers == 2
+    finally:
+        pool.use_io_threads(None)
     assert snapshot(threaded_cfg.db) == snapshot(serial_cfg.db)
     assert docs_tree(threaded_cfg.docs_root) == docs_tree(serial_cfg.docs_root)
 

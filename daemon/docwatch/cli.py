@@ -92,8 +92,13 @@ def handle_errors(func):
 
 
 def make_config(config_file, **flags):
+    """The effective settings, with the process-wide ones applied (logging, I/O threads)."""
     cfg = load_config(config_file, None, flags)
     logs.setup(cfg.log_level, cfg.log_format)
+    if cfg.io_threads is not None:  # "auto" needs nothing (and a reader no I/O threads)
+        from docwatch.ingest.pool import use_io_threads
+
+        use_io_threads(cfg.io_threads)
     return cfg
 
 

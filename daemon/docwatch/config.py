@@ -59,6 +59,7 @@ class Config:
     poll_interval: float
     batch_max_files: int
     batch_max_delay: float
+    io_threads: int | None
     log_level: str
     log_format: str
     file_mode: int
@@ -127,6 +128,17 @@ def _whole(units: dict[str | None, int], expected: str) -> Callable[[object], in
         return value
 
     return parse
+
+
+def _io_threads(value: object) -> int | None:
+    """ "auto" (one thread per core, at most 4: None) or a count from 0 (all on the caller)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 64:
+        raise _Bad('expected "auto" or a whole number from 0 (no I/O threads) to 64')
+    return value
 
 
 def _mode(required: int) -> Callable[[object], int]:
@@ -217,6 +229,7 @@ _FIELDS: dict[str, tuple[Callable[[object], object], object]] = {
     "poll_interval": (_positive_duration, 2.0),
     "batch_max_files": (_whole({None: 1}, "expected a whole number of at least 1"), 2000),
     "batch_max_delay": (_duration, 0.0),
+    "io_threads": (_io_threads, None),
     "log_level": (_choice(*_LEVELS, upper=True), "INFO"),
     "log_format": (_choice("auto", "human", "journal", "json"), "auto"),
     "file_mode": (_mode(0o400), 0o644),

@@ -17,13 +17,14 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Threads for file I/O, one per core up to 4 (0: every batch on the caller); a batch with
-#: fewer items than ``SERIAL_BELOW`` runs on the caller.  More threads than cores only pass
-#: the GIL around: on 2 cores a scan with 2 took 8% less time than with 4 (bench/README.md,
-#: "Sixth pass").  None at all took the same time for 10-15% less CPU ("Ninth pass"), but
-#: right after deletions the threads were twice as fast: they spread the kernel's share of
-#: file creation over the cores ("Fifth pass").
-IO_THREADS = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+#: Threads for file I/O, one per core up to 4 (the ``io_threads`` setting; 0: every batch on
+#: the caller); a batch with fewer items than ``SERIAL_BELOW`` runs on the caller.  More
+#: threads than cores only pass the GIL around: on 2 cores a scan with 2 took 8% less time
+#: than with 4 (bench/README.md, "Sixth pass").  None at all took the same time for 10-15%
+#: less CPU ("Ninth pass"), but right after deletions the threads were twice as fast: they
+#: spread the kernel's share of file creation over the cores ("Fifth pass").
+IO_THREADS_AUTO = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+IO_THREADS = IO_THREADS_AUTO
 SERIAL_BELOW = 8
 #: Items go to the threads in about this many chunks per thread (a future per item cost
 #: more Python than the item's own work for small files).
@@ -40,6 +41,19 @@ def _forget_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def use_io_threads(count: int | None) -> None:
+    """The ``io_threads`` setting: ``count`` threads from the next batch on (None: one per
+    core, at most 4; 0: every batch on the caller).  A pool of another size is let go."""
+    global IO_THREADS, _pool
+    count = IO_THREADS_AUTO if count is None else count
+    with _lock:
+        if count == IO_THREADS:
+            return
+        IO_THREADS, old, _pool = count, _pool, None
+    if old is not None:
+        old.shutdown(wait=True)
 
 
 def _executor() -> ThreadPoolExecutor:
