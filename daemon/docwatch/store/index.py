@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from docwatch.core.clock import now_iso
-from docwatch.core.jsontext import sorted_json, sorted_text_json
+from docwatch.core.jsontext import sorted_text_json
 from docwatch.core.model import ParentCandidate, Source, TaskInfo
 from docwatch.store.readsql import LATEST, LATEST_BEFORE_V5, ROW, latest_sql
+from docwatch.store.records import WriterRecords
 from docwatch.store.schema import (
     ATTEMPT_COLUMNS,
     DOCUMENT_COLUMNS,
@@ -27,6 +28,7 @@ from docwatch.store.schema import (
     SOURCE_COLUMNS,
     TASK_COLUMNS,
 )
+from docwatch.store.sqltext import marks, pair_values, upsert_sql
 from docwatch.store.sweeps import SweepQueries, in_chunks, task_info_from_row
 
 _ATTEMPT_SELECT = (
@@ -44,16 +46,6 @@ def source_key(relpath: str, sha256: str) -> str:
 def split_source_key(key: str) -> tuple[str, str]:
     sha, _, relpath = key.partition(":")
     return relpath, sha
-
-
-def upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
-    """``INSERT … ON CONFLICT (key) DO UPDATE`` every other column (both engines)."""
-    others = [c for c in columns if c not in key]
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        f" ON CONFLICT ({', '.join(key)}) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in others)
-    )
 
 
 _PUT_DOCUMENT = upsert_sql("documents", DOCUMENT_COLUMNS + DOCUMENT_ORDER_COLUMNS, ["doc_id"])
@@ -88,7 +80,7 @@ def source_from_row(r: Any) -> Source:
     )
 
 
-class Index(SweepQueries):
+class Index(SweepQueries, WriterRecords):
     """One connection to the index.  Not thread-safe: one per thread (readers lock around it).
 
     ``location`` names the index in messages (a file path or a URL without its password).
@@ -187,7 +179,7 @@ class Index(SweepQueries):
         seen = set()
         sql = "SELECT relpath, seen_size, seen_mtime_ns FROM sources WHERE relpath IN "
         for chunk in in_chunks(sorted(set(relpaths))):
-            rows = self.execute(f"{sql}({_marks(chunk)})", chunk)
+            rows = self.execute(f"{sql}({marks(chunk)})", chunk)
             seen.update((r["relpath"], r["seen_size"], r["seen_mtime_ns"]) for r in rows)
         return lambda relpath, size, mtime_ns: (relpath, size, mtime_ns) in seen
 
@@ -196,7 +188,7 @@ class Index(SweepQueries):
         out = {}
         sql = f"SELECT {', '.join(SOURCE_COLUMNS)} FROM sources WHERE (relpath, sha256) IN "
         for chunk in in_chunks(list(keys)):
-            for r in self.execute(sql + _values(chunk), [v for k in chunk for v in k]):
+            for r in self.execute(sql + pair_values(chunk), [v for k in chunk for v in k]):
                 out[(r["relpath"], r["sha256"])] = source_from_row(r)
         return out
 
@@ -218,7 +210,7 @@ class Index(SweepQueries):
         data = TasksData()
         for chunk in in_chunks(sorted(set(tasks))):
             params = [v for task in chunk for v in task]
-            pairs = _values(chunk)
+            pairs = pair_values(chunk)
             for r in self.execute(f"SELECT * FROM tasks WHERE (stage, task_id) IN {pairs}", params):
                 data.facts[(r["stage"], r["task_id"])] = task_info_from_row(r)
             sql = f"SELECT {', '.join(SOURCE_COLUMNS)} FROM sources WHERE (stage, task_id) IN "
@@ -235,7 +227,7 @@ class Index(SweepQueries):
             sql = (
                 "SELECT DISTINCT d.stage, d.task_id, a.parent_stage, a.parent_task_id"
                 " FROM attempts a JOIN documents d USING (doc_id)"
-                f" WHERE a.parent_task_id IN ({_marks(ids)})"
+                f" WHERE a.parent_task_id IN ({marks(ids)})"
             )
             for r in self.execute(sql, ids):
                 for stage in [r["parent_stage"]] if r["parent_stage"] else ["essay", "draft"]:
@@ -252,7 +244,7 @@ class Index(SweepQueries):
             " WHERE kind = 'raw' AND (stage, task_id) IN {pairs} GROUP BY stage, task_id"
         )
         for chunk in in_chunks(sorted(set(tasks))):
-            rows = self.execute(sql.format(pairs=_values(chunk)), [v for t in chunk for v in t])
+            rows = self.execute(sql.format(pairs=pair_values(chunk)), [v for t in chunk for v in t])
             out.update(((r["stage"], r["task_id"]), r["v"] or 0) for r in rows)
         return out
 
@@ -330,87 +322,14 @@ class Index(SweepQueries):
         return None if r is None else row_to_dict(r)
 
     def latest_by_task(self, stage: str, task_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = latest_sql(self._latest, "d.stage = ? AND d.task_id = ?", _marks(statuses))
+        sql = latest_sql(self._latest, "d.stage = ? AND d.task_id = ?", marks(statuses))
         r = self.one(sql, [stage, task_id, *statuses])
         return None if r is None else row_to_dict(r)
 
     def latest_by_logical(self, logical_key_id: str, statuses: Sequence[str]) -> dict | None:
-        sql = latest_sql(self._latest, "d.logical_key_id = ?", _marks(statuses))
+        sql = latest_sql(self._latest, "d.logical_key_id = ?", marks(statuses))
         r = self.one(sql, [logical_key_id, *statuses])
         return None if r is None else row_to_dict(r)
-
-    # -- problems, intents, state ----------------------------------------------------------
-
-    def put_problems(self, problems: Iterable[tuple[str, str]]) -> None:
-        seen = now_iso()
-        self.executemany(
-            "INSERT INTO problems (relpath, reason, seen_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (relpath) DO UPDATE SET reason = excluded.reason,"
-            " seen_at = excluded.seen_at",
-            [(relpath, reason, seen) for relpath, reason in problems],
-        )
-
-    def put_intents(self, writer: str, intents: Iterable[tuple[str, str, str, str, dict]]) -> None:
-        """(doc_id, stage, task_id, op, detail) of each document a batch is about to write."""
-        self.executemany(
-            upsert_sql(
-                "intents",
-                ("doc_id", "stage", "task_id", "op", "phase", "writer", "detail"),
-                ["doc_id"],
-            ),
-            [
-                (doc_id, stage, task_id, op, "staged", writer, sorted_json(detail))
-                for doc_id, stage, task_id, op, detail in intents
-            ],
-        )
-
-    def mark_intents_committed(self, doc_ids: Iterable[str]) -> None:
-        self.executemany(
-            "UPDATE intents SET phase = 'committed' WHERE doc_id = ?", [(d,) for d in doc_ids]
-        )
-
-    def take_intents(self, writer: str) -> list[dict]:
-        rows = self.all(
-            "SELECT doc_id, stage, task_id, op, phase, detail FROM intents WHERE writer = ?",
-            (writer,),
-        )
-        for r in rows:
-            r["detail"] = json.loads(r["detail"]) if r["detail"] else {}
-        return rows
-
-    def clear_intents(self, writer: str, doc_ids: Iterable[str] | None = None) -> None:
-        if doc_ids is None:
-            self.execute("DELETE FROM intents WHERE writer = ?", (writer,))
-        else:
-            self.executemany(
-                "DELETE FROM intents WHERE doc_id = ? AND writer = ?",
-                [(d, writer) for d in doc_ids],
-            )
-
-    def set_state(self, key: str, value: str) -> None:
-        self.execute(upsert_sql("state", ("key", "value"), ["key"]), (key, value))
-
-    def set_state_once(self, key: str, value: str) -> str:
-        """Set ``key`` unless it is set; return the value that stands (first writer wins)."""
-        self.execute(
-            "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-            (key, value),
-        )
-        return self.get_state(key) or value
-
-    def get_state(self, key: str) -> str | None:
-        return self.scalar("SELECT value FROM state WHERE key = ?", (key,))
-
-
-def _marks(values: Sequence[str]) -> str:
-    return ", ".join("?" * len(values))
-
-
-def _values(pairs: Sequence[tuple]) -> str:
-    """The right side of a row-value IN of pairs.  A subquery over ``VALUES``, not a bare
-    ``(VALUES …)``: SQLite searches the index for each pair only in this form (the bare one
-    scans the whole table, so every batch of a scan got slower as the index grew)."""
-    return "(SELECT column1, column2 FROM (VALUES " + ", ".join("(?, ?)" for _ in pairs) + ") AS v)"
 
 
 @dataclass
