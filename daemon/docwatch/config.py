@@ -131,7 +131,7 @@ def _whole(units: dict[str | None, int], expected: str) -> Callable[[object], in
 
 
 def _io_threads(value: object) -> int | None:
-    """ "auto" (one thread per core, at most 4: None) or a count from 0 (all on the caller)."""
+    """Either "auto" (None: one thread per core, at most 4) or a count from 0 (no threads)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return None
     if isinstance(value, str) and value.strip().isdigit():
