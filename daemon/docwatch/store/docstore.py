@@ -286,9 +286,7 @@ class Batch:
             if staged.op is Op.CREATE:
                 if target.parent not in touched:
                     target.parent.mkdir(parents=True, exist_ok=True, mode=self.store.dir_mode)
-                if target.exists():  # rebuilt from scratch (verify --repair, a damaged dir)
-                    shutil.rmtree(target)
-                os.rename(staged.staged_dir, target)
+                _rename_over_dir(staged.staged_dir, target)
                 touched.add(target.parent)
             else:
                 for name in staged.add:
@@ -328,6 +326,20 @@ class Batch:
         else:
             for directory in directories:
                 fsync_dir(directory)
+
+
+def _rename_over_dir(staged: Path, target: Path) -> None:
+    """Rename a staged directory into place; one there already (a document rebuilt from
+    scratch: ``verify --repair``, a damaged directory) is removed first.  The rename is tried
+    first, so a new document costs no stat of its target (4% of a scan's main-thread samples;
+    within the noise of its wall time, bench/README.md "Tenth pass")."""
+    try:
+        os.rename(staged, target)  # also replaces an empty directory, as rmtree + rename would
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        shutil.rmtree(target)
+        os.rename(staged, target)
 
 
 def open_source(path: Path) -> int:
