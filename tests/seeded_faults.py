@@ -376,7 +376,7 @@ FAULTS = (
         "sources opened O_RDWR",
         (
             (
-                "store/docstore.py",
+                "store/sourcefiles.py",
                 "    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK\n",
                 "    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK\n",
             ),
@@ -388,7 +388,7 @@ FAULTS = (
         "sources read without O_NOATIME",
         (
             (
-                "store/docstore.py",
+                "store/sourcefiles.py",
                 '    noatime = getattr(os, "O_NOATIME", 0)\n',
                 "    noatime = 0\n",
             ),
@@ -400,7 +400,7 @@ FAULTS = (
         "every source flock'ed (LOCK_EX) once opened",
         (
             (
-                "store/docstore.py",
+                "store/sourcefiles.py",
                 "    try:\n        return os.open(path, flags | noatime)\n",
                 "    try:\n        fd = os.open(path, flags | noatime)\n"
                 "        import fcntl\n        fcntl.flock(fd, fcntl.LOCK_EX)\n        return fd\n",

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
-import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
 
+from docwatch import configvalues as parse
 from docwatch.core.layout import DEFAULT_FOLDERS, KINDS, STAGES, folder_roles
 
 ENV_PREFIX = "DOCWATCH_"
@@ -80,136 +78,7 @@ class Config:
     @property
     def index_name(self) -> str:
         """The index for messages: the SQLite path, or the URL without its password."""
-        return redact_url(self.index_url) if self.index_url else str(self.db)
-
-
-class _Bad(ValueError):
-    """A value that does not parse; the message says what was expected."""
-
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, None: 1}
-_BYTES = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, None: 1}
-_MODE = re.compile(r"^(?:0o|0)?([0-7]{1,4})$")
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True}
-_BOOLS |= {"0": False, "false": False, "no": False, "off": False}
-
-
-def _duration(value: object) -> float:
-    """Seconds from a number or a string with a unit: "500ms", "90s", "10m", "2h"."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        number, unit = float(match[1]), match[2]
-        seconds = number / 1000 if unit == "ms" else number * _SECONDS[unit]
-    else:
-        seconds = -1.0
-    if not 0 <= seconds < math.inf:
-        raise _Bad('expected a duration such as 600, "10m", "90s" (units ms, s, m, h)')
-    return seconds
-
-
-def _positive_duration(value: object) -> float:
-    """A duration greater than zero."""
-    if (seconds := _duration(value)) <= 0:
-        raise _Bad('expected a duration greater than zero, such as 2, "500ms", "10m"')
-    return seconds
-
-
-def _whole(units: dict[str | None, int], expected: str) -> Callable[[object], int]:
-    """A parser of whole numbers ≥ 1: an int, or digits with one of ``units`` in a string."""
-    pattern = re.compile(r"^\s*(\d+)\s*(" + "|".join(u for u in units if u) + r")?\s*$")
-
-    def parse(value: object) -> int:
-        if isinstance(value, str) and (match := pattern.match(value)):
-            value = int(match[1]) * units[match[2] or None]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise _Bad(expected)
-        return value
-
-    return parse
-
-
-def _io_threads(value: object) -> int | None:
-    """Either "auto" (None: one thread per core, at most 4) or a count from 0 (no threads)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 64:
-        raise _Bad('expected "auto" or a whole number from 0 (no I/O threads) to 64')
-    return value
-
-
-def _mode(required: int) -> Callable[[object], int]:
-    """A parser of permission modes (0o644, "0644", "0o644") that must include ``required``."""
-
-    def parse(value: object) -> int:
-        if isinstance(value, str) and (match := _MODE.match(value.strip())):
-            value = int(match[1], 8)
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 0o777:
-            raise _Bad('expected an octal mode such as 0o644 or "0644" (TOML 644 is decimal)')
-        if value & required != required:
-            raise _Bad(f"expected a mode that includes {required:#o} for the owner")
-        return value
-
-    return parse
-
-
-def _bool(value: object) -> bool:
-    """A boolean, or one of 1/0, true/false, yes/no, on/off (any case)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _BOOLS:
-        return _BOOLS[value.strip().lower()]
-    raise _Bad("expected true or false (also 1/0, yes/no, on/off)")
-
-
-def _choice(*options: str, upper: bool = False) -> Callable[[object], str]:
-    """A parser of one of ``options``, case-insensitive, stored in the options' case."""
-
-    def parse(value: object) -> str:
-        text = value.strip().lower() if isinstance(value, str) else None
-        if text not in options:
-            raise _Bad("expected one of " + ", ".join(o.upper() if upper else o for o in options))
-        return text.upper() if upper else text
-
-    return parse
-
-
-def _path(value: object) -> Path:
-    """A non-empty path (``~`` expanded, otherwise kept as given)."""
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value.strip() or "\0" in value:
-        raise _Bad("expected a non-empty path")
-    return Path(value).expanduser()
-
-
-def _index_url(value: object) -> str:
-    """A PostgreSQL URL (``postgresql://user@host:port/dbname``)."""
-    if not isinstance(value, str) or not value.startswith(("postgresql://", "postgres://")):
-        raise _Bad("expected a PostgreSQL URL such as postgresql://docwatch@db-host:5432/docwatch")
-    parts = urlsplit(value)
-    if not parts.hostname and "host=" not in parts.query or not parts.path.strip("/"):
-        raise _Bad("expected postgresql://user@host[:port]/dbname (a host and a database)")
-    return value
-
-
-def redact_url(url: str) -> str:
-    """A URL without its password (for messages and logs: credentials are never shown)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
-def _label(value: object) -> str:
-    """A non-empty run label without control characters."""
-    if not isinstance(value, str) or not value.strip() or not value.isprintable():
-        raise _Bad("expected a non-empty label without control characters")
-    return value
+        return parse.redact_url(self.index_url) if self.index_url else str(self.db)
 
 
 _LEVELS = ("debug", "info", "warning", "error")
@@ -217,29 +86,29 @@ _SIZE_EXPECTED = 'expected a byte count such as 268435456 or "256MiB" (units KiB
 
 #: key -> (parser, default); ``db`` and ``docs_root`` default to paths under ``data_root``.
 _FIELDS: dict[str, tuple[Callable[[object], object], object]] = {
-    "data_root": (_path, Path("data")),
-    "db": (_path, None),
-    "docs_root": (_path, None),
-    "run_id": (_label, None),
-    "link": (_bool, False),
-    "settle_seconds": (_duration, 2.0),
-    "pair_window": (_duration, 600.0),
-    "reconcile_interval": (_positive_duration, 600.0),
-    "observer": (_choice("inotify", "polling"), "inotify"),
-    "poll_interval": (_positive_duration, 2.0),
-    "batch_max_files": (_whole({None: 1}, "expected a whole number of at least 1"), 2000),
-    "batch_max_delay": (_duration, 0.0),
-    "io_threads": (_io_threads, None),
-    "log_level": (_choice(*_LEVELS, upper=True), "INFO"),
-    "log_format": (_choice("auto", "human", "journal", "json"), "auto"),
-    "file_mode": (_mode(0o400), 0o644),
-    "dir_mode": (_mode(0o700), 0o755),
-    "prompt_copy": (_bool, True),
-    "max_file_bytes": (_whole(_BYTES, _SIZE_EXPECTED), 256 << 20),
-    "dagster_home": (_path, None),
-    "dagster_python": (_path, None),
-    "index_url": (_index_url, None),
-    "instance_name": (_label, None),
+    "data_root": (parse.path, Path("data")),
+    "db": (parse.path, None),
+    "docs_root": (parse.path, None),
+    "run_id": (parse.label, None),
+    "link": (parse.boolean, False),
+    "settle_seconds": (parse.duration, 2.0),
+    "pair_window": (parse.duration, 600.0),
+    "reconcile_interval": (parse.positive_duration, 600.0),
+    "observer": (parse.choice("inotify", "polling"), "inotify"),
+    "poll_interval": (parse.positive_duration, 2.0),
+    "batch_max_files": (parse.whole({None: 1}, "expected a whole number of at least 1"), 2000),
+    "batch_max_delay": (parse.duration, 0.0),
+    "io_threads": (parse.io_threads, None),
+    "log_level": (parse.choice(*_LEVELS, upper=True), "INFO"),
+    "log_format": (parse.choice("auto", "human", "journal", "json"), "auto"),
+    "file_mode": (parse.mode(0o400), 0o644),
+    "dir_mode": (parse.mode(0o700), 0o755),
+    "prompt_copy": (parse.boolean, True),
+    "max_file_bytes": (parse.whole(parse.BYTES, _SIZE_EXPECTED), 256 << 20),
+    "dagster_home": (parse.path, None),
+    "dagster_python": (parse.path, None),
+    "index_url": (parse.index_url, None),
+    "instance_name": (parse.label, None),
 }
 
 
@@ -269,8 +138,8 @@ class _Layers:
         try:
             self.values[key] = _FIELDS[key][0](raw)
             self.sources[key] = origin
-        except _Bad as bad:
-            shown = redact_url(raw) if key == "index_url" and isinstance(raw, str) else raw
+        except parse.Bad as bad:
+            shown = parse.redact_url(raw) if key == "index_url" and isinstance(raw, str) else raw
             self.problems.append(f"{key} = {_show(shown)} (from {origin}): {bad}")
 
     def file(self, path: Path) -> None:
@@ -309,9 +178,9 @@ class _Layers:
             self.problems.append(_unknown(key, known, origin))
             return
         try:
-            self.folders[stage][kind] = _folder_list(raw)
+            self.folders[stage][kind] = parse.folder_list(raw)
             self.sources[key] = origin
-        except _Bad as bad:
+        except parse.Bad as bad:
             self.problems.append(f"{key} = {_show(raw)} (from {origin}): {bad}")
 
     def env(self, env: Mapping[str, str]) -> None:
@@ -344,20 +213,6 @@ class _Layers:
                 self.problems.append(
                     f'{where} (from {origin}): "{role.folder}" is already listed in {first}'
                 )
-
-
-def _folder_list(raw: object) -> tuple[str, ...]:
-    """A folder or list of folders, each relative to data_root, without ``..``."""
-    items = [raw] if isinstance(raw, str) else raw
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-        raise _Bad("expected a folder or a list of folders")
-    folders = []
-    for item in items:
-        path = PurePosixPath(item.strip())
-        if path.is_absolute() or ".." in path.parts or not path.parts or "\0" in item:
-            raise _Bad(f'"{item}" must be a relative path under data_root, without ".."')
-        folders.append(path.as_posix())
-    return tuple(folders)
 
 
 def _read_toml(path: Path, problems: list[str]) -> dict[str, object]:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from docwatch.core.layout import FolderRole, ParsedName, parse_name
 from docwatch.core.model import Source
-from docwatch.store.docstore import open_source
+from docwatch.store.sourcefiles import open_source
 
 log = logging.getLogger("docwatch.sources")
 IN_MEMORY_MAX = 1 << 20  # smaller sources are kept in memory between hashing and copying

@@ -28,7 +28,7 @@ from docwatch.core.tasks import (
     tables_digest,
 )
 from docwatch.ingest.tablestore import DiskBuilder
-from docwatch.store.docstore import open_source, sha256_of
+from docwatch.store.sourcefiles import open_source, sha256_of
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
 #: Bytes read at a time from a table file (a big table is never held whole).

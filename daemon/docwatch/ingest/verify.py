@@ -21,9 +21,9 @@ from docwatch.ingest.listing import listing
 from docwatch.ingest.planner import ANY_PARENT_STAGE
 from docwatch.ingest.sources import DEFERRED, ERROR, NEW, probe
 from docwatch.store.backend import open_index
-from docwatch.store.docstore import digest_and_chars
 from docwatch.store.index import Index
 from docwatch.store.schema import DOCUMENT_COLUMNS
+from docwatch.store.sourcefiles import digest_and_chars
 
 
 @dataclass

@@ -21,8 +21,9 @@ from docwatch.core.model import Source, TaskInfo
 from docwatch.ingest.planner import Change, change_facts, metadata
 from docwatch.ingest.pool import map_io
 from docwatch.store import faults
-from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged, sha256_of
+from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
 from docwatch.store.index import Index, source_key
+from docwatch.store.sourcefiles import sha256_of
 
 log = logging.getLogger("docwatch.ingest")
 

@@ -81,8 +81,8 @@ class Batches:
         now, now_ns = time.monotonic(), time.time_ns()
         cands: list[Candidate] = []
         for e in entries:
-            st = lstat_or_none(e.path)
-            d = decide(e, file_state(e.path, st), now=now, now_ns=now_ns, policy=self.policy)
+            st, state = observe(e.path)
+            d = decide(e, state, now=now, now_ns=now_ns, policy=self.policy)
             if d.verdict is Verdict.WAIT:
                 self.pending.put(
                     e.path,
@@ -197,22 +197,22 @@ class Batches:
             self.last = (files, time.monotonic())
 
 
-def lstat_or_none(path: str) -> os.stat_result | None:
+def observe(path: str) -> tuple[os.stat_result | None, FileState | None]:
+    """One lstat of ``path``: the stat (None when it failed, for the probe to take again) and
+    what the readiness rules see (None: the file is gone)."""
     try:
-        return os.lstat(path)
-    except OSError:
-        return None
-
-
-def file_state(path: str, st: os.stat_result | None = None) -> FileState | None:
-    """What the readiness rules see of ``path`` (``st``: its lstat, when already taken)."""
-    try:
-        st = st or os.lstat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError:  # unreadable: read it now, and the probe reports why
-        return FileState(True, 1, 0, 0, 1)
-    return FileState(stat.S_ISREG(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino, st.st_nlink)
+        return None, FileState(True, 1, 0, 0, 1)
+    regular = stat.S_ISREG(st.st_mode)
+    return st, FileState(regular, st.st_size, st.st_mtime_ns, st.st_ino, st.st_nlink)
+
+
+def file_state(path: str) -> FileState | None:
+    """What the readiness rules see of ``path``."""
+    return observe(path)[1]
 
 
 def by_task(cands: list[Candidate]) -> list[list[Candidate]]:

@@ -27,15 +27,13 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from docwatch.core.jsontext import sorted_text_json
 from docwatch.store import faults
+from docwatch.store.sourcefiles import CHUNK, count_chars, digest_and_chars, open_source
 
-CHUNK = 1 << 20
-_CONTINUATION = bytes(range(0x80, 0xC0))
 _libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
 _HAS_SYNCFS = _libc is not None and hasattr(_libc, "syncfs")
 
@@ -49,11 +47,6 @@ class Op(enum.Enum):
 
     CREATE = "create"  # a new directory (or one rebuilt from scratch), renamed into place
     UPDATE = "update"  # files of a directory that exists: added, replaced or dropped
-
-
-def count_chars(data: bytes) -> int:
-    """Characters in UTF-8 text (lead bytes); undecodable bytes count one each, roughly."""
-    return len(data.translate(None, _CONTINUATION))
 
 
 @dataclass(frozen=True)
@@ -340,45 +333,6 @@ def _rename_over_dir(staged: Path, target: Path) -> None:
             raise
         shutil.rmtree(target)
         os.rename(staged, target)
-
-
-def open_source(path: Path) -> int:
-    """Open a legacy file read-only, never following a symlink, without touching its atime."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-    noatime = getattr(os, "O_NOATIME", 0)
-    try:
-        return os.open(path, flags | noatime)
-    except PermissionError:
-        if not noatime:
-            raise
-        return os.open(path, flags)  # O_NOATIME needs ownership; fall back
-
-
-def source_chunks(path: Path) -> Iterator[bytes]:
-    """A file's bytes a chunk at a time, read as a source is (``open_source``)."""
-    fd = open_source(path)
-    try:
-        while chunk := os.read(fd, CHUNK):
-            yield chunk
-    finally:
-        os.close(fd)
-
-
-def digest_and_chars(path: Path) -> tuple[str, int]:
-    """The sha256 and the character count of a file, read as a source is."""
-    digest, chars = hashlib.sha256(), 0
-    for chunk in source_chunks(path):
-        digest.update(chunk)
-        chars += count_chars(chunk)
-    return digest.hexdigest(), chars
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a file, read as a source is."""
-    digest = hashlib.sha256()
-    for chunk in source_chunks(path):
-        digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _unlink(path: Path) -> int:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from docwatch.config import redact_url as redact
+from docwatch.configvalues import redact_url as redact
 from docwatch.errors import ConfigInvalid, IndexBusy, IndexCorrupt, IndexUnreadable
 from docwatch.store.index import Index
 from docwatch.store.schema import MIGRATIONS, SCHEMA_VERSION, statements
