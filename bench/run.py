@@ -12,6 +12,10 @@ both sides of every comparison:
     cp -a DOCS           (right after the scan: its own output tree copied by cp, the kernel's
                           cost of docwatch's layout, one directory per document; the scan's
                           ratio to it is docwatch's own overhead)
+    protocol floor       (then: bench/protocol_floor.py replays the durable protocol's calls
+                          and flushes for the same documents, with no docwatch logic: staged
+                          copies, syncfs, renames, syncfs, two fsyncs a batch; the kernel's and
+                          the disk's share of a scan)
 
 Each pair runs in turn, the reference first in odd rounds and docwatch first in even ones.
 Every round writes to its own directories, and nothing is removed before the run ends: on ext4
@@ -63,6 +67,7 @@ from host import (
 )
 
 GENERATOR = REPO / "examples" / "legacy_tree.py"
+PROTOCOL_FLOOR = REPO / "bench" / "protocol_floor.py"
 
 # The reference for a no-op rescan: a recursive os.scandir with one stat per entry, in a fresh
 # interpreter like the docwatch process (so both sides pay for an interpreter start).
@@ -89,6 +94,7 @@ MEASURES = (
     ("scan_copy", "docwatch scan (copy)"),
     ("cp_docs", "cp -a of the scan's docs tree"),
     ("cp_docs+sync", "cp -a docs + sync"),
+    ("protocol", "protocol floor (replay)"),
     ("cp_al", "cp -al SRC DST"),
     ("cp_al+sync", "cp -al + sync"),
     ("scan_link", "docwatch scan --link"),
@@ -102,6 +108,8 @@ RATIOS = (
     ("cp_docs", "cp_a", "cp -a docs / cp -a SRC  (the layout)"),
     ("cp_docs+sync", "cp_a", "(cp -a docs + sync) / cp -a (floor)"),
     ("scan_copy", "cp_docs+sync", "scan / (cp -a docs + sync)"),
+    ("protocol", "cp_a", "protocol floor / cp -a"),
+    ("scan_copy", "protocol", "scan / protocol floor"),
     ("scan_link", "cp_al", "scan --link / cp -al"),
     ("scan_link", "cp_al+sync", "scan --link / (cp -al + sync)"),
     ("rescan", "walk", "rescan / walk+stat  (target <= 2)"),
@@ -197,6 +205,16 @@ def one_round(
         record(key, r)
         return r
 
+    def protocol_floor(docs: Path, work: Path) -> dict:
+        """The replay's own clock (no interpreter start, no listing of its input): the
+        lowest figure, so the floor is never overstated."""
+        timed_sync()
+        cmd = [sys.executable, str(PROTOCOL_FLOOR), str(docs), str(work / "protocol")]
+        r = run(cmd, logs / "protocol.log")
+        out = json.loads(r.stdout)
+        record("protocol", Run(out["seconds"], r.maxrss_kib, r.stdout))
+        return out
+
     def with_sync(key: str, r: Run) -> None:
         s = timed_sync()
         samples[key]["seconds"].append(r.seconds + s)
@@ -223,6 +241,7 @@ def one_round(
                 if not scan_link:  # the kernel's cost of the layout docwatch writes, by cp
                     docs = [str(work / scan_key / "docs"), str(work / "cp_docs")]
                     with_sync("cp_docs+sync", measure("cp_docs", ["cp", "-a", *docs]))
+                    reports["protocol"].append(protocol_floor(work / scan_key / "docs", work))
     # Untimed first walk: the docs copies above may have pushed the tree's inodes out of the
     # cache, and the rescan below runs after the walk and find have brought them back.
     run([sys.executable, "-c", WALK, str(src)], logs / "walk-warmup.log")
@@ -251,6 +270,12 @@ def checks(reports: dict, tree: dict) -> list[str]:
                     f"{k} round {n}: error={t['error']} deferred={t['deferred']} "
                     f"problems={t['problems']} (see the logs)"
                 )
+    for n, p in enumerate(reports["protocol"]):
+        if p["documents"] != reports["scan_copy"][n]["docs_created"]:
+            bad.append(
+                f"protocol floor round {n} replayed {p['documents']} documents, the scan "
+                f"created {reports['scan_copy'][n]['docs_created']}"
+            )
     for n, t in enumerate(reports["rescan"]):
         if t["new"] or t["docs_created"] or t["docs_updated"]:
             bad.append(f"rescan round {n} was not a no-op: {t}")
@@ -315,6 +340,11 @@ def table(res: dict) -> str:
         "fsync policy: docwatch makes each batch (batch_max_files, default 2000) durable with one "
         "syncfs(2) after staging and one after the renames; cp does no fsync (see '+ sync').",
     ]
+    if res.get("protocol_phases_s"):
+        lines.append(
+            "protocol floor by step, median s: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in res["protocol_phases_s"].items())
+        )
     if res["checks"]:
         lines += ["", "CHECKS FAILED:"] + [f"  - {c}" for c in res["checks"]]
     return "\n".join(lines)
@@ -349,6 +379,11 @@ def report(res: dict, samples: dict, reports: dict, tree: dict, out: Path, start
     }
     # wait4's ru_maxrss of a child counts the parent's RSS it was forked from; `true` shows it.
     res["rss_floor_mib"] = round(max(reports["rss_floor_kib"]) / 1024, 1)
+    if reports["protocol"]:
+        steps = reports["protocol"][0]["phases_s"]
+        res["protocol_phases_s"] = {
+            k: statistics.median(p["phases_s"][k] for p in reports["protocol"]) for k in steps
+        }
     res["docwatch_reports"] = reports
     res["checks"] = checks(reports, {"total_files": tree["total_files"]})
     res["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -396,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "docwatch_rev": git_rev(),
     }
     samples = {k: {"seconds": [], "maxrss_kib": []} for k, _ in MEASURES}
-    reports: dict = {k: [] for k in (*DOCWATCH, "walk", "rss_floor_kib")}
+    reports: dict = {k: [] for k in (*DOCWATCH, "walk", "rss_floor_kib", "protocol")}
     try:
         compile_docwatch()
         res["docwatch_version"] = docwatch_version()

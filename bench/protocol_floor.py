@@ -1,0 +1,184 @@
+"""The kernel's and the disk's share of a scan: docwatch's durable protocol with no docwatch.
+
+Replays, for every document directory of a scan's docs tree, the file-system calls and flushes
+the SPEC's "durable before visible" protocol makes, a batch at a time, and nothing else: no
+hashing, no planning, no JSON, no SQLite.
+
+    per batch (about --batch-files source files, as the scan's batches)
+      mkdir    the batch's staging directory
+      per document: mkdir its staged directory; per file: read the bytes (O_NOATIME), create
+               the copy (O_EXCL), write, close             (on --threads threads, as docwatch)
+      syncfs   the staged files
+      append + fsync   the intents (~100 bytes a document: SQLite's WAL commit)
+      rename   each staged directory into <out>/<stage>/<doc_id>
+      syncfs   the renames
+      append + fsync   the rows (~300 bytes a document)
+      rmdir    the batch's staging directory
+
+The documents' files are read from the scan's own docs tree (``metadata.json`` included, which
+docwatch writes from memory): the same bytes and inodes as the scan made.  What this takes is a
+floor for ``docwatch scan`` on the same machine in the same state: every call here is one the
+protocol needs, and the Python around each is a few microseconds against the kernel's tens.
+Prints one JSON line.  Stdlib only.
+
+    .venv/bin/python bench/protocol_floor.py OUT/scan_copy/docs OUT/protocol
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import functools
+import json
+import os
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+O_NOATIME = getattr(os, "O_NOATIME", 0)
+INTENT_BYTES, ROW_BYTES = 100, 300
+
+
+PHASES = ("stage", "sync_staged", "intents_fsync", "rename", "sync_renames", "rows_fsync")
+
+
+class Clock:
+    """Adds the time since the last lap to ``phases[name]``."""
+
+    def __init__(self, phases: dict) -> None:
+        self.phases, self.last = phases, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] += now - self.last
+        self.last = now
+
+
+def documents(docs: Path) -> list[tuple[str, str, list[str]]]:
+    """(stage, doc_id, file names) of every document directory, in a stable order."""
+    out = []
+    for stage in sorted(p.name for p in docs.iterdir() if p.is_dir() and p.name != ".tmp"):
+        for doc_id in sorted(os.listdir(docs / stage)):
+            out.append((stage, doc_id, sorted(os.listdir(docs / stage / doc_id))))
+    return out
+
+
+def batches(docs: list, batch_files: int) -> list[list]:
+    """Groups of documents holding about ``batch_files`` source files (not metadata.json)."""
+    out, current, count = [], [], 0
+    for doc in docs:
+        current.append(doc)
+        count += len(doc[2]) - ("metadata.json" in doc[2])
+        if count >= batch_files:
+            out.append(current)
+            current, count = [], 0
+    return out + ([current] if current else [])
+
+
+def syncfs(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs {path}")
+    finally:
+        os.close(fd)
+
+
+def copy(src: str, dst: str) -> int:
+    fd = os.open(src, os.O_RDONLY | O_NOATIME)
+    try:
+        data = os.read(fd, os.fstat(fd).st_size + 1)
+    finally:
+        os.close(fd)
+    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(out, data)
+    finally:
+        os.close(out)
+    return len(data)
+
+
+def stage(src_docs: str, root: str, doc: tuple[str, str, list[str]]) -> int:
+    stage_name, doc_id, names = doc
+    os.mkdir(f"{root}/{doc_id}", 0o755)
+    return sum(copy(f"{src_docs}/{stage_name}/{doc_id}/{n}", f"{root}/{doc_id}/{n}") for n in names)
+
+
+def append_and_fsync(fd: int, size: int) -> None:
+    os.write(fd, b"x" * size)
+    os.fsync(fd)
+
+
+def replay(src_docs: Path, out: Path, batch_files: int, threads: int) -> dict:
+    docs = documents(src_docs)
+    groups = batches(docs, batch_files)
+    staging = out / ".tmp" / "floor"
+    staging.mkdir(parents=True)
+    for stage_name in {d[0] for d in docs}:
+        (out / stage_name).mkdir()
+    wal = os.open(out / "wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    phases = dict.fromkeys(PHASES, 0.0)
+    nbytes, started = 0, time.perf_counter()
+    try:
+        for group in groups:
+            clock = Clock(phases)
+            root = staging / uuid.uuid4().hex
+            root.mkdir(0o755)
+            src, base = os.fspath(src_docs), os.fspath(root)
+            if pool is None:
+                nbytes += sum(stage(src, base, d) for d in group)
+            else:
+                nbytes += sum(pool.map(functools.partial(stage, src, base), group, chunksize=16))
+            clock.lap("stage")
+            syncfs(out)
+            clock.lap("sync_staged")
+            append_and_fsync(wal, INTENT_BYTES * len(group))
+            clock.lap("intents_fsync")
+            for stage_name, doc_id, _ in group:
+                os.rename(f"{base}/{doc_id}", f"{out}/{stage_name}/{doc_id}")
+            clock.lap("rename")
+            syncfs(out)
+            clock.lap("sync_renames")
+            append_and_fsync(wal, ROW_BYTES * len(group))
+            root.rmdir()
+            clock.lap("rows_fsync")
+    finally:
+        os.close(wal)
+        if pool is not None:
+            pool.shutdown()
+    return {
+        "seconds": time.perf_counter() - started,
+        "documents": len(docs),
+        "files": sum(len(d[2]) for d in docs),
+        "bytes": nbytes,
+        "batches": len(groups),
+        "threads": threads,
+        "phases_s": {k: round(v, 4) for k, v in phases.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("docs", type=Path, help="a scan's docs tree (read only)")
+    ap.add_argument("out", type=Path, help="a new directory for the replayed documents")
+    ap.add_argument("--batch-files", type=int, default=2000, help="as batch_max_files")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=min(4, len(os.sched_getaffinity(0))),
+        help="staging threads (default: docwatch's io_threads 'auto')",
+    )
+    a = ap.parse_args(argv)
+    if a.out.exists():
+        ap.error(f"{a.out} exists: the replay writes into a new directory")
+    print(json.dumps(replay(a.docs, a.out, a.batch_files, a.threads)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
