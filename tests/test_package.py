@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "docwatch.live": 4,
     "docwatch.dagster": 5,
     "docwatch.cli": 6,
+    "docwatch.cliviews": 6,
     "docwatch.__main__": 6,
 }
 

@@ -10,7 +10,6 @@ Exit codes: 0 success; 1 nothing found (latest/show) or problems found (verify);
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import click
 
 from docwatch import __version__, logs
+from docwatch.cliviews import ProgressBar, emit, print_document, render_scan, render_verify
 from docwatch.config import ConfigError, load_config
 from docwatch.core.layout import STAGES
 from docwatch.errors import DocwatchError
@@ -102,10 +102,6 @@ def make_config(config_file, **flags):
     return cfg
 
 
-def emit(data, as_json: bool, render) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else render(data))
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="docwatch")
 def main() -> None:
@@ -156,7 +152,7 @@ def scan(config_file, stage, dry_run, as_json, **flags) -> None:
             if cfg.dagster_home
             else None,
         )
-    emit(result.as_dict(), as_json, _render_scan)
+    emit(result.as_dict(), as_json, render_scan)
 
 
 def _attach_run_records(indexer, cfg):
@@ -164,44 +160,6 @@ def _attach_run_records(indexer, cfg):
     from docwatch.dagster.runrecords import attach
 
     return attach(indexer, cfg)
-
-
-class ProgressBar:
-    """A click progress bar on a terminal, started once the total is known."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-
-    def start(self, total: int):
-        self.bar = click.progressbar(length=total, label="scanning", file=sys.stderr)
-        self.bar.__enter__()
-        return self.bar.update
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-
-def _render_scan(d: dict) -> str:
-    head = "dry run (nothing written)" if d["dry_run"] else f"run_id {d['run_id']}"
-    lines = [f"scan: {head}, {d['seconds']:.2f}s"]
-    lines.append(
-        f"  {'stage':<11}{'new':>7}{'indexed':>9}{'ignored':>9}{'deferred':>10}"
-        f"{'errors':>8}{'docs+':>8}{'docs~':>8}{'superseded':>12}"
-    )
-    for stage, c in d["stages"].items():
-        lines.append(
-            f"  {stage:<11}{c['new']:>7}{c['indexed']:>9}{c['ignored']:>9}{c['deferred']:>10}"
-            f"{c['error']:>8}{c['docs_created']:>8}{c['docs_updated']:>8}"
-            f"{c['docs_superseded']:>12}"
-        )
-    for p in d["problems"]:
-        lines.append(f"  problem: {p['path']}: {p['reason']}")
-    return "\n".join(lines)
 
 
 @main.command()
@@ -253,7 +211,7 @@ def latest(config_file, stage, task_id, field, statuses, as_json, **flags) -> No
     cfg = make_config(config_file, **flags)
     with DocumentsIndex(cfg.index_location, cfg.docs_root) as idx:
         row = idx.get_latest_by_task(stage, task_id, status=statuses)
-        _print_document(idx, row, field, as_json)
+        print_document(idx, row, field, as_json)
 
 
 @main.command()
@@ -277,23 +235,7 @@ def show(config_file, doc_id, field, as_json, **flags) -> None:
 
     cfg = make_config(config_file, **flags)
     with DocumentsIndex(cfg.index_location, cfg.docs_root) as idx:
-        _print_document(idx, idx.get(doc_id), field, as_json)
-
-
-def _print_document(idx, row: dict, field: str | None, as_json: bool) -> None:
-    doc_dir = idx.resolve_doc_dir(row)
-    if field == "doc_dir":
-        click.echo(str(doc_dir))
-    elif field:
-        sys.stdout.buffer.write(idx.read_bytes(row, field))
-        sys.stdout.flush()
-    elif as_json:
-        click.echo(json.dumps({**row, "path": str(doc_dir)}, indent=2, ensure_ascii=False))
-    else:
-        for key, value in row.items():
-            shown = json.dumps(value, ensure_ascii=False) if key == "meta_small" else value
-            click.echo(f"{key:<24}{shown}")
-        click.echo(f"{'path':<24}{doc_dir}")
+        print_document(idx, idx.get(doc_id), field, as_json)
 
 
 @main.command()
@@ -321,16 +263,8 @@ def verify(config_file, no_checksums, repair, as_json, **flags) -> None:
         fixed = run_repair(cfg, report.damaged, cfg.run_id or default_run_id("repair"))
         log.warning("rewrote %d damaged documents from their sources", fixed)
         report = run_verify(cfg, checksums=not no_checksums)
-    emit(report.as_dict(), as_json, _render_verify)
+    emit(report.as_dict(), as_json, render_verify)
     sys.exit(0 if report.ok else 1)
-
-
-def _render_verify(d: dict) -> str:
-    checked = ", ".join(f"{v} {k}" for k, v in d["checked"].items())
-    lines = [f"verify: {'ok' if d['ok'] else 'PROBLEMS'} ({checked})"]
-    lines += [f"  problem: {p['where']}: {p['what']}" for p in d["problems"]]
-    lines += [f"  note: {p['where']}: {p['what']}" for p in d["notes"]]
-    return "\n".join(lines)
 
 
 @main.command("rebuild-index")
