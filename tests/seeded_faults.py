@@ -44,7 +44,12 @@ FAULTS = (
         (
             (
                 "ingest/writer.py",
-                "            batch.publish()\n            self._commit(batch, batch_in, kept, result)\n",
+                "        publishing = start_io(batch.publish) if batch is not None else None\n",
+                "        publishing = start_io(lambda: None) if batch is not None else None\n",
+            ),
+            (
+                "ingest/writer.py",
+                "            self._commit(batch, batch_in, kept, result)\n",
                 "            self._commit(batch, batch_in, kept, result)\n            batch.publish()\n",
             ),
         ),
@@ -52,13 +57,28 @@ FAULTS = (
         ("-k", "renamed or durable_steps"),
     ),
     Fault(
+        "commit_beside_renames",
+        "the rows commit while their renames still run on the I/O thread (no wait for them)",
+        (
+            (
+                "ingest/writer.py",
+                "                    publishing.result()  # the renames durable before the rows commit\n",
+                "",
+            ),
+        ),
+        (
+            "tests/test_faults.py::test_rows_stay_invisible_until_their_renames_are_durable",
+            "tests/test_crash.py::test_durable_steps_in_order",
+        ),
+    ),
+    Fault(
         "rename_before_intents",
         "documents renamed into place before the intents commit",
         (
             (
                 "ingest/writer.py",
-                '            faults.point("intents_committed")\n            batch.publish()\n',
-                '            faults.point("intents_committed")\n',
+                "        publishing = start_io(batch.publish) if batch is not None else None\n",
+                "        publishing = start_io(lambda: None) if batch is not None else None\n",
             ),
             (
                 "ingest/writer.py",
@@ -217,14 +237,14 @@ FAULTS = (
         (
             (
                 "ingest/writer.py",
-                "            self.index.put_documents((c.row, change_facts(c)) for c in kept)\n",
-                "            self.index.put_documents(\n"
-                "                (c.row, change_facts(c)) for c in kept if c.stored_facts is None\n"
-                "            )\n"
-                "            for c in kept:\n"
-                "                if c.stored_facts is not None:\n"
-                "                    self.index.execute(\n"
-                "                        'DELETE FROM documents WHERE doc_id = ?', (c.doc_id,))\n",
+                "        self.index.put_documents((c.row, change_facts(c)) for c in kept)\n",
+                "        self.index.put_documents(\n"
+                "            (c.row, change_facts(c)) for c in kept if c.stored_facts is None\n"
+                "        )\n"
+                "        for c in kept:\n"
+                "            if c.stored_facts is not None:\n"
+                "                self.index.execute(\n"
+                "                    'DELETE FROM documents WHERE doc_id = ?', (c.doc_id,))\n",
             ),
         ),
         ("tests/test_identity.py",),

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 from conftest import SNAPSHOT_COLUMNS, docs_tree, make_config, snapshot, staged_batches
+from docwatch.ingest.pool import use_io_threads
 from docwatch.ingest.scan import scan
 from docwatch.ingest.verify import verify
+from docwatch.store import faults
 from docwatch.store.docstore import DocStore, FileSource, SourceChanged
 
 
@@ -214,3 +216,45 @@ def test_hostile_names_never_escape_the_docs_root(tmp_path):
     con = sqlite3.connect(cfg.db)
     tasks = {r[0] for r in con.execute("SELECT task_id FROM documents")}
     assert "'; DROP TABLE documents;--" in tasks and "a..b__x__y" in tasks
+
+
+def test_rows_stay_invisible_until_their_renames_are_durable(tree):
+    """A batch's renames and their sync run on an I/O thread beside its rows' statements: a
+    reader sees none of the batch's rows until the renames are durable.  The hook on the I/O
+    thread watches through its own connection for a while at the end of every publish; a
+    commit that did not wait for it would show up there."""
+    data_root, _ = tree
+    cfg = make_config(data_root, batch_max_files=40)
+    seen = {"batches": 0, "early": [], "late": []}
+    before: list[int] = []
+
+    def visible() -> int:
+        con = sqlite3.connect(f"file:{cfg.db}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT count(*) FROM documents").fetchone()[0]
+        finally:
+            con.close()
+
+    def hook(point: str) -> None:
+        if point == "intents_committed":
+            before.append(visible())
+        elif point == "dirs_synced":
+            seen["batches"] += 1
+            deadline = time.monotonic() + 0.05
+            while time.monotonic() < deadline:
+                if visible() != before[-1]:
+                    seen["early"].append(point)
+                    break
+        elif point == "committed" and visible() == before[-1]:
+            seen["late"].append(point)
+
+    use_io_threads(2)  # the renames on a thread of their own, whatever the machine's cores
+    faults.set_hook(hook)
+    try:
+        scan(cfg, run_id="r")
+    finally:
+        faults.set_hook(None)
+        use_io_threads(None)
+    assert seen["batches"] >= 3, seen
+    assert seen["early"] == [], f"rows visible before their renames were durable: {seen}"
+    assert seen["late"] == [], f"a batch committed no row: {seen}"

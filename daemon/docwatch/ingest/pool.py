@@ -11,7 +11,7 @@ import gc
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -76,6 +76,19 @@ def map_io(fn: Callable[[T], R], items: Iterable[T]) -> list[R | BaseException]:
     for part in _executor().map(lambda chunk: [_call(fn, item) for item in chunk], chunks):
         results += part
     return results
+
+
+def start_io(fn: Callable[[], R]) -> Future:
+    """``fn()`` on an I/O thread while the caller goes on (with no I/O threads: here, now); the
+    future holds its result or its exception."""
+    if IO_THREADS > 0:
+        return _executor().submit(fn)
+    done: Future = Future()
+    try:
+        done.set_result(fn())
+    except BaseException as exc:
+        done.set_exception(exc)
+    return done
 
 
 def _call(fn: Callable[[T], R], item: T) -> R | BaseException:

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import time
+from concurrent.futures import wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from docwatch import __version__
 from docwatch.core.clock import now_iso
 from docwatch.core.model import Source, TaskInfo
 from docwatch.ingest.planner import Change, change_facts, metadata
-from docwatch.ingest.pool import map_io
+from docwatch.ingest.pool import map_io, start_io
 from docwatch.store import faults
 from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
 from docwatch.store.index import Index, source_key
@@ -88,7 +89,7 @@ class Writer:
                     [(d, st, task_of[d], op, detail) for d, st, op, detail in batch.intents()],
                 )
             faults.point("intents_committed")
-            batch.publish()
+            # The renames run beside the rows' statements; the rows commit after them.
             self._commit(batch, batch_in, kept, result)
             committed = True
             faults.point("committed")
@@ -109,26 +110,40 @@ class Writer:
     def _commit(
         self, batch: Batch | None, batch_in: BatchInput, kept: list[Change], result: WriteResult
     ) -> None:
+        """The rows' transaction.  A batch's renames and their sync run on an I/O thread while
+        its statements run here; the transaction commits only once they are durable, and a
+        failure of either rolls it back after both have stopped."""
+        publishing = start_io(batch.publish) if batch is not None else None
+        try:
+            with self.index.transaction():
+                self._put_rows(batch, batch_in, kept, result)
+                if publishing is not None:
+                    publishing.result()  # the renames durable before the rows commit
+                    faults.point("committing")  # a crash here: the whole commit or nothing
+        finally:
+            if publishing is not None:
+                wait([publishing])  # never leave with renames still running
+
+    def _put_rows(
+        self, batch: Batch | None, batch_in: BatchInput, kept: list[Change], result: WriteResult
+    ) -> None:
         retry = result.retry
         sources = batch_in.new_sources
         if retry:
             sources = [s for s in sources if (s.stage, s.task_id) not in retry]
-        with self.index.transaction():
-            self.index.put_sources(sources + batch_in.touched, batch_in.seen)
-            self.index.put_problems(result.problems)
-            self.index.put_tasks(
-                (i for i in batch_in.tasks if (i.stage, i.task_id) not in retry),
-                batch_in.tables_digest,
-            )
-            self.index.put_documents((c.row, change_facts(c)) for c in kept)
-            if batch is not None and batch.has_work_after_commit():
-                self.index.mark_intents_committed(c.doc_id for c in kept)
-            elif kept:
-                self.index.clear_intents(self.writer_id, [c.doc_id for c in kept])
-            if sources:
-                self._record_freshness(max(s.mtime_ns for s in sources))
-            if batch is not None:
-                faults.point("committing")  # a crash here: the whole commit or nothing
+        self.index.put_sources(sources + batch_in.touched, batch_in.seen)
+        self.index.put_problems(result.problems)
+        self.index.put_tasks(
+            (i for i in batch_in.tasks if (i.stage, i.task_id) not in retry),
+            batch_in.tables_digest,
+        )
+        self.index.put_documents((c.row, change_facts(c)) for c in kept)
+        if batch is not None and batch.has_work_after_commit():
+            self.index.mark_intents_committed(c.doc_id for c in kept)
+        elif kept:
+            self.index.clear_intents(self.writer_id, [c.doc_id for c in kept])
+        if sources:
+            self._record_freshness(max(s.mtime_ns for s in sources))
 
     def _record_freshness(self, newest_ns: int) -> None:
         """``status``: when the last batch committed and, for files written while the daemon
