@@ -111,8 +111,8 @@ class Writer:
         self, batch: Batch | None, batch_in: BatchInput, kept: list[Change], result: WriteResult
     ) -> None:
         """The rows' transaction.  A batch's renames and their sync run on an I/O thread while
-        its statements run here; the transaction commits only once they are durable, and a
-        failure of either rolls it back after both have stopped."""
+        its statements run here; the transaction commits only once they are durable.  A
+        failure of either rolls it back, and no failure returns while renames still run."""
         publishing = start_io(batch.publish) if batch is not None else None
         try:
             with self.index.transaction():
