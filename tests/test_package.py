@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "docwatch.core": 0,
     "docwatch.errors": 0,
     "docwatch.config": 1,
+    "docwatch.configvalues": 1,
     "docwatch.logs": 1,
     "docwatch.store": 2,
     "docwatch.ingest": 3,
@@ -229,9 +230,10 @@ def _modules() -> dict[str, Path]:
 
 
 def _layer(module: str) -> int | None:
-    """The layer of the longest LAYERS key that is `module` or a package above it."""
+    """The layer of the longest LAYERS key that is `module` or a package above it (never the
+    root package's, for a module under it: each is placed deliberately)."""
     parts = module.split(".")
-    for n in range(len(parts), 0, -1):
+    for n in range(len(parts), 1 if len(parts) > 1 else 0, -1):
         key = ".".join(parts[:n])
         if key in LAYERS:
             return LAYERS[key]
