@@ -15,8 +15,9 @@ hashing, no planning, no JSON, no SQLite.
       append + fsync   the rows (~300 bytes a document)
       rmdir    the batch's staging directory
 
-The documents' files are read from the scan's own docs tree (``metadata.json`` included, which
-docwatch writes from memory): the same bytes and inodes as the scan made.  What this takes is a
+The sources' copies are read from the scan's own docs tree, and each ``metadata.json`` is written
+at its size without a read (docwatch writes it from memory): the same inodes and bytes as the
+scan made.  What this takes is a
 floor for ``docwatch scan`` on the same machine in the same state: every call here is one the
 protocol needs, and the Python around each is a few microseconds against the kernel's tens.
 Prints one JSON line.  Stdlib only.
@@ -41,6 +42,7 @@ from pathlib import Path
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 O_NOATIME = getattr(os, "O_NOATIME", 0)
 INTENT_BYTES, ROW_BYTES = 100, 300
+METADATA = "metadata.json"
 
 
 PHASES = ("stage", "sync_staged", "intents_fsync", "rename", "sync_renames", "rows_fsync")
@@ -58,12 +60,15 @@ class Clock:
         self.last = now
 
 
-def documents(docs: Path) -> list[tuple[str, str, list[str]]]:
-    """(stage, doc_id, file names) of every document directory, in a stable order."""
+def documents(docs: Path) -> list[tuple[str, str, list[str], int]]:
+    """(stage, doc_id, file names, metadata.json's size) of every document directory, in a
+    stable order (read before the clock starts)."""
     out = []
     for stage in sorted(p.name for p in docs.iterdir() if p.is_dir() and p.name != ".tmp"):
         for doc_id in sorted(os.listdir(docs / stage)):
-            out.append((stage, doc_id, sorted(os.listdir(docs / stage / doc_id))))
+            names = sorted(os.listdir(docs / stage / doc_id))
+            meta = docs / stage / doc_id / METADATA
+            out.append((stage, doc_id, names, meta.stat().st_size if METADATA in names else 0))
     return out
 
 
@@ -72,7 +77,7 @@ def batches(docs: list, batch_files: int) -> list[list]:
     out, current, count = [], [], 0
     for doc in docs:
         current.append(doc)
-        count += len(doc[2]) - ("metadata.json" in doc[2])
+        count += len(doc[2]) - (METADATA in doc[2])
         if count >= batch_files:
             out.append(current)
             current, count = [], 0
@@ -94,6 +99,10 @@ def copy(src: str, dst: str) -> int:
         data = os.read(fd, os.fstat(fd).st_size + 1)
     finally:
         os.close(fd)
+    return create(dst, data)
+
+
+def create(dst: str, data: bytes) -> int:
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(out, data)
@@ -102,10 +111,19 @@ def copy(src: str, dst: str) -> int:
     return len(data)
 
 
-def stage(src_docs: str, root: str, doc: tuple[str, str, list[str]]) -> int:
-    stage_name, doc_id, names = doc
+def stage(src_docs: str, root: str, doc: tuple[str, str, list[str], int]) -> int:
+    """One document: its directory, a copy of each source, a ``metadata.json`` of its size
+    (docwatch writes that one from memory: it is not read here either)."""
+    stage_name, doc_id, names, meta_size = doc
     os.mkdir(f"{root}/{doc_id}", 0o755)
-    return sum(copy(f"{src_docs}/{stage_name}/{doc_id}/{n}", f"{root}/{doc_id}/{n}") for n in names)
+    written = 0
+    for n in names:
+        dst = f"{root}/{doc_id}/{n}"
+        if n == METADATA:
+            written += create(dst, b"{" * meta_size)
+        else:
+            written += copy(f"{src_docs}/{stage_name}/{doc_id}/{n}", dst)
+    return written
 
 
 def append_and_fsync(fd: int, size: int) -> None:
@@ -139,7 +157,7 @@ def replay(src_docs: Path, out: Path, batch_files: int, threads: int) -> dict:
             clock.lap("sync_staged")
             append_and_fsync(wal, INTENT_BYTES * len(group))
             clock.lap("intents_fsync")
-            for stage_name, doc_id, _ in group:
+            for stage_name, doc_id, *_ in group:
                 os.rename(f"{base}/{doc_id}", f"{out}/{stage_name}/{doc_id}")
             clock.lap("rename")
             syncfs(out)
