@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 #: Names sorted in memory at once (a run); a folder with fewer is never spilled.
-RUN_NAMES = 32768
+RUN_NAMES = 8192
 #: Bytes read at a time from a spilled run.
-READ_BYTES = 1 << 16
+READ_BYTES = 1 << 14
 
 SortKey = Callable[[str], Any] | None
 _ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
