@@ -571,6 +571,46 @@ FAULTS = (
         ("tests/test_index.py",),
         ("-k", "readers_seek_latest"),
     ),
+    # -- a scan's next batch probed while this one syncs and commits (issue 10, twelfth pass) --
+    Fault(
+        "probe_ahead_takes_two",
+        "the next batch is taken again when asked twice: a batch of the scan is never ingested",
+        (
+            (
+                "ingest/scan.py",
+                "        if self.next is not None:\n            return\n",
+                "",
+            ),
+        ),
+        ("tests/test_scan.py",),
+        ("-k", "probing_each_batch_ahead"),
+    ),
+    Fault(
+        "probe_ahead_error_in_this_batch",
+        "an error listing or probing the next batch fails the batch it was started from",
+        (
+            (
+                "ingest/scan.py",
+                "        except Exception as exc:\n            self.next = exc\n",
+                "        except ZeroDivisionError as exc:\n            self.next = exc\n",
+            ),
+        ),
+        ("tests/test_scan.py",),
+        ("-k", "error_taking_the_next_batch"),
+    ),
+    Fault(
+        "batch_bytes_kept",
+        "a batch keeps its sources' bytes while the next batch is read (two batches in memory)",
+        (
+            (
+                "ingest/ingestor.py",
+                "after_staging=lambda: (release_contents(outcomes, contents), then()),",
+                "after_staging=then,",
+            ),
+        ),
+        ("tests/test_scan.py",),
+        ("-k", "lets_its_bytes_go"),
+    ),
 )
 
 

@@ -13,11 +13,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import legacy_tree
+import pytest
 from conftest import docs_tree, make_config, snapshot
 from docwatch import DocumentsIndex
 from docwatch.ingest import pool
 from docwatch.ingest.indexer import Indexer
-from docwatch.ingest.scan import list_candidates, scan
+from docwatch.ingest.scan import ProbeAhead, _never, list_candidates, scan
 from docwatch.ingest.sources import Stat
 from docwatch.ingest.verify import verify
 from docwatch.store.rebuild import rebuild
@@ -140,6 +141,67 @@ def test_io_threads_and_the_caller_make_the_same_documents(tree, copy_tree, tmp_
         pool.use_io_threads(None)
     assert snapshot(threaded_cfg.db) == snapshot(serial_cfg.db)
     assert docs_tree(threaded_cfg.docs_root) == docs_tree(serial_cfg.docs_root)
+
+
+def test_a_scan_probing_each_batch_ahead_makes_what_one_batch_makes(tree, copy_tree, tmp_path):
+    """Small batches, each probed while the one before it syncs and commits, make the
+    documents a single batch makes."""
+    data_root, _ = tree
+    one_cfg, _ = run_scan(data_root)
+    many_cfg, result = run_scan(copy_tree(data_root, tmp_path / "many"), batch_max_files=5)
+    assert sum(stage_totals(result, "new").values()) > 5 * 10, "expected many batches"
+    assert snapshot(many_cfg.db) == snapshot(one_cfg.db)
+    assert docs_tree(many_cfg.docs_root) == docs_tree(one_cfg.docs_root)
+
+
+def test_an_error_taking_the_next_batch_surfaces_after_this_batch_commits(tree):
+    """The next batch is listed and probed from inside this one (after its staging): an
+    error there is this scan's error once this batch is done, never this batch's."""
+    data_root, _ = tree
+    cfg = make_config(data_root)
+    cands = list_candidates(cfg, ("draft",))
+
+    def batches():
+        yield cands
+        raise RuntimeError("listing the next batch failed")
+
+    indexer = Indexer(cfg, "test")
+    committed = []
+    try:
+        ahead = ProbeAhead(indexer, batches())
+        with pytest.raises(RuntimeError, match="listing the next batch failed"):
+            for batch, probed in ahead:
+                indexer.ingest(batch, known=_never, probed=probed, then=ahead.start_next)
+                committed.append(len(snapshot(cfg.db)))
+    finally:
+        indexer.close()
+    assert committed and committed[0] > 0, "the batch before the error was not committed"
+
+
+def test_a_batch_lets_its_bytes_go_before_the_next_batch_is_read(tree):
+    """``then`` (where a scan starts reading its next batch) runs once the batch's files are
+    staged, with their bytes released: a scan holds one batch's bytes at a time."""
+    data_root, _ = tree
+    cfg = make_config(data_root)
+    cands = list_candidates(cfg, ("draft",))
+    indexer = Indexer(cfg, "test")
+    try:
+        outcomes = indexer.ingestor.probe_all(cands, ready=False, known=_never)
+        assert sum(o.content is not None for o in outcomes) > 10
+        held: list[int] = []
+        report = indexer.ingest(
+            cands,
+            probed=lambda: outcomes,
+            then=lambda: held.append(sum(o.content is not None for o in outcomes)),
+        )
+    finally:
+        indexer.close()
+    assert sum(stage_totals_of(report, "docs_created")) > 10
+    assert held == [0], f"{held} sources still held their bytes when the next batch began"
+
+
+def stage_totals_of(report, key):
+    return [n for (_, k), n in report.counts.items() if k == key]
 
 
 def test_link_mode_hard_links_and_verifies(tree):

@@ -23,7 +23,7 @@ from docwatch.core.tasks import TaskTables, effective_info, task_info
 from docwatch.errors import IndexCorrupt, PermissionProblem
 from docwatch.ingest.ingestor import BatchReport, Ingestor, IngestSettings, Known
 from docwatch.ingest.pool import give_back_memory
-from docwatch.ingest.sources import Candidate
+from docwatch.ingest.sources import Candidate, Outcome
 from docwatch.ingest.tables import TaskTableReader
 from docwatch.store.backend import open_index
 from docwatch.store.docstore import DocStore
@@ -219,6 +219,13 @@ class Indexer:
             log.warning("recovered %d unfinished document writes from a previous run", len(intents))
         return changed
 
+    def start_probe(
+        self, candidates: list[Candidate], *, known: Known | None = None
+    ) -> Callable[[], list[Outcome]]:
+        """Begin probing a later batch (``Ingestor.start_probe``); pass the result to
+        ``ingest`` as ``probed``."""
+        return self.ingestor.start_probe(candidates, ready=False, known=known)
+
     def ingest(
         self,
         candidates: list[Candidate],
@@ -228,11 +235,14 @@ class Indexer:
         known: Known | None = None,
         force: set[str] = frozenset(),
         give_up_after: float | None = None,
+        probed: Callable[[], list[Outcome]] | None = None,
+        then: Callable[[], None] = lambda: None,
     ) -> BatchReport:
         """Run one batch under the writer lock, retrying transient failures with backoff.
 
         Up to ``REPLAN_CHUNK`` tasks waiting for a re-plan ride along; ``needs_replan`` says
-        whether more wait.
+        whether more wait.  ``probed`` and ``then``: as ``Ingestor.run_batch`` (a retry
+        probes afresh).
         """
         delay, started = 0.5, time.monotonic()
         self.look_at_tables()  # notices rewritten task tables: their tasks are re-planned
@@ -244,7 +254,13 @@ class Indexer:
                 try:
                     self._recover_locked()
                     report = self.ingestor.run_batch(
-                        candidates, ready=ready, extra_tasks=extra, known=known, force=force
+                        candidates,
+                        ready=ready,
+                        extra_tasks=extra,
+                        known=known,
+                        force=force,
+                        probed=probed,
+                        then=then,
                     )
                 finally:
                     self.lock.release()
@@ -253,6 +269,7 @@ class Indexer:
                 give_back_memory(len(candidates))
                 return report
             except Exception as exc:
+                probed = None  # the outcomes were used: a retry reads the files again
                 if isinstance(exc, OSError) and exc.errno in NOT_ALLOWED_ERRNOS:
                     raise PermissionProblem(_not_allowed(exc, self.cfg)) from exc
                 if (damage := self.index.corruption(exc)) is not None:

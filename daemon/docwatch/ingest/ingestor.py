@@ -23,7 +23,7 @@ from docwatch.ingest.batchplan import BatchPlanner
 from docwatch.ingest.planner import (
     Change,
 )
-from docwatch.ingest.pool import map_io
+from docwatch.ingest.pool import give_back_memory, start_map_io
 from docwatch.ingest.sources import (
     DEFERRED,
     ERROR,
@@ -133,11 +133,22 @@ class Ingestor:
     def probe_all(
         self, candidates: Iterable[Candidate], *, ready: bool, known: Known | None
     ) -> list[Outcome]:
+        return self.start_probe(candidates, ready=ready, known=known)()
+
+    def start_probe(
+        self,
+        candidates: Iterable[Candidate],
+        *,
+        ready: bool,
+        known: Known | None,
+    ) -> Callable[[], list[Outcome]]:
+        """Classify the candidates here (lstat, the ledger) and start reading the new ones on
+        the I/O threads; the returned function waits for the reads and gives the outcomes."""
         now = time.time_ns()
         candidates = list(candidates)
         known = known or self.index.ledger_seen(c.relpath for c in candidates)
         seen: dict[str, Outcome | tuple] = {}
-        for cand in candidates:  # lstat and the ledger, here; the reads, on the I/O threads
+        for cand in candidates:
             seen[cand.relpath] = (
                 cand,
                 classify(
@@ -150,16 +161,20 @@ class Ingestor:
                 ),
             )
         to_read = [(c, found) for c, found in seen.values() if not isinstance(found, Outcome)]
-        results = map_io(lambda cf: read(cf[0], *cf[1]), to_read)
-        read_by_path = {}
-        for (cand, _), result in zip(to_read, results, strict=True):
-            if isinstance(result, BaseException):
-                raise result
-            read_by_path[cand.relpath] = result
-        return [
-            found if isinstance(found, Outcome) else read_by_path[c.relpath]
-            for c, found in seen.values()
-        ]
+        reading = start_map_io(lambda cf: read(cf[0], *cf[1]), to_read)
+
+        def outcomes() -> list[Outcome]:
+            read_by_path = {}
+            for (cand, _), result in zip(to_read, reading(), strict=True):
+                if isinstance(result, BaseException):
+                    raise result
+                read_by_path[cand.relpath] = result
+            return [
+                found if isinstance(found, Outcome) else read_by_path[c.relpath]
+                for c, found in seen.values()
+            ]
+
+        return outcomes
 
     # -- the batch -----------------------------------------------------------------------
 
@@ -171,22 +186,33 @@ class Ingestor:
         extra_tasks: Iterable[Task] = (),
         known: Known | None = None,
         force: set[str] = frozenset(),
+        probed: Callable[[], list[Outcome]] | None = None,
+        then: Callable[[], None] = lambda: None,
     ) -> BatchReport:
         """Probe, plan, write and commit; returns what happened, per stage and outcome.
 
         ``known`` is the no-read skip (default: ask the index); ``force`` documents are
-        rewritten from their sources (``verify --repair``).
+        rewritten from their sources (``verify --repair``).  ``probed``: the candidates'
+        probe, begun earlier (``start_probe``).  ``then`` runs once, as soon as this batch no
+        longer needs the I/O threads for its own files (a scan starts the next probe there).
         """
         report = BatchReport()
-        outcomes = self.probe_all(candidates, ready=ready, known=known)
+        then = once(then)
+        outcomes = (probed or self.start_probe(candidates, ready=ready, known=known))()
         hold_parsed_of_unready_raws(outcomes)
         try:
-            return self._run_locked(outcomes, set(extra_tasks), force, report)
+            return self._run_locked(outcomes, set(extra_tasks), force, report, then)
         finally:
+            then()
             self.index.unlock_tasks()
 
     def _run_locked(
-        self, outcomes: list[Outcome], extra: set[Task], force: set[str], report: BatchReport
+        self,
+        outcomes: list[Outcome],
+        extra: set[Task],
+        force: set[str],
+        report: BatchReport,
+        then: Callable[[], None],
     ) -> BatchReport:
         """The batch with its tasks locked (another writer of a shared index holds none of
         them): tasks it cannot lock wait for the next pass."""
@@ -216,7 +242,8 @@ class Ingestor:
                 tasks=[plan.infos[t] for t in plan.planned],
                 contents=contents,
                 tables_digest=plan.tables_digest,
-            )
+            ),
+            after_staging=lambda: (release_contents(outcomes, contents), then()),
         )
         retry_tasks = result.retry | plan.deferred
         report.retry += [
@@ -278,6 +305,26 @@ class Ingestor:
             report.updated.append(c.doc_id)
             outcome = "docs_updated"
         report.counts[(c.info.stage, outcome)] += 1
+
+
+def release_contents(outcomes: list[Outcome], contents: dict) -> None:
+    """Once a batch's files are staged its sources' bytes are needed no more: let them go
+    before the next batch's are read (a scan holds one batch's bytes at a time)."""
+    contents.clear()
+    for o in outcomes:
+        o.content = None
+    give_back_memory(len(outcomes))
+
+
+def once(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` for a caller that may call it twice: it runs the first time only."""
+    pending = [fn]
+
+    def call() -> None:
+        if pending:
+            pending.pop()()
+
+    return call
 
 
 def hold_parsed_of_unready_raws(outcomes: list[Outcome]) -> None:

@@ -67,14 +67,30 @@ def _executor() -> ThreadPoolExecutor:
 def map_io(fn: Callable[[T], R], items: Iterable[T]) -> list[R | BaseException]:
     """``fn`` over ``items`` on the I/O threads, results in order; an item's exception is
     returned in its place (the caller decides what one bad file means for its batch)."""
+    return start_map_io(fn, items)()
+
+
+def start_map_io(fn: Callable[[T], R], items: Iterable[T]) -> Callable[[], list[R | BaseException]]:
+    """``map_io`` begun now and collected later: the items go to the I/O threads at once and
+    the returned function waits for their results (in order).  With no threads, or few
+    items, they run here, now."""
     items = list(items)
     if IO_THREADS == 0 or len(items) < SERIAL_BELOW:
-        return [_call(fn, item) for item in items]
+        done = [_call(fn, item) for item in items]
+        return lambda: done
     size = -(-len(items) // (IO_THREADS * CHUNKS_PER_THREAD))
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    results: list[R | BaseException] = []
-    for part in _executor().map(lambda chunk: [_call(fn, item) for item in chunk], chunks):
-        results += part
+    pool = _executor()
+    futures = [
+        pool.submit(lambda chunk: [_call(fn, item) for item in chunk], items[i : i + size])
+        for i in range(0, len(items), size)
+    ]
+
+    def results() -> list[R | BaseException]:
+        out: list[R | BaseException] = []
+        for future in futures:
+            out += future.result()
+        return out
+
     return results
 
 

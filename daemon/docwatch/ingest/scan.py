@@ -162,10 +162,11 @@ def catch_up(
     held: list[Candidate] = []
     listed_at = time.monotonic()
     done = 0
-    for batch in task_batches(cands, cfg.batch_max_files):
+    ahead = ProbeAhead(indexer, task_batches(cands, cfg.batch_max_files))
+    for batch, probed in ahead:
         if stop():
             return done
-        report = indexer.ingest(batch, known=_never)
+        report = indexer.ingest(batch, known=_never, probed=probed, then=ahead.start_next)
         future += report.future
         held += report.held
         add(report)
@@ -182,6 +183,42 @@ def catch_up(
     indexer.expire_pending()
     add(indexer.ingest_queued(between))
     return done + sum(counts.values())
+
+
+class ProbeAhead:
+    """A scan's batches, each listed and probed while the one before it syncs and commits
+    (``start_next`` is that batch's ``then``): its files are read on the I/O threads while
+    the disk flushes, instead of after.  An error listing or probing a batch surfaces when
+    that batch is taken, never in the batch it was started from."""
+
+    def __init__(self, indexer: Indexer, batches: Iterator[list[Candidate]]) -> None:
+        self.indexer = indexer
+        self.batches = batches
+        self.next: tuple[list[Candidate], Callable | None] | BaseException | None = None
+
+    def start_next(self) -> None:
+        """Take the next batch and start its probe (once per batch; ``then`` of ``ingest``)."""
+        if self.next is not None:
+            return
+        try:
+            batch = next(self.batches, None)
+            if batch is None:
+                self.next = ([], None)
+            else:
+                self.next = (batch, self.indexer.start_probe(batch, known=_never))
+        except Exception as exc:
+            self.next = exc
+
+    def __iter__(self) -> Iterator[tuple[list[Candidate], Callable | None]]:
+        while True:
+            self.start_next()
+            taken, self.next = self.next, None
+            if isinstance(taken, BaseException):
+                raise taken
+            assert taken is not None
+            if not taken[0]:
+                return
+            yield taken
 
 
 def settled_future(

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,11 @@ class Writer:
         self.writer_id = writer_id
         self.live_since_ns = live_since_ns
 
-    def write(self, batch_in: BatchInput) -> WriteResult:
+    def write(
+        self, batch_in: BatchInput, after_staging: Callable[[], None] = lambda: None
+    ) -> WriteResult:
+        """The batch protocol; ``after_staging`` runs once its files are staged (the I/O
+        threads are free again while it syncs and commits)."""
         result = WriteResult(problems=list(batch_in.problems))
         if not batch_in.changes:  # only the ledger moves: no file to make durable
             self._commit(None, batch_in, [], result)
@@ -81,6 +86,7 @@ class Writer:
         committed = False
         try:
             kept = self._stage_all(batch, batch_in, result)
+            after_staging()
             batch.sync_staged()
             task_of = {c.doc_id: c.info.task_id for c in kept}
             with self.index.transaction():
