@@ -35,7 +35,9 @@ PHASES = (
     (indexer.Indexer, "look_at_tables"),
     (indexer.Indexer, "ingest"),
     # inside ``ingest``, a batch's parts (nested: they add up to less than ``ingest``):
-    (ingestor.Ingestor, "probe_all"),  # lstat, then read and hash on the I/O threads
+    # lstat and the ledger; the reads go to the I/O threads (a scan's next batch: during the
+    # batch before it, so waiting for them is not timed here)
+    (ingestor.Ingestor, "start_probe"),
     (batchplan.BatchPlanner, "plan"),
     (writer.Writer, "_stage_all"),  # the documents' files, on the I/O threads
     (docstore.Batch, "sync_staged"),  # syncfs

@@ -186,7 +186,7 @@ def test_a_batch_lets_its_bytes_go_before_the_next_batch_is_read(tree):
     cands = list_candidates(cfg, ("draft",))
     indexer = Indexer(cfg, "test")
     try:
-        outcomes = indexer.ingestor.probe_all(cands, ready=False, known=_never)
+        outcomes = indexer.ingestor.start_probe(cands, ready=False, known=_never)()
         assert sum(o.content is not None for o in outcomes) > 10
         held: list[int] = []
         report = indexer.ingest(

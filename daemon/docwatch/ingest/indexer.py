@@ -219,13 +219,6 @@ class Indexer:
             log.warning("recovered %d unfinished document writes from a previous run", len(intents))
         return changed
 
-    def start_probe(
-        self, candidates: list[Candidate], *, known: Known | None = None
-    ) -> Callable[[], list[Outcome]]:
-        """Begin probing a later batch (``Ingestor.start_probe``); pass the result to
-        ``ingest`` as ``probed``."""
-        return self.ingestor.start_probe(candidates, ready=False, known=known)
-
     def ingest(
         self,
         candidates: list[Candidate],

@@ -130,17 +130,8 @@ class Ingestor:
 
     # -- probing -------------------------------------------------------------------------
 
-    def probe_all(
-        self, candidates: Iterable[Candidate], *, ready: bool, known: Known | None
-    ) -> list[Outcome]:
-        return self.start_probe(candidates, ready=ready, known=known)()
-
     def start_probe(
-        self,
-        candidates: Iterable[Candidate],
-        *,
-        ready: bool,
-        known: Known | None,
+        self, candidates: Iterable[Candidate], *, ready: bool, known: Known | None
     ) -> Callable[[], list[Outcome]]:
         """Classify the candidates here (lstat, the ledger) and start reading the new ones on
         the I/O threads; the returned function waits for the reads and gives the outcomes."""
@@ -193,8 +184,9 @@ class Ingestor:
 
         ``known`` is the no-read skip (default: ask the index); ``force`` documents are
         rewritten from their sources (``verify --repair``).  ``probed``: the candidates'
-        probe, begun earlier (``start_probe``).  ``then`` runs once, as soon as this batch no
-        longer needs the I/O threads for its own files (a scan starts the next probe there).
+        probe, begun earlier (``start_probe``).  ``then`` runs once: when the batch's files are
+        staged and its sources' bytes let go, else at its end (a scan starts the next probe
+        there, while this batch syncs and commits).
         """
         report = BatchReport()
         then = once(then)

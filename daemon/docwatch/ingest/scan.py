@@ -205,7 +205,8 @@ class ProbeAhead:
             if batch is None:
                 self.next = ([], None)
             else:
-                self.next = (batch, self.indexer.start_probe(batch, known=_never))
+                probe = self.indexer.ingestor.start_probe(batch, ready=False, known=_never)
+                self.next = (batch, probe)
         except Exception as exc:
             self.next = exc
 
