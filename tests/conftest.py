@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -128,19 +129,93 @@ def query(location, sql: str, params=()) -> list[tuple]:
         con.close()
 
 
-def snapshot(db, columns=SNAPSHOT_COLUMNS) -> dict[str, tuple]:
+class Rows(dict):
+    """doc_id → a row's compared columns (``columns``, in order); two that differ are
+    explained by ``rows_differences``: the documents and the columns that differ."""
+
+    def __init__(self, rows, columns) -> None:
+        super().__init__(rows)
+        self.columns = tuple(columns)
+
+
+def rows_differences(left: Rows, right: Rows, limit: int = 8) -> list[str]:
+    """Documents on one side only, and the columns that differ in the others (at most
+    ``limit`` of each)."""
+    only_left = sorted(left.keys() - right.keys())
+    only_right = sorted(right.keys() - left.keys())
+    differ = sorted(k for k in left.keys() & right.keys() if left[k] != right[k])
+    lines = [
+        f"rows differ: {len(only_left)} documents only left, {len(only_right)} only right,"
+        f" {len(differ)} with other columns (of {len(left)} and {len(right)})"
+    ]
+    lines += [f"only left:  {left[k]}" for k in only_left[:limit]]
+    lines += [f"only right: {right[k]}" for k in only_right[:limit]]
+    for k in differ[:limit]:
+        pairs = zip(left.columns, left[k], right[k], strict=False)
+        lines.append(
+            f"differ: {k}: " + "; ".join(f"{c} {a!r} vs {b!r}" for c, a, b in pairs if a != b)
+        )
+    return lines
+
+
+def snapshot(db, columns=SNAPSHOT_COLUMNS) -> Rows:
     """doc_id → the row's comparable columns (run_id excluded: it names who ingested), of
     every visible document (``db``: an SQLite file or a postgresql:// URL).  Superseded
     documents (tombstones a scan of the finished tree never makes) are checked by
     ``assert_tombstones`` instead."""
     rows = query(db, f"SELECT {', '.join(columns)} FROM documents WHERE status <> 'superseded'")
-    return {r[0]: r for r in rows}
+    return Rows(((r[0], r) for r in rows), columns)
 
 
-def docs_tree(docs_root: Path) -> dict[str, bytes]:
+class Files(dict):
+    """relative path → a file's bytes; two that differ are explained by ``files_differences``
+    (paths and sizes), never by printing every essay of both trees."""
+
+
+def files_differences(left: Files, right: Files, limit: int = 8) -> list[str]:
+    """What differs between two file trees: paths on one side only, and files whose bytes
+    differ (sizes, sha256 and the first differing offset), at most ``limit`` of each."""
+
+    def named(path: str, data: bytes) -> str:
+        return f"{path} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:12]})"
+
+    def first_difference(a: bytes, b: bytes) -> int:
+        return next(
+            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+        )
+
+    only_left = sorted(left.keys() - right.keys())
+    only_right = sorted(right.keys() - left.keys())
+    differ = sorted(k for k in left.keys() & right.keys() if left[k] != right[k])
+    lines = [
+        f"file trees differ: {len(only_left)} files only left, {len(only_right)} only right,"
+        f" {len(differ)} with other bytes (of {len(left)} and {len(right)} files)"
+    ]
+    lines += [f"only left:  {named(k, left[k])}" for k in only_left[:limit]]
+    lines += [f"only right: {named(k, right[k])}" for k in only_right[:limit]]
+    for k in differ[:limit]:
+        at = first_difference(left[k], right[k])
+        lines.append(
+            f"differ: {k}: left {len(left[k])} bytes, right {len(right[k])}, first at byte {at}:"
+            f" {left[k][at : at + 40]!r} vs {right[k][at : at + 40]!r}"
+        )
+    return lines
+
+
+def pytest_assertrepr_compare(op, left, right):
+    """Two file trees or two snapshots compared: say what differs in a few lines (a CI log
+    keeps only its tail, and the failing test's name must be in it)."""
+    if op == "==" and isinstance(left, Files) and isinstance(right, Files):
+        return files_differences(left, right)
+    if op == "==" and isinstance(left, Rows) and isinstance(right, Rows):
+        return rows_differences(left, right)
+    return None
+
+
+def docs_tree(docs_root: Path) -> Files:
     """relative path → bytes of every file of the visible documents except metadata.json
     (which has times); staging under .tmp excluded, superseded documents too."""
-    out: dict[str, bytes] = {}
+    out = Files()
     if not docs_root.is_dir():
         return out
     for stage_dir in sorted(p for p in docs_root.iterdir() if p.is_dir() and p.name != ".tmp"):

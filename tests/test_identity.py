@@ -27,7 +27,7 @@ from pathlib import Path
 import legacy_tree
 import pytest
 from click.testing import CliRunner
-from conftest import assert_tombstones, docs_tree, snapshot
+from conftest import Files, assert_tombstones, docs_tree, snapshot
 from docwatch import DocumentsIndex
 from docwatch.cli import main as cli_main
 from docwatch.config import load_config
@@ -200,15 +200,15 @@ def all_rows(db: Path) -> dict[str, tuple]:
     return {r[0]: r for r in rows}
 
 
-def docs_files(docs: Path) -> dict[str, bytes]:
+def docs_files(docs: Path) -> Files:
     """Every file of every document directory, metadata.json and superseded ones included."""
-    return {
-        str(p.relative_to(docs)): p.read_bytes()
+    return Files(
+        (str(p.relative_to(docs)), p.read_bytes())
         for stage in ("draft", "essay", "evaluation")
         if (docs / stage).is_dir()
         for p in sorted((docs / stage).rglob("*"))
         if p.is_file()
-    }
+    )
 
 
 def meta_rows(docs: Path) -> dict[str, dict]:
