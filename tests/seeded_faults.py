@@ -343,6 +343,32 @@ FAULTS = (
         ("tests/test_watch_e2e.py::test_live_pipeline_converges_with_a_scan_of_the_finished_tree",),
     ),
     Fault(
+        "created_raw_settles",
+        "a raw the watcher saw created is read by the settle rule while its writer stalls",
+        (
+            (
+                "live/readiness.py",
+                "    if entry.created and state.regular and state.nlink == 1 and now < closes_by:",
+                "    if False:",
+            ),
+        ),
+        ("tests/test_watch.py",),
+        ("-k", "seen_created or waits_for_its_close"),
+    ),
+    Fault(
+        "reconcile_reads_open_raw",
+        "a reconcile pass reads a raw the watcher saw created and still waits to see closed",
+        (
+            (
+                "live/watcher.py",
+                "            skip=lambda path: self.pending.awaits_close(path, time.monotonic(), CLOSE_WAIT),",
+                "            skip=lambda path: CLOSE_WAIT < 0,",
+            ),
+        ),
+        ("tests/test_watch.py",),
+        ("-k", "waits_for_its_close"),
+    ),
+    Fault(
         "new_folder_waits_for_arm",
         "a new stage folder is watched only at the main loop's next turn, not at its event",
         (

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import watchdog.version
 from docwatch.config import load_config
+from docwatch.core.layout import FolderRole
 from docwatch.live.events import (
     DIRS,
     EVENT_FILTER,
@@ -31,6 +32,8 @@ from docwatch.live.events import (
     WatchSet,
 )
 from docwatch.live.inotify import FifoInotifyObserver, UnpairedMoves
+from docwatch.live.pending import PendingTable
+from docwatch.live.readiness import CLOSE_WAIT, FileState, Policy, Verdict, decide
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.watcher import Watcher
 from support import wait_until
@@ -327,6 +330,56 @@ def test_a_file_that_only_gets_created_is_read_after_settle(tmp_path):
         os.link(src, data / EVAL_PARSED / f"{task}_v1.txt")
         rows = wait_until(lambda: documents(cfg, task), what="hard-linked file indexed")
         assert rows[0]["status"] == "ok" and doc_file(cfg, rows[0], "parsed.txt") == b"score: 7\n"
+
+
+@pytest.mark.parametrize(
+    ("created", "nlink", "waited", "verdict"),
+    [
+        (True, 1, 5.0, Verdict.WAIT),  # seen created: its close, long past settle_seconds
+        (True, 1, CLOSE_WAIT + 1, Verdict.READ),  # no close within CLOSE_WAIT: the settle rule
+        (True, 2, 5.0, Verdict.READ),  # a hard link: no close follows, the settle rule
+        (False, 1, 5.0, Verdict.READ),  # listed, not seen created: the settle rule
+    ],
+)
+def test_a_raw_seen_created_waits_for_its_close_not_the_settle_rule(
+    created, nlink, waited, verdict
+):
+    path = "/data/3_generation/draft_responses_raw/t__creative-synthesis-v2__sonnet-4_v1.txt"
+    table = PendingTable({os.path.dirname(path): FolderRole("draft", "raw", RAW)})
+    table.put(path, 0.0, awaiting_close=True, created=created, first=0.0)
+    (entry,) = table.take_due(0.0, 10)
+    now_ns = 10**18
+    old_bytes = FileState(regular=True, size=100, mtime_ns=now_ns - 10**9, ino=1, nlink=nlink)
+    decision = decide(entry, old_bytes, now=waited, now_ns=now_ns, policy=Policy(settle_s=0.5))
+    assert decision.verdict is verdict
+    if verdict is Verdict.WAIT:
+        assert waited < decision.due <= CLOSE_WAIT  # looked at again, never later than the cap
+
+
+def test_a_raw_created_while_watched_waits_for_its_close_however_long_its_writer_stalls(tmp_path):
+    """The watcher saw the raw created, so its writer's close will come: a writer stalled
+    mid-write past ``settle_seconds`` (a loaded machine) is not read by the settle rule, nor
+    by a reconcile pass meanwhile.  A partial read would make an extra attempt, which a scan
+    of the finished tree never makes (the CI failure of stop 24, live = scan after kill -9)."""
+    cfg = make_cfg(tmp_path, settle_seconds=0.2, reconcile_interval=1)
+    data = Path(cfg.data_root)
+    (data / RAW).mkdir(parents=True)
+    task = "combo_v1_dddddddddddd__creative-synthesis-v2__sonnet-4"
+    with running(cfg) as w:
+        reconciles = w.stats["reconciles"]
+        with open(data / RAW / f"{task}_v1.txt", "wb") as f:
+            f.write(b"the first half, ")
+            f.flush()
+            stalled_until = time.monotonic() + 2.5  # > 10 x settle_seconds, 2 reconciles
+            while time.monotonic() < stalled_until:
+                assert not documents(cfg, task), "a raw still open for writing was read"
+                time.sleep(0.05)
+            f.write(b"then the rest\n")
+        rows = wait_until(lambda: documents(cfg, task), what="the raw read at its close")
+        assert w.stats["reconciles"] > reconciles, "no reconcile pass ran during the stall"
+    assert (
+        len(rows) == 1 and doc_file(cfg, rows[0], "raw.txt") == b"the first half, then the rest\n"
+    )
 
 
 # --- folders --------------------------------------------------------------------------------

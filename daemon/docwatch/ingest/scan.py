@@ -140,6 +140,7 @@ def catch_up(
     between: Callable[[], None] = lambda: None,
     stop: Callable[[], bool] = lambda: False,
     settle_future: bool = True,
+    skip: Callable[[str], bool] | None = None,
 ) -> int:
     """What ``scan`` does (and ``watch`` at start-up and reconcile): rebuild missing document
     directories, list the folders against the ledger and ingest what is new in task-ordered
@@ -147,7 +148,8 @@ def catch_up(
     expire old pending raws, and re-plan what waits, a chunk at a time.  ``between`` runs
     after every batch (the daemon feeds its watchdog there); ``stop`` ends the pass early.
     ``settle_future`` False leaves files with a future mtime deferred (in the report's
-    ``retry``: the daemon watches them settle).  Returns how many entries were listed.
+    ``retry``: the daemon watches them settle); ``skip(path)`` leaves a listed file to its
+    close (the daemon saw it created).  Returns how many entries were listed.
     """
     repair = missing_document_tasks(indexer)
     if repair:
@@ -158,6 +160,8 @@ def catch_up(
     counts: Counter = Counter()
     cfg = indexer.cfg
     cands = listing(cfg.data_root, cfg.folders, stages, indexer.index.ledger_in_folder, counts)
+    if skip is not None:
+        cands = (c for c in cands if not skip(str(c.path)))
     future: list[Candidate] = []
     held: list[Candidate] = []
     listed_at = time.monotonic()

@@ -94,6 +94,7 @@ class Batches:
                     seen=d.seen,
                     seen_at=d.seen_at or 0.0,
                     quiet=e.quiet,
+                    created=e.created,
                 )
             elif d.verdict is Verdict.READ:
                 relpath = f"{e.role.folder}/{os.path.basename(e.path)}"

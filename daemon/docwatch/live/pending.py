@@ -23,7 +23,7 @@ class Pending:
     task: tuple[str, str]  # (stage, task_id)
     due: float  # monotonic
     ready: bool  # complete now (close or rename seen); else the settle rule applies
-    awaiting_close: bool  # inotify saw it created, no close yet
+    awaiting_close: bool  # inotify saw it created, or listed as a raw: no close yet
     first: float  # when it was first queued (bounds how long a parsed file is held)
     seq: int
     tries: int = 0
@@ -32,6 +32,8 @@ class Pending:
     seen_at: float = 0.0
     #: Listed in a folder just armed, of a kind renamed into place: read once quiet.
     quiet: bool = False
+    #: inotify saw it created (IN_CREATE): its writer's close (IN_CLOSE_WRITE) will come.
+    created: bool = False
 
 
 class PendingTable:
@@ -61,6 +63,7 @@ class PendingTable:
         seen: tuple[int, int, int] | None = None,
         seen_at: float = 0.0,
         quiet: bool = False,
+        created: bool = False,
     ) -> None:
         """Add a path, or merge into its entry (earliest due, ready wins); ``keep`` leaves an
         existing entry alone.  Paths outside the watched folders or not pipeline names are
@@ -74,7 +77,7 @@ class PendingTable:
             first, tries = old.first if first is None else first, max(tries, old.tries)
             if seen is None:
                 seen, seen_at = old.seen, old.seen_at
-            quiet = quiet or old.quiet
+            quiet, created = quiet or old.quiet, created or old.created
         else:
             role = self.roles.get(os.path.dirname(path))
             name = parse_name(os.path.basename(path))
@@ -95,6 +98,7 @@ class PendingTable:
             seen,
             seen_at,
             quiet and not ready,
+            created and not ready,
         )
         heapq.heappush(self._heap, (due, self._seq, path))
         if role.kind == "raw":
@@ -136,3 +140,9 @@ class PendingTable:
 
     def raws_of(self, task: tuple[str, str]) -> set[str]:
         return set(self._raws.get(task, ()))
+
+    def awaits_close(self, path: str, now: float, limit: float) -> bool:
+        """Whether ``path`` was seen created less than ``limit`` seconds ago and its close
+        has not come (a pass listing the folder leaves it to the close)."""
+        entry = self._entries.get(path)
+        return entry is not None and entry.created and now - entry.first < limit

@@ -1,10 +1,14 @@
 """When a file the daemon was told about may be read (pure: no I/O, no clock, no threads).
 
 * closed after writing, or renamed into place (inotify): complete now;
-* anything else (created without a close yet, listed, polled, changed while read): the settle
-  rule, as in ``scan``: read once its mtime is ``settle_seconds`` old.  A future mtime (clock
-  skew, NFS) says nothing about age: such a file is read once it has been seen unchanged for
-  ``settle_seconds``.  An inotify-created file that is still empty keeps waiting for its close;
+* created (inotify) and not closed yet: its close, however long its writer stalls mid-write
+  (a loaded machine can stall it past ``settle_seconds``, and a partial read would be an
+  extra attempt); only a hard link (nlink > 1, which no close follows) or a close not seen
+  within ``CLOSE_WAIT`` falls back to the settle rule.  One still empty waits for its close
+  ``EMPTY_CHECKS`` times, then is left to the reconcile pass;
+* anything else (listed, polled, changed while read): the settle rule, as in ``scan``: read
+  once its mtime is ``settle_seconds`` old.  A future mtime (clock skew, NFS) says nothing
+  about age: such a file is read once it has been seen unchanged for ``settle_seconds``;
 * a prompt or parsed file found by listing a folder just armed (written before the watch
   existed): the pipeline renames those into place, so it is complete once it stops changing
   for ``QUIET`` seconds (a raw file found so waits for its close, or the settle rule).
@@ -24,6 +28,9 @@ from docwatch.live.pending import Pending
 
 #: An inotify-created file still empty: re-checks before it is left to the reconcile pass.
 EMPTY_CHECKS = 5
+#: A file seen created waits this long for its close before the settle rule applies (a lost
+#: close event; a writer holding a raw open this long is not the pipeline's).
+CLOSE_WAIT = 60.0
 #: A renamed-into-place kind found by listing: read once unchanged for this long (seconds).
 QUIET = 0.1
 #: A raw file ready (closed) waits this long for its parsed file, which the pipeline writes
@@ -88,6 +95,9 @@ def decide(
         if entry.tries >= EMPTY_CHECKS:
             return Decision(Verdict.FORGET)
         return Decision(Verdict.WAIT, now + max(settle, 0.1), tries=entry.tries + 1)
+    closes_by = entry.first + CLOSE_WAIT
+    if entry.created and state.regular and state.nlink == 1 and now < closes_by:
+        return Decision(Verdict.WAIT, min(now + max(settle, 0.1), closes_by))  # its close
     age_ns = now_ns - state.mtime_ns
     if age_ns < 0:  # a future mtime: settled once unchanged for settle_seconds
         if entry.seen == state.signature and now - entry.seen_at >= settle:

@@ -52,6 +52,7 @@ from docwatch.live.events import (
     role_dirs,
 )
 from docwatch.live.pending import PendingTable
+from docwatch.live.readiness import CLOSE_WAIT
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.signals import SignalHandling
 from docwatch.live.timers import Timers
@@ -281,7 +282,8 @@ class Watcher:
         if kind == READY:
             self.pending.put(path, now, ready=True)
         elif kind == CREATED:
-            self.pending.put(path, now + self.cfg.settle_seconds, awaiting_close=True, keep=True)
+            due = now + self.cfg.settle_seconds
+            self.pending.put(path, due, awaiting_close=True, created=True, keep=True)
         else:  # CHANGED (polling): the settle rule
             self.pending.put(path, now)
 
@@ -327,6 +329,7 @@ class Watcher:
             between=between,
             stop=self.stop_requested.is_set,
             settle_future=False,  # the pending table watches them settle
+            skip=lambda path: self.pending.awaits_close(path, time.monotonic(), CLOSE_WAIT),
         )
         changed = self.stats["docs_created"] + self.stats["docs_updated"] - before
         level = logging.INFO if why == "start-up" or changed else logging.DEBUG
