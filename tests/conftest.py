@@ -138,24 +138,29 @@ class Rows(dict):
         self.columns = tuple(columns)
 
 
-def rows_differences(left: Rows, right: Rows, limit: int = 8) -> list[str]:
-    """Documents on one side only, and the columns that differ in the others (at most
-    ``limit`` of each)."""
+def differences(left: dict, right: dict, what: str, show, explain, limit: int = 8) -> list[str]:
+    """Keys on one side only (``show(key, value)``) and keys whose values differ
+    (``explain(left, right)``), at most ``limit`` of each, under a one-line summary."""
     only_left = sorted(left.keys() - right.keys())
     only_right = sorted(right.keys() - left.keys())
     differ = sorted(k for k in left.keys() & right.keys() if left[k] != right[k])
-    lines = [
-        f"rows differ: {len(only_left)} documents only left, {len(only_right)} only right,"
-        f" {len(differ)} with other columns (of {len(left)} and {len(right)})"
+    return [
+        f"{what} differ: {len(only_left)} only left, {len(only_right)} only right,"
+        f" {len(differ)} with other values (of {len(left)} and {len(right)})",
+        *(f"only left:  {show(k, left[k])}" for k in only_left[:limit]),
+        *(f"only right: {show(k, right[k])}" for k in only_right[:limit]),
+        *(f"differ: {k}: {explain(left[k], right[k])}" for k in differ[:limit]),
     ]
-    lines += [f"only left:  {left[k]}" for k in only_left[:limit]]
-    lines += [f"only right: {right[k]}" for k in only_right[:limit]]
-    for k in differ[:limit]:
-        pairs = zip(left.columns, left[k], right[k], strict=False)
-        lines.append(
-            f"differ: {k}: " + "; ".join(f"{c} {a!r} vs {b!r}" for c, a, b in pairs if a != b)
-        )
-    return lines
+
+
+def rows_differences(left: Rows, right: Rows) -> list[str]:
+    """Documents on one side only, and the columns that differ in the others."""
+
+    def columns(a: tuple, b: tuple) -> str:
+        pairs = zip(left.columns, a, b, strict=False)
+        return "; ".join(f"{c} {x!r} vs {y!r}" for c, x, y in pairs if x != y)
+
+    return differences(left, right, "rows", lambda k, row: row, columns)
 
 
 def snapshot(db, columns=SNAPSHOT_COLUMNS) -> Rows:
@@ -172,34 +177,22 @@ class Files(dict):
     (paths and sizes), never by printing every essay of both trees."""
 
 
-def files_differences(left: Files, right: Files, limit: int = 8) -> list[str]:
-    """What differs between two file trees: paths on one side only, and files whose bytes
-    differ (sizes, sha256 and the first differing offset), at most ``limit`` of each."""
+def files_differences(left: Files, right: Files) -> list[str]:
+    """Paths on one side only, and files whose bytes differ: sizes, sha256, and the first
+    differing byte."""
 
     def named(path: str, data: bytes) -> str:
         return f"{path} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:12]})"
 
-    def first_difference(a: bytes, b: bytes) -> int:
-        return next(
-            (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    def bytes_apart(a: bytes, b: bytes) -> str:
+        at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        at = min(len(a), len(b)) if at is None else at
+        return (
+            f"left {len(a)} bytes, right {len(b)}, first at byte {at}:"
+            f" {a[at : at + 40]!r} vs {b[at : at + 40]!r}"
         )
 
-    only_left = sorted(left.keys() - right.keys())
-    only_right = sorted(right.keys() - left.keys())
-    differ = sorted(k for k in left.keys() & right.keys() if left[k] != right[k])
-    lines = [
-        f"file trees differ: {len(only_left)} files only left, {len(only_right)} only right,"
-        f" {len(differ)} with other bytes (of {len(left)} and {len(right)} files)"
-    ]
-    lines += [f"only left:  {named(k, left[k])}" for k in only_left[:limit]]
-    lines += [f"only right: {named(k, right[k])}" for k in only_right[:limit]]
-    for k in differ[:limit]:
-        at = first_difference(left[k], right[k])
-        lines.append(
-            f"differ: {k}: left {len(left[k])} bytes, right {len(right[k])}, first at byte {at}:"
-            f" {left[k][at : at + 40]!r} vs {right[k][at : at + 40]!r}"
-        )
-    return lines
+    return differences(left, right, "file trees", named, bytes_apart)
 
 
 def pytest_assertrepr_compare(op, left, right):
