@@ -1,7 +1,8 @@
 """Paths waiting to be ingested by the daemon, one entry per path, ordered by due time.
 
-The table also knows which tasks have a raw file waiting: a parsed file of such a task is held
-back (``readiness.decide``), so the two are read together as a scan would read them.
+The table also knows which tasks have a raw file waiting (``raws_of``): a parsed file takes
+the ones it proves complete along (``batches.Batches.raws_behind``), so the two are read
+together as a scan would read them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Pending:
 
 class PendingTable:
     """Paths waiting to be ingested, one entry per path, ordered by due time; it also knows
-    which tasks have a raw file waiting (a parsed file of such a task is held back)."""
+    which tasks have a raw file waiting."""
 
     def __init__(self, roles: dict[str, FolderRole]) -> None:
         self.roles = roles
