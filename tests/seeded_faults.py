@@ -369,6 +369,13 @@ FAULTS = (
         ("-k", "waits_for_its_close"),
     ),
     Fault(
+        "lost_close_awaited",
+        "after a queue overflow, a raw seen created still waits CLOSE_WAIT for a close lost with it",
+        (("live/pending.py", "            entry.created = False\n", "            pass\n"),),
+        ("tests/test_watch.py",),
+        ("-k", "close_the_kernel_dropped"),
+    ),
+    Fault(
         "new_folder_waits_for_arm",
         "a new stage folder is watched only at the main loop's next turn, not at its event",
         (

@@ -491,6 +491,33 @@ def test_a_real_inotify_queue_overflow_triggers_a_rescan(tmp_path):
         assert w.stats["rescans"] >= 1
 
 
+def test_a_raw_seen_created_whose_close_the_kernel_dropped_is_read_by_the_settle_rule(tmp_path):
+    """A raw seen created waits for its close; when the kernel drops that close (a queue
+    overflow), the watcher stops waiting for it: the settle rule reads the file, not
+    ``CLOSE_WAIT`` later."""
+    cfg = make_cfg(tmp_path, settle_seconds=0.2)
+    data = Path(cfg.data_root)
+    (data / RAW).mkdir(parents=True)
+    noise_dir = data / EVAL_PARSED
+    noise_dir.mkdir(parents=True)
+    task = "combo_v1_eeeeeeeeeeee__creative-synthesis-v2__sonnet-4"
+    raw = data / RAW / f"{task}_v1.txt"
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    with running(cfg) as w:
+        with open(raw, "wb") as f:
+            f.write(b"a whole response\n")
+            f.flush()
+            wait_until(lambda: w.pending.awaits_close(str(raw), time.monotonic(), CLOSE_WAIT))
+            with w.watches.observer._inotify_fd._lock:  # the reader blocks: the queue fills up
+                noise = [os.fspath(noise_dir / f"noise{i}.txt.tmp") for i in range(2)]
+                for i in range(limit + 4096):
+                    os.close(os.open(noise[i % 2], os.O_WRONLY | os.O_CREAT, 0o644))
+                f.close()  # its IN_CLOSE_WRITE is dropped by the kernel
+        wait_until(lambda: w.overflow.count >= 1, what="watchdog's overflow warning")
+        rows = wait_until(lambda: documents(cfg, task), timeout=15, what="the raw indexed")
+    assert doc_file(cfg, rows[0], "raw.txt") == b"a whole response\n"
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_observer_thread_is_rebuilt_and_what_it_missed_is_found(tmp_path):
     cfg = make_cfg(tmp_path)

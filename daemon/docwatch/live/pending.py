@@ -142,6 +142,12 @@ class PendingTable:
     def raws_of(self, task: tuple[str, str]) -> set[str]:
         return set(self._raws.get(task, ()))
 
+    def forget_creations(self) -> None:
+        """Events were lost (a queue overflow, a dead observer): the close a file seen created
+        waits for may be among them, so the settle rule applies to it again."""
+        for entry in self._entries.values():
+            entry.created = False
+
     def awaits_close(self, path: str, now: float, limit: float) -> bool:
         """Whether ``path`` was seen created less than ``limit`` seconds ago and its close
         has not come (a pass listing the folder leaves it to the close)."""

@@ -3,8 +3,9 @@
 * closed after writing, or renamed into place (inotify): complete now;
 * created (inotify) and not closed yet: its close, however long its writer stalls mid-write
   (a loaded machine can stall it past ``settle_seconds``, and a partial read would be an
-  extra attempt); only a hard link (nlink > 1, which no close follows) or a close not seen
-  within ``CLOSE_WAIT`` falls back to the settle rule.  One still empty waits for its close
+  extra attempt); only a hard link (nlink > 1, which no close follows), a close not seen
+  within ``CLOSE_WAIT``, or lost events (``PendingTable.forget_creations``) fall back to the
+  settle rule.  One still empty waits for its close
   ``EMPTY_CHECKS`` times, then is left to the reconcile pass;
 * anything else (listed, polled, changed while read): the settle rule, as in ``scan``: read
   once its mtime is ``settle_seconds`` old.  A future mtime (clock skew, NFS) says nothing

@@ -235,6 +235,7 @@ class Watcher:
                 " so no file is missed"
             )
             self.stats["rescans"] += 1
+            self.pending.forget_creations()
             self._arm()
             self._catch_up("overflow")
         if self._arm_needed:
@@ -363,6 +364,7 @@ class Watcher:
             log.error("%s; rebuilding the observer and rescanning", problem)
             self.watches.rebuild()
             self.stats["rebuilds"] += 1
+            self.pending.forget_creations()
             self._catch_up("rebuild")
             return
         self._arm()  # re-watches deleted, replaced or newly created folders
