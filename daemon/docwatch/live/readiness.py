@@ -5,8 +5,8 @@
   (a loaded machine can stall it past ``settle_seconds``, and a partial read would be an
   extra attempt); only a hard link (nlink > 1, which no close follows), a close not seen
   within ``CLOSE_WAIT``, or lost events (``PendingTable.forget_creations``) fall back to the
-  settle rule.  One still empty waits for its close
-  ``EMPTY_CHECKS`` times, then is left to the reconcile pass;
+  settle rule.  One still empty waits for its close ``EMPTY_CHECKS`` times, then is left to
+  the reconcile pass;
 * anything else (listed, polled, changed while read): the settle rule, as in ``scan``: read
   once its mtime is ``settle_seconds`` old.  A future mtime (clock skew, NFS) says nothing
   about age: such a file is read once it has been seen unchanged for ``settle_seconds``;
