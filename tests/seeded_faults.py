@@ -348,7 +348,7 @@ FAULTS = (
         (
             (
                 "live/readiness.py",
-                "    if entry.created and state.regular and state.nlink == 1 and now < closes_by:",
+                "    if entry.awaits_close(now) and state.regular and state.nlink == 1:  # its close",
                 "    if False:",
             ),
         ),
@@ -361,8 +361,8 @@ FAULTS = (
         (
             (
                 "live/watcher.py",
-                "            skip=lambda path: self.pending.awaits_close(path, time.monotonic(), CLOSE_WAIT),",
-                "            skip=lambda path: CLOSE_WAIT < 0,",
+                "            skip=self.pending.awaiting_close(time.monotonic()).__contains__,",
+                "            skip=None,",
             ),
         ),
         ("tests/test_watch.py",),
@@ -611,7 +611,7 @@ FAULTS = (
         (
             (
                 "ingest/scan.py",
-                "        if self.next is not None:\n            return\n",
+                "        if self.take is not None:\n            return\n",
                 "",
             ),
         ),
@@ -624,8 +624,8 @@ FAULTS = (
         (
             (
                 "ingest/scan.py",
-                "        except Exception as exc:\n            self.next = exc\n",
-                "        except ZeroDivisionError as exc:\n            self.next = exc\n",
+                "        except Exception as exc:\n            self.take = partial(_reraise, exc)\n",
+                "        except ZeroDivisionError as exc:\n            self.take = partial(_reraise, exc)\n",
             ),
         ),
         ("tests/test_scan.py",),

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -198,32 +199,35 @@ class ProbeAhead:
     def __init__(self, indexer: Indexer, batches: Iterator[list[Candidate]]) -> None:
         self.indexer = indexer
         self.batches = batches
-        self.next: tuple[list[Candidate], Callable | None] | BaseException | None = None
+        #: Gives the next batch and its probe, None at the end, or raises its error.
+        self.take: Callable[[], tuple[list[Candidate], Callable] | None] | None = None
 
     def start_next(self) -> None:
         """Take the next batch and start its probe (once per batch; ``then`` of ``ingest``)."""
-        if self.next is not None:
+        if self.take is not None:
             return
         try:
             batch = next(self.batches, None)
-            if batch is None:
-                self.next = ([], None)
-            else:
-                probe = self.indexer.ingestor.start_probe(batch, ready=False, known=_never)
-                self.next = (batch, probe)
+            taken = None if batch is None else (batch, self._probe(batch))
+            self.take = lambda: taken
         except Exception as exc:
-            self.next = exc
+            self.take = partial(_reraise, exc)
 
-    def __iter__(self) -> Iterator[tuple[list[Candidate], Callable | None]]:
+    def _probe(self, batch: list[Candidate]) -> Callable:
+        return self.indexer.ingestor.start_probe(batch, ready=False, known=_never)
+
+    def __iter__(self) -> Iterator[tuple[list[Candidate], Callable]]:
         while True:
             self.start_next()
-            taken, self.next = self.next, None
-            if isinstance(taken, BaseException):
-                raise taken
-            assert taken is not None
-            if not taken[0]:
+            take, self.take = self.take, None
+            assert take is not None
+            if (taken := take()) is None:
                 return
             yield taken
+
+
+def _reraise(exc: BaseException) -> None:
+    raise exc
 
 
 def settled_future(

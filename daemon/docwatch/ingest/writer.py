@@ -76,8 +76,8 @@ class Writer:
     def write(
         self, batch_in: BatchInput, after_staging: Callable[[], None] = lambda: None
     ) -> WriteResult:
-        """The batch protocol; ``after_staging`` runs once its files are staged (the I/O
-        threads are free again while it syncs and commits)."""
+        """The batch protocol; ``after_staging`` runs once its files are staged, before the
+        sync (a scan starts reading the next batch there)."""
         result = WriteResult(problems=list(batch_in.problems))
         if not batch_in.changes:  # only the ledger moves: no file to make durable
             self._commit(None, batch_in, [], result)

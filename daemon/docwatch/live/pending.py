@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 from docwatch.core.layout import FolderRole, parse_name
 
+#: A file seen created waits this long for its close before the settle rule applies (a lost
+#: close event; a writer holding a raw open this long is not the pipeline's).
+CLOSE_WAIT = 60.0
+
 
 @dataclass
 class Pending:
@@ -35,6 +39,11 @@ class Pending:
     quiet: bool = False
     #: inotify saw it created (IN_CREATE): its writer's close (IN_CLOSE_WRITE) will come.
     created: bool = False
+
+    def awaits_close(self, now: float) -> bool:
+        """Seen created and not closed, for less than ``CLOSE_WAIT`` (past it, the close is
+        taken as lost)."""
+        return self.created and now - self.first < CLOSE_WAIT
 
 
 class PendingTable:
@@ -148,8 +157,7 @@ class PendingTable:
         for entry in self._entries.values():
             entry.created = False
 
-    def awaits_close(self, path: str, now: float, limit: float) -> bool:
-        """Whether ``path`` was seen created less than ``limit`` seconds ago and its close
-        has not come (a pass listing the folder leaves it to the close)."""
-        entry = self._entries.get(path)
-        return entry is not None and entry.created and now - entry.first < limit
+    def awaiting_close(self, now: float) -> set[str]:
+        """The paths that await their close (``Pending.awaits_close``): a pass listing their
+        folders leaves them to it."""
+        return {path for path, entry in self._entries.items() if entry.awaits_close(now)}

@@ -25,13 +25,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from docwatch.live.pending import Pending
+from docwatch.live.pending import CLOSE_WAIT, Pending
 
 #: An inotify-created file still empty: re-checks before it is left to the reconcile pass.
 EMPTY_CHECKS = 5
-#: A file seen created waits this long for its close before the settle rule applies (a lost
-#: close event; a writer holding a raw open this long is not the pipeline's).
-CLOSE_WAIT = 60.0
 #: A renamed-into-place kind found by listing: read once unchanged for this long (seconds).
 QUIET = 0.1
 #: A raw file ready (closed) waits this long for its parsed file, which the pipeline writes
@@ -96,9 +93,8 @@ def decide(
         if entry.tries >= EMPTY_CHECKS:
             return Decision(Verdict.FORGET)
         return Decision(Verdict.WAIT, now + max(settle, 0.1), tries=entry.tries + 1)
-    closes_by = entry.first + CLOSE_WAIT
-    if entry.created and state.regular and state.nlink == 1 and now < closes_by:
-        return Decision(Verdict.WAIT, min(now + max(settle, 0.1), closes_by))  # its close
+    if entry.awaits_close(now) and state.regular and state.nlink == 1:  # its close
+        return Decision(Verdict.WAIT, min(now + max(settle, 0.1), entry.first + CLOSE_WAIT))
     age_ns = now_ns - state.mtime_ns
     if age_ns < 0:  # a future mtime: settled once unchanged for settle_seconds
         if entry.seen == state.signature and now - entry.seen_at >= settle:

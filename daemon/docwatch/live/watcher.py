@@ -52,7 +52,6 @@ from docwatch.live.events import (
     role_dirs,
 )
 from docwatch.live.pending import PendingTable
-from docwatch.live.readiness import CLOSE_WAIT
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.signals import SignalHandling
 from docwatch.live.timers import Timers
@@ -330,7 +329,7 @@ class Watcher:
             between=between,
             stop=self.stop_requested.is_set,
             settle_future=False,  # the pending table watches them settle
-            skip=lambda path: self.pending.awaits_close(path, time.monotonic(), CLOSE_WAIT),
+            skip=self.pending.awaiting_close(time.monotonic()).__contains__,
         )
         changed = self.stats["docs_created"] + self.stats["docs_updated"] - before
         level = logging.INFO if why == "start-up" or changed else logging.DEBUG
