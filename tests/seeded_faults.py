@@ -425,6 +425,12 @@ FAULTS = (
         ),
     ),
     Fault(
+        "chars_are_bytes",
+        "raw_chars/parsed_chars count bytes, not characters (the ASCII fast path for all)",
+        (("store/sourcefiles.py", "    if data.isascii():\n", "    if True:\n"),),
+        ("tests/test_sourcefiles.py",),
+    ),
+    Fault(
         "sources_opened_rdwr",
         "sources opened O_RDWR",
         (
