@@ -25,8 +25,9 @@ def test_any_bytes_count_their_non_continuation_bytes(data: bytes) -> None:
 
 
 def test_a_streamed_file_counts_as_its_bytes_in_memory(tmp_path) -> None:
-    """A large file is counted a chunk at a time (a character may straddle two chunks)."""
-    text = "é" + "a" * (CHUNK - 2) + "ß" + "ü" * 1000 + "plain"
+    """A large file is counted a chunk at a time: a character may straddle two chunks."""
+    text = "é" + "a" * (CHUNK - 3) + "ß" + "ü" * 1000 + "plain"  # ß's two bytes: both chunks
+    assert "ß".encode() == text.encode()[CHUNK - 1 : CHUNK + 1]
     path = tmp_path / "big.txt"
     path.write_bytes(text.encode("utf-8"))
     _, chars = digest_and_chars(path)
