@@ -628,7 +628,7 @@ def test_a_parsed_file_pulls_in_the_raw_it_proves_complete(tmp_path):
         outside = tmp_path / "outside.txt"
         outside.write_bytes(b"raw text\n")
         os.link(outside, raw_dir / f"{task}_v1.txt")
-        wait_until(lambda: w.pending.raw_pending(("draft", task)), what="the raw's create event")
+        wait_until(lambda: w.pending.raws_of(("draft", task)), what="the raw's create event")
         w.pending._raws.clear()  # as if the raw's event had not been dispatched yet
         (parsed_dir / f"{task}_v1.txt.tmp").write_bytes(b"parsed text\n")
         os.replace(parsed_dir / f"{task}_v1.txt.tmp", parsed_dir / f"{task}_v1.txt")

@@ -141,9 +141,6 @@ class PendingTable:
                 out.append(self._pop(item[2]))  # type: ignore[arg-type]
         return out
 
-    def raw_pending(self, task: tuple[str, str]) -> bool:
-        return task in self._raws
-
     def take_raws(self, task: tuple[str, str], paths: set[str]) -> list[Pending]:
         """Remove and return the waiting raw files of ``task`` among ``paths``."""
         return [e for p in sorted(self._raws.get(task, set()) & paths) if (e := self._pop(p))]
