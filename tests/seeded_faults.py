@@ -348,7 +348,7 @@ FAULTS = (
         (
             (
                 "live/readiness.py",
-                "    if entry.awaits_close(now) and state.regular and state.nlink == 1:  # its close",
+                "    if entry.awaits_close(now, close_wait) and state.regular and state.nlink == 1:",
                 "    if False:",
             ),
         ),
@@ -361,12 +361,40 @@ FAULTS = (
         (
             (
                 "live/watcher.py",
-                "            skip=self.pending.awaiting_close(time.monotonic()).__contains__,",
+                "            skip=self.pending.awaiting_close(\n"
+                "                time.monotonic(), self.cfg.close_wait_seconds\n"
+                "            ).__contains__,",
                 "            skip=None,",
             ),
         ),
         ("tests/test_watch.py",),
         ("-k", "waits_for_its_close"),
+    ),
+    Fault(
+        "close_wait_not_a_setting",
+        "close_wait_seconds is read but a created raw always waits 60 s for its close",
+        (
+            (
+                "live/readiness.py",
+                "    close_wait = policy.close_wait_s\n",
+                "    close_wait = 60.0\n",
+            ),
+        ),
+        ("tests/test_watch.py",),
+        ("-k", "seen_created"),
+    ),
+    Fault(
+        "close_wait_setting_unused",
+        "the daemon's batches ignore close_wait_seconds (a created raw always waits 60 s)",
+        (
+            (
+                "live/batches.py",
+                "        self.policy = Policy(cfg.settle_seconds, cfg.close_wait_seconds)\n",
+                "        self.policy = Policy(cfg.settle_seconds, 60.0)\n",
+            ),
+        ),
+        ("tests/test_watch.py",),
+        ("-k", "close_wait_seconds"),
     ),
     Fault(
         "lost_close_awaited",

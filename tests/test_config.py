@@ -45,6 +45,7 @@ def test_defaults() -> None:
     assert config.run_id is None and config.link is False and config.prompt_copy is True
     assert config.folders == DEFAULT_FOLDERS
     assert (config.settle_seconds, config.pair_window, config.reconcile_interval) == (2, 600, 600)
+    assert config.close_wait_seconds == 60
     assert (config.observer, config.poll_interval) == ("inotify", 2.0)
     assert (config.batch_max_files, config.batch_max_delay) == (2000, 0.0)
     assert (config.log_level, config.log_format) == ("INFO", "auto")
@@ -103,6 +104,16 @@ def test_empty_env_value_is_not_given() -> None:
 
 def test_unrelated_flags_are_ignored() -> None:
     assert load_config(env={}, flags={"dry_run": True, "json": False}) == load_config(env={})
+
+
+def test_close_wait_seconds_is_a_duration_from_file_or_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'close_wait_seconds = "10m"\n')
+    assert load_config(path, env={}).close_wait_seconds == 600
+    env = {"DOCWATCH_CLOSE_WAIT_SECONDS": "90"}
+    assert load_config(path, env=env).close_wait_seconds == 90
+    assert problems_of(env={"DOCWATCH_CLOSE_WAIT_SECONDS": "soon"})[0].startswith(
+        'close_wait_seconds = "soon" (from env DOCWATCH_CLOSE_WAIT_SECONDS): expected a duration'
+    )
 
 
 def test_io_threads_is_auto_or_a_count_from_zero(tmp_path: Path) -> None:

@@ -32,8 +32,8 @@ from docwatch.live.events import (
     WatchSet,
 )
 from docwatch.live.inotify import FifoInotifyObserver, UnpairedMoves
-from docwatch.live.pending import PendingTable
-from docwatch.live.readiness import CLOSE_WAIT, FileState, Policy, Verdict, decide
+from docwatch.live.pending import CLOSE_WAIT, PendingTable
+from docwatch.live.readiness import FileState, Policy, Verdict, decide
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.watcher import Watcher
 from support import wait_until
@@ -333,16 +333,18 @@ def test_a_file_that_only_gets_created_is_read_after_settle(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("created", "nlink", "waited", "verdict"),
+    ("created", "nlink", "waited", "close_wait", "verdict"),
     [
-        (True, 1, 5.0, Verdict.WAIT),  # seen created: its close, long past settle_seconds
-        (True, 1, CLOSE_WAIT + 1, Verdict.READ),  # no close within CLOSE_WAIT: the settle rule
-        (True, 2, 5.0, Verdict.READ),  # a hard link: no close follows, the settle rule
-        (False, 1, 5.0, Verdict.READ),  # listed, not seen created: the settle rule
+        (True, 1, 5.0, CLOSE_WAIT, Verdict.WAIT),  # seen created: its close, past settle_seconds
+        (True, 1, CLOSE_WAIT + 1, CLOSE_WAIT, Verdict.READ),  # no close in time: the settle rule
+        (True, 1, 400.0, 600.0, Verdict.WAIT),  # close_wait_seconds = 600: still its close
+        (True, 1, 5.0, 4.0, Verdict.READ),  # close_wait_seconds = 4: the settle rule at 5 s
+        (True, 2, 5.0, CLOSE_WAIT, Verdict.READ),  # a hard link: no close follows, settle rule
+        (False, 1, 5.0, CLOSE_WAIT, Verdict.READ),  # listed, not seen created: the settle rule
     ],
 )
 def test_a_raw_seen_created_waits_for_its_close_not_the_settle_rule(
-    created, nlink, waited, verdict
+    created, nlink, waited, close_wait, verdict
 ):
     path = "/data/3_generation/draft_responses_raw/t__creative-synthesis-v2__sonnet-4_v1.txt"
     table = PendingTable({os.path.dirname(path): FolderRole("draft", "raw", RAW)})
@@ -350,10 +352,11 @@ def test_a_raw_seen_created_waits_for_its_close_not_the_settle_rule(
     (entry,) = table.take_due(0.0, 10)
     now_ns = 10**18
     old_bytes = FileState(regular=True, size=100, mtime_ns=now_ns - 10**9, ino=1, nlink=nlink)
-    decision = decide(entry, old_bytes, now=waited, now_ns=now_ns, policy=Policy(settle_s=0.5))
+    policy = Policy(settle_s=0.5, close_wait_s=close_wait)
+    decision = decide(entry, old_bytes, now=waited, now_ns=now_ns, policy=policy)
     assert decision.verdict is verdict
     if verdict is Verdict.WAIT:
-        assert waited < decision.due <= CLOSE_WAIT  # looked at again, never later than the cap
+        assert waited < decision.due <= close_wait  # looked at again, never later than the cap
 
 
 def test_a_raw_created_while_watched_waits_for_its_close_however_long_its_writer_stalls(tmp_path):
@@ -491,6 +494,24 @@ def test_a_real_inotify_queue_overflow_triggers_a_rescan(tmp_path):
         assert w.stats["rescans"] >= 1
 
 
+def test_close_wait_seconds_bounds_how_long_a_created_raw_waits_for_its_close(tmp_path):
+    """``close_wait_seconds`` reaches the watcher: with 1 s, a raw held open and idle past it
+    is taken as closed (its close lost) and read by the settle rule; never before it."""
+    cfg = make_cfg(tmp_path, settle_seconds=0.2, close_wait_seconds=1)
+    data = Path(cfg.data_root)
+    (data / RAW).mkdir(parents=True)
+    task = "combo_v1_ffffffffffff__creative-synthesis-v2__sonnet-4"
+    with running(cfg):
+        opened = time.monotonic()  # before its creation: the wait is counted from after it
+        with open(data / RAW / f"{task}_v1.txt", "wb") as f:
+            f.write(b"the first half, ")
+            f.flush()
+            rows = wait_until(lambda: documents(cfg, task), timeout=20, what="the raw read")
+            waited = time.monotonic() - opened
+    assert waited >= 1.0, f"read {waited:.2f} s after it was created, before close_wait_seconds"
+    assert len(rows) == 1 and doc_file(cfg, rows[0], "raw.txt") == b"the first half, "
+
+
 def test_a_raw_seen_created_whose_close_the_kernel_dropped_is_read_by_the_settle_rule(tmp_path):
     """A raw seen created waits for its close; when the kernel drops that close (a queue
     overflow), the watcher stops waiting for it: the settle rule reads the file, not
@@ -507,7 +528,7 @@ def test_a_raw_seen_created_whose_close_the_kernel_dropped_is_read_by_the_settle
         with open(raw, "wb") as f:
             f.write(b"a whole response\n")
             f.flush()
-            wait_until(lambda: str(raw) in w.pending.awaiting_close(time.monotonic()))
+            wait_until(lambda: str(raw) in w.pending.awaiting_close(time.monotonic(), 60.0))
             with w.watches.observer._inotify_fd._lock:  # the reader blocks: the queue fills up
                 noise = [os.fspath(noise_dir / f"noise{i}.txt.tmp") for i in range(2)]
                 for i in range(limit + 4096):

@@ -51,6 +51,7 @@ class Config:
     link: bool
     folders: dict[str, dict[str, tuple[str, ...]]]
     settle_seconds: float
+    close_wait_seconds: float
     pair_window: float
     reconcile_interval: float
     observer: str
@@ -92,6 +93,7 @@ _FIELDS: dict[str, tuple[Callable[[object], object], object]] = {
     "run_id": (parse.label, None),
     "link": (parse.boolean, False),
     "settle_seconds": (parse.duration, 2.0),
+    "close_wait_seconds": (parse.duration, 60.0),
     "pair_window": (parse.duration, 600.0),
     "reconcile_interval": (parse.positive_duration, 600.0),
     "observer": (parse.choice("inotify", "polling"), "inotify"),

@@ -42,7 +42,7 @@ class Batches:
         self.pending = pending
         self.stats = stats
         self.passthrough = (DocwatchError, *passthrough)  # raised, never retried
-        self.policy = Policy(cfg.settle_seconds)
+        self.policy = Policy(cfg.settle_seconds, cfg.close_wait_seconds)
         self.raw_dirs: dict[str, list[tuple[str, FolderRole]]] = defaultdict(list)
         for folder, role in roles.items():
             if role.kind == "raw":

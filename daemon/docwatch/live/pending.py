@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from docwatch.core.layout import FolderRole, parse_name
 
 #: A file seen created waits this long for its close before the settle rule applies (a lost
-#: close event; a writer holding a raw open this long is not the pipeline's).
+#: close event; a writer holding a raw open this long is not the pipeline's): the default of
+#: the ``close_wait_seconds`` setting.
 CLOSE_WAIT = 60.0
 
 
@@ -40,10 +41,10 @@ class Pending:
     #: inotify saw it created (IN_CREATE): its writer's close (IN_CLOSE_WRITE) will come.
     created: bool = False
 
-    def awaits_close(self, now: float) -> bool:
-        """Seen created and not closed, for less than ``CLOSE_WAIT`` (past it, the close is
-        taken as lost)."""
-        return self.created and now - self.first < CLOSE_WAIT
+    def awaits_close(self, now: float, close_wait: float) -> bool:
+        """Seen created and not closed, for less than ``close_wait`` seconds (past it, the
+        close is taken as lost)."""
+        return self.created and now - self.first < close_wait
 
 
 class PendingTable:
@@ -154,7 +155,7 @@ class PendingTable:
         for entry in self._entries.values():
             entry.created = False
 
-    def awaiting_close(self, now: float) -> set[str]:
+    def awaiting_close(self, now: float, close_wait: float) -> set[str]:
         """The paths that await their close (``Pending.awaits_close``): a pass listing their
         folders leaves them to it."""
-        return {path for path, entry in self._entries.items() if entry.awaits_close(now)}
+        return {p for p, entry in self._entries.items() if entry.awaits_close(now, close_wait)}

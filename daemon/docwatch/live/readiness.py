@@ -4,9 +4,9 @@
 * created (inotify) and not closed yet: its close, however long its writer stalls mid-write
   (a loaded machine can stall it past ``settle_seconds``, and a partial read would be an
   extra attempt); only a hard link (nlink > 1, which no close follows), a close not seen
-  within ``CLOSE_WAIT``, or lost events (``PendingTable.forget_creations``) fall back to the
-  settle rule.  One still empty waits for its close ``EMPTY_CHECKS`` times, then is left to
-  the reconcile pass;
+  within ``close_wait_seconds`` (``Policy.close_wait_s``), or lost events
+  (``PendingTable.forget_creations``) fall back to the settle rule.  One still empty waits
+  for its close ``EMPTY_CHECKS`` times, then is left to the reconcile pass;
 * anything else (listed, polled, changed while read): the settle rule, as in ``scan``: read
   once its mtime is ``settle_seconds`` old.  A future mtime (clock skew, NFS) says nothing
   about age: such a file is read once it has been seen unchanged for ``settle_seconds``;
@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from docwatch.live.pending import CLOSE_WAIT, Pending
+from docwatch.live.pending import Pending
 
 #: An inotify-created file still empty: re-checks before it is left to the reconcile pass.
 EMPTY_CHECKS = 5
@@ -70,6 +70,7 @@ class Decision:
 @dataclass(frozen=True)
 class Policy:
     settle_s: float
+    close_wait_s: float
 
 
 def decide(
@@ -93,8 +94,9 @@ def decide(
         if entry.tries >= EMPTY_CHECKS:
             return Decision(Verdict.FORGET)
         return Decision(Verdict.WAIT, now + max(settle, 0.1), tries=entry.tries + 1)
-    if entry.awaits_close(now) and state.regular and state.nlink == 1:  # its close
-        return Decision(Verdict.WAIT, min(now + max(settle, 0.1), entry.first + CLOSE_WAIT))
+    close_wait = policy.close_wait_s
+    if entry.awaits_close(now, close_wait) and state.regular and state.nlink == 1:  # its close
+        return Decision(Verdict.WAIT, min(now + max(settle, 0.1), entry.first + close_wait))
     age_ns = now_ns - state.mtime_ns
     if age_ns < 0:  # a future mtime: settled once unchanged for settle_seconds
         if entry.seen == state.signature and now - entry.seen_at >= settle:

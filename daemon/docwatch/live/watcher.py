@@ -329,7 +329,9 @@ class Watcher:
             between=between,
             stop=self.stop_requested.is_set,
             settle_future=False,  # the pending table watches them settle
-            skip=self.pending.awaiting_close(time.monotonic()).__contains__,
+            skip=self.pending.awaiting_close(
+                time.monotonic(), self.cfg.close_wait_seconds
+            ).__contains__,
         )
         changed = self.stats["docs_created"] + self.stats["docs_updated"] - before
         level = logging.INFO if why == "start-up" or changed else logging.DEBUG
