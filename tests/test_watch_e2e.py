@@ -195,11 +195,16 @@ def scan_of_copy(env: Env) -> set[tuple]:
         assert not env.cfg().db.exists(), "the daemon on PostgreSQL made an SQLite index"
     copy = env.tmp / "copy"
     db, docs = env.tmp / "scan-index" / "documents.sqlite", env.tmp / "scan-index" / "docs"
+    # The copy is finished: every file is read however young.  With the daemon's
+    # settle_seconds the scan would defer files written less than 0.5 s before it ran (the
+    # daemon read them at their close), and hold the parsed files of their tasks with them.
+    finished = {**os.environ, "DOCWATCH_SETTLE_SECONDS": "0"}
     for state in [*env.history, env.data]:
         shutil.copytree(state, copy, symlinks=True, dirs_exist_ok=True)  # copy2: mtimes kept
         out = subprocess.run(
             [sys.executable, "-m", "docwatch", "scan", *env.args(copy, db, docs), "--json"],
             cwd=REPO,
+            env=finished,
             capture_output=True,
             text=True,
             timeout=120,
