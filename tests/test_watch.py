@@ -32,7 +32,7 @@ from docwatch.live.events import (
     WatchSet,
 )
 from docwatch.live.inotify import FifoInotifyObserver, UnpairedMoves
-from docwatch.live.pending import CLOSE_WAIT, PendingTable
+from docwatch.live.pending import PendingTable
 from docwatch.live.readiness import FileState, Policy, Verdict, decide
 from docwatch.live.sdnotify import Notifier
 from docwatch.live.watcher import Watcher
@@ -332,6 +332,10 @@ def test_a_file_that_only_gets_created_is_read_after_settle(tmp_path):
         assert rows[0]["status"] == "ok" and doc_file(cfg, rows[0], "parsed.txt") == b"score: 7\n"
 
 
+#: ``close_wait_seconds``' default.
+CLOSE_WAIT = load_config(None, {}, {}).close_wait_seconds
+
+
 @pytest.mark.parametrize(
     ("created", "nlink", "waited", "close_wait", "verdict"),
     [
@@ -515,7 +519,7 @@ def test_close_wait_seconds_bounds_how_long_a_created_raw_waits_for_its_close(tm
 def test_a_raw_seen_created_whose_close_the_kernel_dropped_is_read_by_the_settle_rule(tmp_path):
     """A raw seen created waits for its close; when the kernel drops that close (a queue
     overflow), the watcher stops waiting for it: the settle rule reads the file, not
-    ``CLOSE_WAIT`` later."""
+    ``close_wait_seconds`` later."""
     cfg = make_cfg(tmp_path, settle_seconds=0.2)
     data = Path(cfg.data_root)
     (data / RAW).mkdir(parents=True)

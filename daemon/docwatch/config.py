@@ -93,6 +93,8 @@ _FIELDS: dict[str, tuple[Callable[[object], object], object]] = {
     "run_id": (parse.label, None),
     "link": (parse.boolean, False),
     "settle_seconds": (parse.duration, 2.0),
+    # How long a raw seen created waits for its close (a lost close event, else): a writer
+    # holding a raw file open this long is not the pipeline's.
     "close_wait_seconds": (parse.duration, 60.0),
     "pair_window": (parse.duration, 600.0),
     "reconcile_interval": (parse.positive_duration, 600.0),

@@ -14,11 +14,6 @@ from dataclasses import dataclass
 
 from docwatch.core.layout import FolderRole, parse_name
 
-#: A file seen created waits this long for its close before the settle rule applies (a lost
-#: close event; a writer holding a raw open this long is not the pipeline's): the default of
-#: the ``close_wait_seconds`` setting.
-CLOSE_WAIT = 60.0
-
 
 @dataclass
 class Pending:
