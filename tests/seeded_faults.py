@@ -459,6 +459,19 @@ FAULTS = (
         ("tests/test_sourcefiles.py",),
     ),
     Fault(
+        "prompt_tie_by_arrival",
+        "two byte versions of a prompt with one mtime: the one met first is chosen",
+        (
+            (
+                "core/model.py",
+                "    return max(eligible, key=lambda p: (p.version, p.mtime_ns, p.relpath, p.sha256))\n",
+                "    return max(eligible, key=lambda p: (p.version, p.mtime_ns, p.relpath))\n",
+            ),
+        ),
+        ("tests/test_model.py",),
+        ("-k", "one_mtime or identity_given_twice"),
+    ),
+    Fault(
         "sources_opened_rdwr",
         "sources opened O_RDWR",
         (

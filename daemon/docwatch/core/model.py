@@ -165,9 +165,13 @@ def pair_sources(
 
 
 def choose_prompt(prompts: Sequence[Source], at_ns: int) -> Source | None:
-    """The newest prompt version written no later than ``at_ns``."""
+    """The newest prompt version written no later than ``at_ns``; two byte versions of one
+    path with one mtime (rewritten within the timestamp granularity) by hash, so the choice
+    never depends on which was met first."""
     eligible = [p for p in prompts if p.mtime_ns <= at_ns]
-    return max(eligible, key=lambda p: (p.version, p.mtime_ns, p.relpath)) if eligible else None
+    if not eligible:
+        return None
+    return max(eligible, key=lambda p: (p.version, p.mtime_ns, p.relpath, p.sha256))
 
 
 def raw_only_status(
