@@ -361,7 +361,7 @@ FAULTS = (
         (
             (
                 "live/watcher.py",
-                "            skip=self.pending.awaiting_close(\n"
+                "            skip=self.pending.closes_awaited(\n"
                 "                time.monotonic(), self.cfg.close_wait_seconds\n"
                 "            ).__contains__,",
                 "            skip=None,",
@@ -398,7 +398,7 @@ FAULTS = (
     ),
     Fault(
         "lost_close_awaited",
-        "after a queue overflow, a raw seen created still waits CLOSE_WAIT for a close lost with it",
+        "after a queue overflow, a raw seen created still waits close_wait_seconds for a close lost with it",
         (("live/pending.py", "            entry.created = False\n", "            pass\n"),),
         ("tests/test_watch.py",),
         ("-k", "close_the_kernel_dropped"),

@@ -150,7 +150,7 @@ class PendingTable:
         for entry in self._entries.values():
             entry.created = False
 
-    def awaiting_close(self, now: float, close_wait: float) -> set[str]:
-        """The paths that await their close (``Pending.awaits_close``): a pass listing their
-        folders leaves them to it."""
+    def closes_awaited(self, now: float, close_wait: float) -> set[str]:
+        """The paths whose close is awaited (``Pending.awaits_close``; not the entries'
+        ``awaiting_close`` field, which listed raws have too): a listing pass leaves them."""
         return {p for p, entry in self._entries.items() if entry.awaits_close(now, close_wait)}

@@ -329,7 +329,7 @@ class Watcher:
             between=between,
             stop=self.stop_requested.is_set,
             settle_future=False,  # the pending table watches them settle
-            skip=self.pending.awaiting_close(
+            skip=self.pending.closes_awaited(
                 time.monotonic(), self.cfg.close_wait_seconds
             ).__contains__,
         )
