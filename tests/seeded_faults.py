@@ -362,7 +362,7 @@ FAULTS = (
             (
                 "live/watcher.py",
                 "            skip=self.pending.closes_awaited(\n"
-                "                time.monotonic(), self.cfg.close_wait_seconds\n"
+                "                time.monotonic(), self.batches.policy.close_wait_s\n"
                 "            ).__contains__,",
                 "            skip=None,",
             ),

@@ -532,7 +532,7 @@ def test_a_raw_seen_created_whose_close_the_kernel_dropped_is_read_by_the_settle
         with open(raw, "wb") as f:
             f.write(b"a whole response\n")
             f.flush()
-            wait_until(lambda: str(raw) in w.pending.closes_awaited(time.monotonic(), 60.0))
+            wait_until(lambda: str(raw) in w.pending.closes_awaited(time.monotonic(), CLOSE_WAIT))
             with w.watches.observer._inotify_fd._lock:  # the reader blocks: the queue fills up
                 noise = [os.fspath(noise_dir / f"noise{i}.txt.tmp") for i in range(2)]
                 for i in range(limit + 4096):

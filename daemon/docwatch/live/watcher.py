@@ -330,7 +330,7 @@ class Watcher:
             stop=self.stop_requested.is_set,
             settle_future=False,  # the pending table watches them settle
             skip=self.pending.closes_awaited(
-                time.monotonic(), self.cfg.close_wait_seconds
+                time.monotonic(), self.batches.policy.close_wait_s
             ).__contains__,
         )
         changed = self.stats["docs_created"] + self.stats["docs_updated"] - before
