@@ -237,9 +237,9 @@ FAULTS = (
         (
             (
                 "ingest/writer.py",
-                "        self.index.put_documents((c.row, change_facts(c)) for c in kept)\n",
+                "        self.index.put_documents((c.row, c.facts) for c in kept)\n",
                 "        self.index.put_documents(\n"
-                "            (c.row, change_facts(c)) for c in kept if c.stored_facts is None\n"
+                "            (c.row, c.facts) for c in kept if c.stored_facts is None\n"
                 "        )\n"
                 "        for c in kept:\n"
                 "            if c.stored_facts is not None:\n"

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
@@ -282,12 +283,18 @@ def _int(value: Any) -> int | None:
 
 
 def _small(value: Any) -> Any:
+    """A metadata value as meta_small keeps it: long text cut, NaN and infinities as null
+    (JSON has none: strict readers of meta_small and metadata.json reject them)."""
     if isinstance(value, str) and len(value) > _MAX_TEXT:
         return value[:_MAX_TEXT] + "…"
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if value is None or isinstance(value, bool | int | float | str):
         return value
     text = json.dumps(value, default=str, sort_keys=True)
-    return json.loads(text) if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "…"
+    if len(text) > _MAX_TEXT:
+        return text[:_MAX_TEXT] + "…"
+    return json.loads(text, parse_constant=lambda _constant: None)
 
 
 # -- matching (pure) -----------------------------------------------------------------------

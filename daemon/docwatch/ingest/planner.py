@@ -61,6 +61,15 @@ class Change:
     def task(self) -> tuple[str, str]:
         return (self.info.stage, self.info.task_id)
 
+    @property
+    def facts(self) -> dict:
+        """Its attempts row (``change_facts``), built once: metadata.json and the index
+        write the same dict."""
+        facts = self.__dict__.get("_facts")
+        if facts is None:
+            facts = self.__dict__["_facts"] = change_facts(self)
+        return facts
+
 
 @dataclass
 class TaskChanges:
@@ -276,7 +285,7 @@ def metadata(change: Change, version: str, written_at_ns: int) -> dict:
     }
     return {
         "row": change.row,
-        "attempt": change_facts(change),
+        "attempt": change.facts,
         "task": change.info.facts(),
         "provenance": {"sources": provenance, "copied": sorted(change.files)},
         "docwatch": {"version": version, "written_at": iso_utc(written_at_ns)},

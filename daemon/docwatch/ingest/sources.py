@@ -224,6 +224,8 @@ def _hash(fd: int, size_hint: int) -> tuple[str, bytes | None, int]:
         want = size_hint + 1  # one more byte: a file that grew since its stat is noticed
         while chunk := os.read(fd, want):
             parts.append(chunk)
+            if len(chunk) < want:  # a short read of a regular file is its end: no read of 0
+                break  # bytes (the fstat after the read still catches a file that grew)
             want = TAIL_READ
         content = b"".join(parts)
         if len(content) <= IN_MEMORY_MAX:

@@ -20,7 +20,7 @@ from pathlib import Path
 from docwatch import __version__
 from docwatch.core.clock import now_iso
 from docwatch.core.model import Source, TaskInfo
-from docwatch.ingest.planner import Change, change_facts, metadata
+from docwatch.ingest.planner import Change, metadata
 from docwatch.ingest.pool import map_io, start_io
 from docwatch.store import faults
 from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
@@ -143,7 +143,7 @@ class Writer:
             (i for i in batch_in.tasks if (i.stage, i.task_id) not in retry),
             batch_in.tables_digest,
         )
-        self.index.put_documents((c.row, change_facts(c)) for c in kept)
+        self.index.put_documents((c.row, c.facts) for c in kept)
         if batch is not None and batch.has_work_after_commit():
             self.index.mark_intents_committed(c.doc_id for c in kept)
         elif kept:

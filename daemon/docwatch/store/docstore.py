@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from docwatch.core.jsontext import sorted_text_json
+from docwatch.core.jsontext import metadata_bytes
 from docwatch.store import faults
 from docwatch.store.sourcefiles import CHUNK, count_chars, digest_and_chars, open_source
 
@@ -185,8 +185,7 @@ class Batch:
         return staged
 
     def write_metadata(self, staged: StagedDocument, metadata: dict) -> None:
-        # No indent: json's C encoder only runs without one (3× faster on a backfill).
-        data = sorted_text_json(metadata).encode() + b"\n"
+        data = metadata_bytes(metadata)
         self._write_bytes(f"{os.fspath(staged.staged_dir)}/metadata.json", data)
         staged.files.append("metadata.json")
         if staged.op is Op.UPDATE:
