@@ -4,11 +4,9 @@ refuses a value, and the same bytes either way for the values a document holds."
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from docwatch.core import jsontext
-from docwatch.dagster.runfacts import _small
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -76,13 +74,3 @@ def test_without_orjson_json_writes_them(monkeypatch):
 def test_a_lone_surrogate_fails_as_before():
     with pytest.raises(UnicodeEncodeError):
         jsontext.metadata_bytes({"name": "\udcff"})
-
-
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
-def test_dagster_metadata_never_carries_nan_or_infinity(bad):
-    # JSON has neither: orjson would write null where json writes NaN, and strict readers of
-    # meta_small reject NaN.  They become null where run facts enter a row.
-    assert _small(bad) is None
-    nested = _small({"scores": [1.5, bad], "inner": {"v": bad}})
-    assert nested == {"scores": [1.5, None], "inner": {"v": None}}
-    assert _small(2.5) == 2.5 and _small("NaN") == "NaN"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import subprocess
 import sys
 import time
@@ -21,15 +22,18 @@ import pytest
 from docwatch.core.layout import DEFAULT_FOLDERS, folder_roles
 from docwatch.core.model import Attempt, Source, TaskInfo, document_row
 from docwatch.dagster import events as dagster_events
-from docwatch.dagster.runfacts import (
-    MATERIALIZATION,
+from docwatch.dagster.matching import (
     PARSED_LAG_SECONDS,
     SKEW_SECONDS,
-    STEP_FAILURE,
     RecordBook,
+    relpath_below_root,
+)
+from docwatch.dagster.runfacts import (
+    MATERIALIZATION,
+    STEP_FAILURE,
+    _small,
     event_from_dict,
     facts_of,
-    relpath_below_root,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -820,3 +824,13 @@ def test_refresh_applies_facts_to_documents_indexed_before_the_event(driver, tmp
     assert runrecords.refresh(indexer, records).updated == []  # idempotent
     records.close()
     indexer.close()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_dagster_metadata_never_carries_nan_or_infinity(bad):
+    # JSON has neither: orjson would write null where json writes NaN, and strict readers of
+    # meta_small reject NaN.  They become null where run facts enter a row.
+    assert _small(bad) is None
+    nested = _small({"scores": [1.5, bad], "inner": {"v": bad}})
+    assert nested == {"scores": [1.5, None], "inner": {"v": None}}
+    assert _small(2.5) == 2.5 and _small("NaN") == "NaN"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,7 +20,7 @@ from docwatch import DocumentsIndex
 from docwatch.ingest import pool
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import ProbeAhead, _never, list_candidates, scan
-from docwatch.ingest.sources import Stat
+from docwatch.ingest.sources import Stat, _hash
 from docwatch.ingest.verify import verify
 from docwatch.store.rebuild import rebuild
 
@@ -447,3 +448,20 @@ def test_a_rescan_with_the_same_tables_parses_none_and_a_rewrite_is_still_seen(t
     new_digest = TaskTableReader(data_root).load().digest
     assert new_digest != digest
     assert set(_task_digests(cfg.db)) == {new_digest}  # every task checked once, then marked
+
+
+@pytest.mark.parametrize("stale", [-40, 0, 40], ids=["grew-since-stat", "as-stat", "shrank"])
+def test_a_small_source_is_read_whole_whatever_its_stat_said(tmp_path, stale):
+    """The probe stops reading at a short read (no read of 0 bytes), never before the file's
+    end: a file that grew since its stat is read whole, so the size check after the read sees
+    the growth and the file waits for the next pass instead of being copied in part."""
+    data = os.urandom(100)
+    path = tmp_path / "draft_v1.txt"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digest, content, size = _hash(fd, len(data) + stale)
+    finally:
+        os.close(fd)
+    assert (content, size) == (data, len(data))
+    assert digest == hashlib.sha256(data).hexdigest()

@@ -1,8 +1,8 @@
 """The Dagster side: the reader resource, and the run records the daemon reads.
 
 ``from docwatch.dagster import DocumentsIndex`` imports Dagster (the pipeline's venv); the
-daemon's own modules here (``runrecords``, ``runfacts``) never do, so this package imports the
-resource only when it is asked for.
+daemon's own modules here (``runrecords``, ``runfacts``, ``matching``) never do, so this
+package imports the resource only when it is asked for.
 """
 
 __all__ = ["DocumentNotFound", "DocumentsIndex"]

@@ -5,7 +5,7 @@ token counts; the Dagster instance that ran the pipeline records them (LEGACY_PI
 the Dagster instance records").  This module turns those records into *facts* about documents
 and applies them through the ingest hook (``Ingestor.enrich``).
 
-The pure part (events → facts, matching) is ``runfacts.py``.
+The pure parts: events → facts in ``runfacts.py``, which event is whose in ``matching.py``.
 
 I/O part: ``RunRecords(dagster_home, folders, dagster_python=...)`` keeps the cursor of
 ``events.py`` (which does the reading: materialisations by storage id per asset,
@@ -38,16 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from docwatch.core.layout import STAGES, folder_roles
 from docwatch.dagster import events as dagster_events
-from docwatch.dagster.runfacts import (
-    ASSETS,
-    Facts,
-    RecordBook,
-    RunEvent,
-    choose,
-    event_from_dict,
-    facts_of,
-    relpath_below_root,
-)
+from docwatch.dagster.matching import RecordBook, choose, relpath_below_root
+from docwatch.dagster.runfacts import ASSETS, Facts, RunEvent, event_from_dict, facts_of
 from docwatch.dagster.transports import (
     SUBPROCESS_TIMEOUT,
     InProcess,

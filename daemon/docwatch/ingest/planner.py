@@ -63,11 +63,13 @@ class Change:
 
     @property
     def facts(self) -> dict:
-        """Its attempts row (``change_facts``), built once: metadata.json and the index
-        write the same dict."""
+        """The attempts row it writes (a superseded document keeps its stored facts), built
+        once: metadata.json and the index write the same dict."""
         facts = self.__dict__.get("_facts")
         if facts is None:
-            facts = self.__dict__["_facts"] = change_facts(self)
+            facts = attempt_facts(self.attempt, self.info, self.parent_stage)
+            facts.update(self.stored_facts or {})
+            self.__dict__["_facts"] = facts
         return facts
 
 
@@ -260,13 +262,6 @@ def attempt_facts(attempt: Attempt, info: TaskInfo, parent_stage: str | None) ->
         "prompt_key": key(attempt.prompt),
         "info_hash": info.fingerprint(),
     }
-
-
-def change_facts(change: Change) -> dict:
-    """The attempts row a change writes (a superseded document keeps its stored facts)."""
-    facts = attempt_facts(change.attempt, change.info, change.parent_stage)
-    facts.update(change.stored_facts or {})
-    return facts
 
 
 def metadata(change: Change, version: str, written_at_ns: int) -> dict:
