@@ -15,6 +15,13 @@ hashing, no planning, no JSON, no SQLite.
       append + fsync   the rows (~300 bytes a document)
       rmdir    the batch's staging directory
 
+With ``--index DB`` (the scan's own index, read only) the two appends are the real index's
+work instead: the scan's rows, in the order the scan wrote them, go into a new SQLite index of
+the same schema (WAL, ``synchronous = FULL``, as docwatch opens it), one transaction for the
+batch's intents and one for its share of the rows (sources, tasks, documents, attempts, the
+intents deleted), whose statements run while the renames and their ``syncfs`` run on a thread,
+as docwatch runs them; the commit comes after both.  The rows are read before the clock starts.
+
 The sources' copies are read from the scan's own docs tree, and each ``metadata.json`` is written
 at its size without a read (docwatch writes it from memory): the same inodes and bytes as the
 scan made.  What this takes is a
@@ -33,6 +40,7 @@ import ctypes.util
 import functools
 import json
 import os
+import sqlite3
 import sys
 import time
 import uuid
@@ -46,6 +54,9 @@ METADATA = "metadata.json"
 
 
 PHASES = ("stage", "sync_staged", "intents_fsync", "rename", "sync_renames", "rows_fsync")
+INDEX_PHASES = ("stage", "sync_staged", "intents_commit", "rows_beside_publish", "rows_commit")
+#: The tables a scan fills, in the order docwatch writes them in a batch's rows transaction.
+INDEX_TABLES = ("sources", "tasks", "documents", "attempts")
 
 
 class Clock:
@@ -131,19 +142,94 @@ def append_and_fsync(fd: int, size: int) -> None:
     os.fsync(fd)
 
 
-def replay(src_docs: Path, out: Path, batch_files: int, threads: int) -> dict:
+class IndexReplay:
+    """A scan's rows written again into a new index of the same schema: the real index's
+    statements and commits, with none of docwatch's planning around them."""
+
+    def __init__(self, scan_db: Path, path: Path, batches: int) -> None:
+        src = sqlite3.connect(f"file:{scan_db}?mode=ro", uri=True)
+        try:
+            self.schema = [
+                sql
+                for (sql,) in src.execute(
+                    "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"
+                    " AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+                )
+            ]
+            self.rows = {
+                t: src.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in INDEX_TABLES
+            }
+            self.inserts = {t: _insert_sql(src, t) for t in INDEX_TABLES}
+        finally:
+            src.close()
+        self.batches = batches
+        self.con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.con.execute("PRAGMA journal_mode = WAL")
+        self.con.execute("PRAGMA synchronous = FULL")
+        for sql in self.schema:
+            self.con.execute(sql)
+
+    def put_intents(self, group: list) -> None:
+        """The intents transaction: a row a document, committed (the WAL's fsync)."""
+        self.con.execute("BEGIN IMMEDIATE")
+        self.con.executemany(
+            "INSERT INTO intents (doc_id, stage, task_id, op, phase, writer, detail)"
+            " VALUES (?, ?, ?, ?, 'staged', 'floor', ?)",
+            [(d[1], d[0], d[1], "create", INTENT_DETAIL) for d in group],
+        )
+        self.con.execute("COMMIT")
+
+    def put_rows(self, i: int, group: list) -> None:
+        """Batch ``i``'s share of every table's rows, and its intents deleted (not committed)."""
+        self.con.execute("BEGIN IMMEDIATE")
+        for table, rows in self.rows.items():
+            n = len(rows)
+            self.con.executemany(
+                self.inserts[table], rows[i * n // self.batches : (i + 1) * n // self.batches]
+            )
+        self.con.executemany("DELETE FROM intents WHERE doc_id = ?", [(d[1],) for d in group])
+
+    def commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def close(self) -> None:
+        self.con.close()
+
+
+#: What docwatch stores with a new document's intent (its staged directory, nothing to replace).
+INTENT_DETAIL = json.dumps(
+    {"add": [], "dir": ".tmp/floor/" + "0" * 48, "remove": [], "replace": []}
+)
+
+
+def _insert_sql(con: sqlite3.Connection, table: str) -> str:
+    columns = [d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+def publish(base: str, out: Path, group: list) -> None:
+    """The renames of a batch's staged directories into place, and their ``syncfs``."""
+    for stage_name, doc_id, *_ in group:
+        os.rename(f"{base}/{doc_id}", f"{out}/{stage_name}/{doc_id}")
+    syncfs(out)
+
+
+def replay(
+    src_docs: Path, out: Path, batch_files: int, threads: int, scan_db: Path | None = None
+) -> dict:
     docs = documents(src_docs)
     groups = batches(docs, batch_files)
     staging = out / ".tmp" / "floor"
     staging.mkdir(parents=True)
     for stage_name in {d[0] for d in docs}:
         (out / stage_name).mkdir()
+    index = IndexReplay(scan_db, out / "index.sqlite", len(groups)) if scan_db else None
     wal = os.open(out / "wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    phases = dict.fromkeys(PHASES, 0.0)
+    phases = dict.fromkeys(INDEX_PHASES if index else PHASES, 0.0)
     nbytes, started = 0, time.perf_counter()
     try:
-        for group in groups:
+        for i, group in enumerate(groups):
             clock = Clock(phases)
             root = staging / uuid.uuid4().hex
             root.mkdir(0o755)
@@ -155,6 +241,10 @@ def replay(src_docs: Path, out: Path, batch_files: int, threads: int) -> dict:
             clock.lap("stage")
             syncfs(out)
             clock.lap("sync_staged")
+            if index is not None:
+                replay_index(index, i, group, base, out, pool, clock)
+                root.rmdir()
+                continue
             append_and_fsync(wal, INTENT_BYTES * len(group))
             clock.lap("intents_fsync")
             for stage_name, doc_id, *_ in group:
@@ -169,6 +259,8 @@ def replay(src_docs: Path, out: Path, batch_files: int, threads: int) -> dict:
         os.close(wal)
         if pool is not None:
             pool.shutdown()
+        if index is not None:
+            index.close()
     return {
         "seconds": time.perf_counter() - started,
         "documents": len(docs),
@@ -176,8 +268,27 @@ def replay(src_docs: Path, out: Path, batch_files: int, threads: int) -> dict:
         "bytes": nbytes,
         "batches": len(groups),
         "threads": threads,
+        "index_rows": {t: len(r) for t, r in index.rows.items()} if index else None,
         "phases_s": {k: round(v, 4) for k, v in phases.items()},
     }
+
+
+def replay_index(
+    index: IndexReplay, i: int, group: list, base: str, out: Path, pool, clock: Clock
+) -> None:
+    """A batch's index work as docwatch orders it: the intents committed, then the rows'
+    statements beside the renames and their sync, then the commit."""
+    index.put_intents(group)
+    clock.lap("intents_commit")
+    publishing = pool.submit(publish, base, out, group) if pool is not None else None
+    index.put_rows(i, group)
+    if publishing is None:
+        publish(base, out, group)
+    else:
+        publishing.result()
+    clock.lap("rows_beside_publish")
+    index.commit()
+    clock.lap("rows_commit")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,10 +302,18 @@ def main(argv: list[str] | None = None) -> int:
         default=min(4, len(os.sched_getaffinity(0))),
         help="staging threads (default: docwatch's io_threads 'auto')",
     )
+    ap.add_argument(
+        "--index",
+        type=Path,
+        metavar="DB",
+        help="the scan's index (read only): write its rows as docwatch does, not the appends",
+    )
     a = ap.parse_args(argv)
     if a.out.exists():
         ap.error(f"{a.out} exists: the replay writes into a new directory")
-    print(json.dumps(replay(a.docs, a.out, a.batch_files, a.threads)))
+    if a.index is not None and not a.index.is_file():
+        ap.error(f"{a.index}: no index file here (give the scan's documents.sqlite)")
+    print(json.dumps(replay(a.docs, a.out, a.batch_files, a.threads, a.index)))
     return 0
 
 

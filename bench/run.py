@@ -14,8 +14,9 @@ both sides of every comparison:
                           ratio to it is docwatch's own overhead)
     protocol floor       (then: bench/protocol_floor.py replays the durable protocol's calls
                           and flushes for the same documents, with no docwatch logic: staged
-                          copies, syncfs, renames, syncfs, two fsyncs a batch; the kernel's and
-                          the disk's share of a scan)
+                          copies, syncfs, renames, syncfs, and the scan's own rows written
+                          into a new index with its two commits a batch; the kernel's, the
+                          disk's and SQLite's share of a scan)
 
 Each pair runs in turn, the reference first in odd rounds and docwatch first in even ones.
 Every round writes to its own directories, and nothing is removed before the run ends: on ext4
@@ -94,7 +95,7 @@ MEASURES = (
     ("scan_copy", "docwatch scan (copy)"),
     ("cp_docs", "cp -a of the scan's docs tree"),
     ("cp_docs+sync", "cp -a docs + sync"),
-    ("protocol", "protocol floor (replay)"),
+    ("protocol", "protocol floor (replay + index)"),
     ("cp_al", "cp -al SRC DST"),
     ("cp_al+sync", "cp -al + sync"),
     ("scan_link", "docwatch scan --link"),
@@ -210,6 +211,7 @@ def one_round(
         lowest figure, so the floor is never overstated."""
         timed_sync()
         cmd = [sys.executable, str(PROTOCOL_FLOOR), str(docs), str(work / "protocol")]
+        cmd += ["--index", str(docs.parent / "db" / "documents.sqlite")]
         r = run(cmd, logs / "protocol.log")
         out = json.loads(r.stdout)
         record("protocol", Run(out["seconds"], r.maxrss_kib, r.stdout))
@@ -276,6 +278,9 @@ def checks(reports: dict, tree: dict) -> list[str]:
                 f"protocol floor round {n} replayed {p['documents']} documents, the scan "
                 f"created {reports['scan_copy'][n]['docs_created']}"
             )
+        rows = (p.get("index_rows") or {}).get("documents")
+        if rows != reports["scan_copy"][n]["docs_created"]:
+            bad.append(f"protocol floor round {n} wrote {rows} document rows into its index")
     for n, t in enumerate(reports["rescan"]):
         if t["new"] or t["docs_created"] or t["docs_updated"]:
             bad.append(f"rescan round {n} was not a no-op: {t}")
