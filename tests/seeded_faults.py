@@ -651,7 +651,7 @@ FAULTS = (
         ("tests/test_index.py",),
         ("-k", "readers_seek_latest"),
     ),
-    # -- a scan's next batch probed while this one syncs and commits (issue 10, twelfth pass) --
+    # -- a scan's next batch probed while this one commits (issue 10, twelfth and sixteenth pass)
     Fault(
         "probe_ahead_takes_two",
         "the next batch is taken again when asked twice: a batch of the scan is never ingested",
@@ -684,8 +684,8 @@ FAULTS = (
         (
             (
                 "ingest/ingestor.py",
-                "after_staging=lambda: (release_contents(outcomes, contents), then()),",
-                "after_staging=then,",
+                "after_rows=lambda: (release_contents(outcomes, contents), then()),",
+                "after_rows=then,",
             ),
         ),
         ("tests/test_scan.py",),

@@ -145,7 +145,7 @@ def test_io_threads_and_the_caller_make_the_same_documents(tree, copy_tree, tmp_
 
 
 def test_a_scan_probing_each_batch_ahead_makes_what_one_batch_makes(tree, copy_tree, tmp_path):
-    """Small batches, each probed while the one before it syncs and commits, make the
+    """Small batches, each probed while the one before it commits, make the
     documents a single batch makes."""
     data_root, _ = tree
     one_cfg, _ = run_scan(data_root)
@@ -156,7 +156,7 @@ def test_a_scan_probing_each_batch_ahead_makes_what_one_batch_makes(tree, copy_t
 
 
 def test_an_error_taking_the_next_batch_surfaces_after_this_batch_commits(tree):
-    """The next batch is listed and probed from inside this one (after its staging): an
+    """The next batch is listed and probed from inside this one (after its rows): an
     error there is this scan's error once this batch is done, never this batch's."""
     data_root, _ = tree
     cfg = make_config(data_root)
@@ -180,8 +180,8 @@ def test_an_error_taking_the_next_batch_surfaces_after_this_batch_commits(tree):
 
 
 def test_a_batch_lets_its_bytes_go_before_the_next_batch_is_read(tree):
-    """``then`` (where a scan starts reading its next batch) runs once the batch's files are
-    staged, with their bytes released: a scan holds one batch's bytes at a time."""
+    """``then`` (where a scan starts reading its next batch) runs once the batch's rows are
+    written, with its sources' bytes released: a scan holds one batch's bytes at a time."""
     data_root, _ = tree
     cfg = make_config(data_root)
     cands = list_candidates(cfg, ("draft",))

@@ -184,9 +184,9 @@ class Ingestor:
 
         ``known`` is the no-read skip (default: ask the index); ``force`` documents are
         rewritten from their sources (``verify --repair``).  ``probed``: the candidates'
-        probe, begun earlier (``start_probe``).  ``then`` runs once: when the batch's files are
-        staged and its sources' bytes let go, else at its end (a scan starts the next probe
-        there, while this batch syncs and commits).
+        probe, begun earlier (``start_probe``).  ``then`` runs once: when the batch's rows are
+        written and its sources' bytes let go, else at its end (a scan starts the next probe
+        there, while this batch's renames sync and its rows commit).
         """
         report = BatchReport()
         then = once(then)
@@ -235,7 +235,7 @@ class Ingestor:
                 contents=contents,
                 tables_digest=plan.tables_digest,
             ),
-            after_staging=lambda: (release_contents(outcomes, contents), then()),
+            after_rows=lambda: (release_contents(outcomes, contents), then()),
         )
         retry_tasks = result.retry | plan.deferred
         report.retry += [

@@ -191,10 +191,12 @@ def catch_up(
 
 
 class ProbeAhead:
-    """A scan's batches, each listed and probed while the one before it syncs and commits
-    (``start_next`` is that batch's ``then``): its files are read on the I/O threads while
-    the disk flushes, instead of after.  An error listing or probing a batch surfaces when
-    that batch is taken, never in the batch it was started from."""
+    """A scan's batches, each listed and probed while the one before it commits
+    (``start_next`` is that batch's ``then``, run once its rows' statements are done): its
+    files are read on the I/O threads while the renames' sync and the commit wait on the disk,
+    instead of after; not beside the statements, whose every row would wait for the GIL's
+    hand-over (bench/README.md, "Sixteenth pass").  An error listing or probing a batch
+    surfaces when that batch is taken, never in the batch it was started from."""
 
     def __init__(self, indexer: Indexer, batches: Iterator[list[Candidate]]) -> None:
         self.indexer = indexer

@@ -74,19 +74,19 @@ class Writer:
         self.live_since_ns = live_since_ns
 
     def write(
-        self, batch_in: BatchInput, after_staging: Callable[[], None] = lambda: None
+        self, batch_in: BatchInput, after_rows: Callable[[], None] = lambda: None
     ) -> WriteResult:
-        """The batch protocol; ``after_staging`` runs once its files are staged, before the
-        sync (a scan starts reading the next batch there)."""
+        """The batch protocol; ``after_rows`` runs once its rows' statements are done, while
+        its renames finish and before the commit (a scan starts reading the next batch there:
+        its reads beside this batch's statements cost both of them the GIL's hand-overs)."""
         result = WriteResult(problems=list(batch_in.problems))
         if not batch_in.changes:  # only the ledger moves: no file to make durable
-            self._commit(None, batch_in, [], result)
+            self._commit(None, batch_in, [], result, after_rows)
             return result
         batch = self.store.begin()
         committed = False
         try:
             kept = self._stage_all(batch, batch_in, result)
-            after_staging()
             batch.sync_staged()
             task_of = {c.doc_id: c.info.task_id for c in kept}
             with self.index.transaction():
@@ -96,7 +96,7 @@ class Writer:
                 )
             faults.point("intents_committed")
             # The renames run beside the rows' statements; the rows commit after them.
-            self._commit(batch, batch_in, kept, result)
+            self._commit(batch, batch_in, kept, result, after_rows)
             committed = True
             faults.point("committed")
             if batch.has_work_after_commit():
@@ -114,7 +114,12 @@ class Writer:
         return result
 
     def _commit(
-        self, batch: Batch | None, batch_in: BatchInput, kept: list[Change], result: WriteResult
+        self,
+        batch: Batch | None,
+        batch_in: BatchInput,
+        kept: list[Change],
+        result: WriteResult,
+        after_rows: Callable[[], None],
     ) -> None:
         """The rows' transaction.  A batch's renames and their sync run on an I/O thread while
         its statements run here; the transaction commits only once they are durable.  A
@@ -123,6 +128,7 @@ class Writer:
         try:
             with self.index.transaction():
                 self._put_rows(batch, batch_in, kept, result)
+                after_rows()
                 if publishing is not None:
                     publishing.result()  # the renames durable before the rows commit
                     faults.point("committing")  # a crash here: the whole commit or nothing
