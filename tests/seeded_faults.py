@@ -49,8 +49,8 @@ FAULTS = (
             ),
             (
                 "ingest/writer.py",
-                "            self._commit(batch, batch_in, kept, result)\n",
-                "            self._commit(batch, batch_in, kept, result)\n            batch.publish()\n",
+                "            self._commit(batch, batch_in, kept, result, after_rows)\n",
+                "            self._commit(batch, batch_in, kept, result, after_rows)\n            batch.publish()\n",
             ),
         ),
         ("tests/test_crash.py",),
@@ -131,7 +131,7 @@ FAULTS = (
         (
             (
                 "ingest/writer.py",
-                "            self._commit(batch, batch_in, kept, result)\n"
+                "            self._commit(batch, batch_in, kept, result, after_rows)\n"
                 "            committed = True\n"
                 '            faults.point("committed")\n'
                 "            if batch.has_work_after_commit():\n"
@@ -139,7 +139,7 @@ FAULTS = (
                 "            work = batch.has_work_after_commit()\n"
                 "            if work:\n"
                 "                batch.finish()\n"
-                "            self._commit(batch, batch_in, kept, result)\n"
+                "            self._commit(batch, batch_in, kept, result, after_rows)\n"
                 "            committed = True\n"
                 '            faults.point("committed")\n'
                 "            if work:\n",
