@@ -207,10 +207,15 @@ def _insert_sql(con: sqlite3.Connection, table: str) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
-def publish(base: str, out: Path, group: list) -> None:
-    """The renames of a batch's staged directories into place, and their ``syncfs``."""
+def rename_into_place(base: str, out: Path, group: list) -> None:
+    """A batch's staged directories renamed into ``<out>/<stage>/<doc_id>``."""
     for stage_name, doc_id, *_ in group:
         os.rename(f"{base}/{doc_id}", f"{out}/{stage_name}/{doc_id}")
+
+
+def publish(base: str, out: Path, group: list) -> None:
+    """The renames into place and their ``syncfs`` (one step: it runs beside the rows)."""
+    rename_into_place(base, out, group)
     syncfs(out)
 
 
@@ -247,8 +252,7 @@ def replay(
                 continue
             append_and_fsync(wal, INTENT_BYTES * len(group))
             clock.lap("intents_fsync")
-            for stage_name, doc_id, *_ in group:
-                os.rename(f"{base}/{doc_id}", f"{out}/{stage_name}/{doc_id}")
+            rename_into_place(base, out, group)
             clock.lap("rename")
             syncfs(out)
             clock.lap("sync_renames")
