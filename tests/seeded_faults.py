@@ -704,6 +704,35 @@ FAULTS = (
         ("tests/test_scan.py",),
         ("-k", "read_whole"),
     ),
+    # -- many rows a statement (issue 10, seventeenth pass) --------------------------------------
+    Fault(
+        "many_rows_chunks_out_of_order",
+        "an INSERT of many rows runs its chunks out of order: an upsert meets its rows reordered",
+        (
+            (
+                "store/sqlite.py",
+                "        for size, chunk in row_chunks(rows, self._values_at_once // len(rows[0])):",
+                "        for size, chunk in reversed(\n"
+                "            list(row_chunks(rows, self._values_at_once // len(rows[0])))\n"
+                "        ):",
+            ),
+        ),
+        ("tests/test_index.py",),
+        ("-k", "many_rows_at_once"),
+    ),
+    Fault(
+        "problem_outlives_its_fix",
+        "a file's problem row stays after the file is ingested (status counts it forever)",
+        (
+            (
+                "store/index.py",
+                'f"DELETE FROM problems WHERE relpath IN ({marks(chunk)})"',
+                'f"DELETE FROM problems WHERE relpath || 1 IN ({marks(chunk)})"',
+            ),
+        ),
+        ("tests/test_scan.py",),
+        ("-k", "problem_goes"),
+    ),
 )
 
 

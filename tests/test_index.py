@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import tempfile
+from pathlib import Path
 
 import pytest
 from conftest import V4_TASK_DOCS, check_batch_lookups, insert_v4_task
@@ -16,8 +18,11 @@ from docwatch.store.schema import (
     SQLITE_DDL,
     statements,
 )
-from docwatch.store.sqlite import open_sqlite
+from docwatch.store.sqlite import ROWS_AT_ONCE, open_sqlite, row_chunks
+from docwatch.store.sqltext import values_rows_sql
 from docwatch.store.sweeps import SweepQueries
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 
 def test_fresh_index_has_the_seed_table_wal_and_current_version(tmp_path):
@@ -236,3 +241,59 @@ def test_a_batch_asks_the_ledger_and_the_raw_versions_once_for_all_its_files(tmp
         check_batch_lookups(index)
     finally:
         index.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 6), st.sampled_from("ab"), st.integers(-9, 9)),
+        min_size=1,
+        max_size=400,
+    )
+)
+@example(rows=[(i % 7, "ab"[i % 2], i % 19 - 9) for i in range(300)])  # three chunks
+def test_many_rows_at_once_upsert_as_one_row_at_a_time(rows):
+    """The SQLite index inserts many rows a statement: the table must end as one statement a
+    row leaves it, a key met again in the same call updating the row it inserted before."""
+    upsert = (
+        "INSERT INTO t (k, j, v) VALUES (?, ?, ?)"
+        " ON CONFLICT (k, j) DO UPDATE SET v = t.v * 3 + excluded.v, n = t.n + 1"
+    )
+    tables = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for one_a_row in (True, False):
+            index = open_sqlite(Path(tmp) / f"{one_a_row}.sqlite")
+            index.execute("CREATE TABLE t (k INT, j TEXT, v INT, n INT DEFAULT 0, UNIQUE (k, j))")
+            with index.transaction():
+                if one_a_row:
+                    index.con.executemany(upsert, rows)
+                else:
+                    assert values_rows_sql(upsert, 2) is not None
+                    index.executemany(upsert, rows)
+            tables.append(index.all("SELECT * FROM t ORDER BY rowid"))
+            index.close()
+    assert tables[0] == tables[1]
+
+
+@given(count=st.integers(0, 1000), most=st.integers(0, 500))
+def test_row_chunks_cover_every_row_once_in_a_few_sizes(count, most):
+    rows = list(range(count))
+    chunks = list(row_chunks(rows, most))
+    assert [r for _, chunk in chunks for r in chunk] == rows
+    cap = max(1, min(most, ROWS_AT_ONCE))
+    assert all(size == len(chunk) and size <= cap for size, chunk in chunks)
+    assert all(size & (size - 1) == 0 for size, _ in chunks)  # powers of two: few texts
+    assert len(chunks) <= count // (1 << (cap.bit_length() - 1)) + cap.bit_length()
+
+
+def test_only_a_one_row_insert_is_taken_many_rows_at_once():
+    assert values_rows_sql("INSERT INTO t (a, b) VALUES (?, ?) ON CONFLICT DO NOTHING", 3) == (
+        "INSERT INTO t (a, b) VALUES (?, ?), (?, ?), (?, ?) ON CONFLICT DO NOTHING"
+    )
+    for text in (
+        "UPDATE t SET a = ? WHERE b = ?",
+        "DELETE FROM t WHERE a = ?",
+        "INSERT INTO t (a, b) VALUES (?, now())",
+        "INSERT INTO t (a) SELECT ? WHERE true",
+    ):
+        assert values_rows_sql(text, 3) is None

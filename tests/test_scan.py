@@ -10,6 +10,7 @@ import sqlite3
 import time
 import tracemalloc
 from collections import Counter
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -297,6 +298,25 @@ def test_oversized_file_reported_not_copied(tmp_path):
     write(data_root / PARSED / "huge__t__m_v1.txt", b"x" * 5000)
     cfg, result = run_scan(data_root, max_file_bytes=4096)
     assert "exceeds max_file_bytes" in problems_of(result)[f"{PARSED}/huge__t__m_v1.txt"]
+
+
+def test_a_problem_goes_when_its_file_is_ingested_and_only_then(tmp_path):
+    """`status` counts source problems from the index: a file rewritten to good bytes is
+    ingested and its problem row goes; the other files' problems stay."""
+    data_root = tmp_path / "data"
+    names = [f"{PARSED}/huge{i}__t__m_v1.txt" for i in range(3)]
+    for name in names:
+        write(data_root / name, b"x" * 5000)
+    cfg, _ = run_scan(data_root, max_file_bytes=4096)
+    problem_rows = "SELECT relpath FROM problems ORDER BY relpath"
+    with closing(sqlite3.connect(cfg.db)) as con:
+        assert [r[0] for r in con.execute(problem_rows)] == names
+    write(data_root / names[1], b"fits now")
+    run_scan(data_root, max_file_bytes=4096)
+    with closing(sqlite3.connect(cfg.db)) as con:
+        assert [r[0] for r in con.execute(problem_rows)] == [names[0], names[2]]
+        ledger = con.execute("SELECT relpath FROM sources").fetchall()
+        assert [r[0] for r in ledger] == [names[1]]
 
 
 def test_young_file_left_for_later_then_indexed(tmp_path):

@@ -264,7 +264,8 @@ class Index(SweepQueries, WriterRecords):
                 + (ingested, size, mtime)
             )
         self.executemany(_PUT_SOURCE, rows)
-        self.executemany("DELETE FROM problems WHERE relpath = ?", [(r[0],) for r in rows])
+        for chunk in in_chunks([r[0] for r in rows]):
+            self.execute(f"DELETE FROM problems WHERE relpath IN ({marks(chunk)})", chunk)
 
     # -- sticky task facts ----------------------------------------------------------------
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from docwatch.core.clock import now_iso
 from docwatch.core.jsontext import sorted_json
-from docwatch.store.sqltext import upsert_sql
+from docwatch.store.sqltext import marks, upsert_sql
+from docwatch.store.sweeps import in_chunks
 
 
 class WriterRecords:
@@ -48,9 +49,10 @@ class WriterRecords:
         )
 
     def mark_intents_committed(self, doc_ids: Iterable[str]) -> None:
-        self.executemany(
-            "UPDATE intents SET phase = 'committed' WHERE doc_id = ?", [(d,) for d in doc_ids]
-        )
+        for chunk in in_chunks(list(doc_ids)):
+            self.execute(
+                f"UPDATE intents SET phase = 'committed' WHERE doc_id IN ({marks(chunk)})", chunk
+            )
 
     def take_intents(self, writer: str) -> list[dict]:
         rows = self.all(
@@ -65,10 +67,11 @@ class WriterRecords:
         if doc_ids is None:
             self.execute("DELETE FROM intents WHERE writer = ?", (writer,))
         else:
-            self.executemany(
-                "DELETE FROM intents WHERE doc_id = ? AND writer = ?",
-                [(d, writer) for d in doc_ids],
-            )
+            for chunk in in_chunks(list(doc_ids)):
+                self.execute(
+                    f"DELETE FROM intents WHERE writer = ? AND doc_id IN ({marks(chunk)})",
+                    [writer, *chunk],
+                )
 
     def set_state(self, key: str, value: str) -> None:
         self.execute(upsert_sql("state", ("key", "value"), ["key"]), (key, value))

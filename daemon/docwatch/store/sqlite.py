@@ -14,7 +14,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from docwatch.errors import IndexCorrupt, IndexUnreadable
@@ -26,6 +26,7 @@ from docwatch.store.schema import (
     SQLITE_ONLY,
     statements,
 )
+from docwatch.store.sqltext import values_rows_sql
 from docwatch.store.sweeps import folder_range
 
 #: Messages of errors that mean "the file is not a (sound) SQLite database".
@@ -43,6 +44,17 @@ class SqliteIndex(Index):
     ) -> None:
         super().__init__(con, str(path), readonly=readonly, schema_version=schema_version)
         self.path = path
+        self._values_at_once = values_at_once(con)
+
+    def executemany(self, text: str, rows: Iterable[Sequence]) -> None:
+        """An ``INSERT`` of many rows as a few statements of many rows each (the same rows in
+        the same order, so an upsert meets its own earlier rows as one-a-row would); any
+        other statement as ``executemany``."""
+        rows = list(rows)
+        if len(rows) < 2 or values_rows_sql(text, 1) is None:
+            return super().executemany(text, rows)
+        for size, chunk in row_chunks(rows, self._values_at_once // len(rows[0])):
+            self.con.execute(values_rows_sql(text, size), [v for row in chunk for v in row])
 
     def close(self) -> None:
         super().close()
@@ -89,6 +101,30 @@ class SqliteIndex(Index):
         return isinstance(exc, sqlite3.OperationalError) and any(
             word in text for word in ("locked", "busy", "disk I/O", "full")
         )
+
+
+#: Rows an INSERT takes at once: more than this saves nothing measurable (bench/README.md).
+ROWS_AT_ONCE = 128
+
+
+def values_at_once(con: sqlite3.Connection) -> int:
+    """How many values one statement binds at most: enough for ROWS_AT_ONCE rows of up to
+    32 columns, within this SQLite's limit (32,766 by default, 999 before 3.32)."""
+    return min(con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER), 32 * ROWS_AT_ONCE)
+
+
+def row_chunks(rows: list, most: int) -> Iterator[tuple[int, list]]:
+    """``rows`` in chunks of a power of two rows, ``most`` at most (at least 1): full chunks,
+    then the rest in halves, so a statement cache holds a few texts, not one a length."""
+    size = 1
+    while size * 2 <= min(most, ROWS_AT_ONCE):
+        size *= 2
+    start = 0
+    while start < len(rows):
+        while len(rows) - start < size:
+            size //= 2
+        yield size, rows[start : start + size]
+        start += size
 
 
 def open_sqlite(

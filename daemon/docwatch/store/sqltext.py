@@ -25,3 +25,17 @@ def pair_values(pairs: Sequence[tuple]) -> str:
     ``(VALUES …)``: SQLite searches the index for each pair only in this form (the bare one
     scans the whole table, so every batch of a scan got slower as the index grew)."""
     return "(SELECT column1, column2 FROM (VALUES " + ", ".join("(?, ?)" for _ in pairs) + ") AS v)"
+
+
+def values_rows_sql(text: str, rows: int) -> str | None:
+    """``text`` (an ``INSERT … VALUES (?, …) …`` of one row) for ``rows`` rows at once, or
+    None when ``text`` is not that form.  One statement a chunk of rows, not one a row: each
+    row's step hands the GIL over, which costs most when a thread runs beside it."""
+    head, sep, rest = text.partition(" VALUES (")
+    if not sep or not head.lstrip().upper().startswith("INSERT"):
+        return None
+    params, close, tail = rest.partition(")")
+    if not close or set(params) - set("?, ") or "?" not in params:
+        return None
+    row = f"({params})"
+    return f"{head} VALUES {', '.join([row] * rows)}{tail}"
