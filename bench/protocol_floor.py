@@ -172,7 +172,8 @@ class IndexReplay:
     def put_intents(self, group: list) -> None:
         """The intents transaction: a row a document, committed (the WAL's fsync)."""
         self.con.execute("BEGIN IMMEDIATE")
-        self.con.executemany(
+        insert_many(
+            self.con,
             "INSERT INTO intents (doc_id, stage, task_id, op, phase, writer, detail)"
             " VALUES (?, ?, ?, ?, 'staged', 'floor', ?)",
             [(d[1], d[0], d[1], "create", INTENT_DETAIL) for d in group],
@@ -184,10 +185,17 @@ class IndexReplay:
         self.con.execute("BEGIN IMMEDIATE")
         for table, rows in self.rows.items():
             n = len(rows)
-            self.con.executemany(
-                self.inserts[table], rows[i * n // self.batches : (i + 1) * n // self.batches]
+            insert_many(
+                self.con,
+                self.inserts[table],
+                rows[i * n // self.batches : (i + 1) * n // self.batches],
             )
-        self.con.executemany("DELETE FROM intents WHERE doc_id = ?", [(d[1],) for d in group])
+        doc_ids = [d[1] for d in group]
+        for start in range(0, len(doc_ids), ROWS_AT_ONCE):
+            chunk = doc_ids[start : start + ROWS_AT_ONCE]
+            self.con.execute(
+                f"DELETE FROM intents WHERE doc_id IN ({', '.join('?' * len(chunk))})", chunk
+            )
 
     def commit(self) -> None:
         self.con.execute("COMMIT")
@@ -200,6 +208,22 @@ class IndexReplay:
 INTENT_DETAIL = json.dumps(
     {"add": [], "dir": ".tmp/floor/" + "0" * 48, "remove": [], "replace": []}
 )
+
+
+#: Rows a statement, as docwatch's SQLite index inserts them (``store/sqlite.py``).
+ROWS_AT_ONCE = 128
+
+
+def insert_many(con: sqlite3.Connection, insert: str, rows: list) -> None:
+    """``rows`` through ``insert`` (one row's ``VALUES (…)``), up to ROWS_AT_ONCE rows a
+    statement: the GIL let go once a chunk, not once a row."""
+    head, _, one_row = insert.rpartition(" VALUES ")
+    limit = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    step = max(1, min(ROWS_AT_ONCE, limit // max(1, one_row.count("?"))))
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        values = ", ".join([one_row] * len(chunk))
+        con.execute(f"{head} VALUES {values}", [v for row in chunk for v in row])
 
 
 def _insert_sql(con: sqlite3.Connection, table: str) -> str:
