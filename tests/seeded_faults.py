@@ -711,9 +711,9 @@ FAULTS = (
         (
             (
                 "store/sqlite.py",
-                "        for size, chunk in row_chunks(rows, self._values_at_once // len(rows[0])):",
+                "        for size, chunk in row_chunks(rows, values_at_once(self.con) // len(rows[0])):",
                 "        for size, chunk in reversed(\n"
-                "            list(row_chunks(rows, self._values_at_once // len(rows[0])))\n"
+                "            list(row_chunks(rows, values_at_once(self.con) // len(rows[0])))\n"
                 "        ):",
             ),
         ),
@@ -726,8 +726,8 @@ FAULTS = (
         (
             (
                 "store/index.py",
-                'f"DELETE FROM problems WHERE relpath IN ({marks(chunk)})"',
-                'f"DELETE FROM problems WHERE relpath || 1 IN ({marks(chunk)})"',
+                '"DELETE FROM problems WHERE relpath IN"',
+                '"DELETE FROM problems WHERE relpath || 1 IN"',
             ),
         ),
         ("tests/test_scan.py",),

@@ -119,6 +119,12 @@ class Index(SweepQueries, WriterRecords):
         if rows:
             self.con.executemany(self.sql(text), rows)
 
+    def execute_in(self, text: str, values: Iterable, before: Sequence = ()) -> None:
+        """``text`` ending in ``IN`` for every value, a chunk of values a statement (not a
+        statement a value); ``before`` are the parameters ahead of the list."""
+        for chunk in in_chunks(list(values)):
+            self.execute(f"{text} ({marks(chunk)})", [*before, *chunk])
+
     def all(self, text: str, params: Iterable = ()) -> list[dict]:
         return [dict(r) for r in self.execute(text, params).fetchall()]
 
@@ -264,8 +270,7 @@ class Index(SweepQueries, WriterRecords):
                 + (ingested, size, mtime)
             )
         self.executemany(_PUT_SOURCE, rows)
-        for chunk in in_chunks([r[0] for r in rows]):
-            self.execute(f"DELETE FROM problems WHERE relpath IN ({marks(chunk)})", chunk)
+        self.execute_in("DELETE FROM problems WHERE relpath IN", [r[0] for r in rows])
 
     # -- sticky task facts ----------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 not finished yet (crash recovery reads them), and state keys.
 
 A mixin for ``Index`` (``store/index.py``), as ``SweepQueries`` is: it only needs the index's
-``execute``, ``executemany``, ``all`` and ``scalar``.
+``execute``, ``executemany``, ``execute_in``, ``all`` and ``scalar``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from typing import Any
 
 from docwatch.core.clock import now_iso
 from docwatch.core.jsontext import sorted_json
-from docwatch.store.sqltext import marks, upsert_sql
-from docwatch.store.sweeps import in_chunks
+from docwatch.store.sqltext import upsert_sql
 
 
 class WriterRecords:
@@ -22,6 +21,7 @@ class WriterRecords:
 
     execute: Any
     executemany: Any
+    execute_in: Any
     all: Any
     scalar: Any
 
@@ -49,10 +49,7 @@ class WriterRecords:
         )
 
     def mark_intents_committed(self, doc_ids: Iterable[str]) -> None:
-        for chunk in in_chunks(list(doc_ids)):
-            self.execute(
-                f"UPDATE intents SET phase = 'committed' WHERE doc_id IN ({marks(chunk)})", chunk
-            )
+        self.execute_in("UPDATE intents SET phase = 'committed' WHERE doc_id IN", doc_ids)
 
     def take_intents(self, writer: str) -> list[dict]:
         rows = self.all(
@@ -67,11 +64,7 @@ class WriterRecords:
         if doc_ids is None:
             self.execute("DELETE FROM intents WHERE writer = ?", (writer,))
         else:
-            for chunk in in_chunks(list(doc_ids)):
-                self.execute(
-                    f"DELETE FROM intents WHERE writer = ? AND doc_id IN ({marks(chunk)})",
-                    [writer, *chunk],
-                )
+            self.execute_in("DELETE FROM intents WHERE writer = ? AND doc_id IN", doc_ids, [writer])
 
     def set_state(self, key: str, value: str) -> None:
         self.execute(upsert_sql("state", ("key", "value"), ["key"]), (key, value))

@@ -44,7 +44,6 @@ class SqliteIndex(Index):
     ) -> None:
         super().__init__(con, str(path), readonly=readonly, schema_version=schema_version)
         self.path = path
-        self._values_at_once = values_at_once(con)
 
     def executemany(self, text: str, rows: Iterable[Sequence]) -> None:
         """An ``INSERT`` of many rows as a few statements of many rows each (the same rows in
@@ -53,7 +52,7 @@ class SqliteIndex(Index):
         rows = list(rows)
         if len(rows) < 2 or values_rows_sql(text, 1) is None:
             return super().executemany(text, rows)
-        for size, chunk in row_chunks(rows, self._values_at_once // len(rows[0])):
+        for size, chunk in row_chunks(rows, values_at_once(self.con) // len(rows[0])):
             self.con.execute(values_rows_sql(text, size), [v for row in chunk for v in row])
 
     def close(self) -> None:

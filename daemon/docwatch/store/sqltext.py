@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 
@@ -27,6 +28,7 @@ def pair_values(pairs: Sequence[tuple]) -> str:
     return "(SELECT column1, column2 FROM (VALUES " + ", ".join("(?, ?)" for _ in pairs) + ") AS v)"
 
 
+@functools.lru_cache(maxsize=256)  # a few statements in a few sizes, asked for each chunk
 def values_rows_sql(text: str, rows: int) -> str | None:
     """``text`` (an ``INSERT … VALUES (?, …) …`` of one row) for ``rows`` rows at once, or
     None when ``text`` is not that form.  One statement a chunk of rows, not one a row: each
