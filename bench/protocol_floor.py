@@ -20,7 +20,8 @@ work instead: the scan's rows, in the order the scan wrote them, go into a new S
 the same schema (WAL, ``synchronous = FULL``, as docwatch opens it), one transaction for the
 batch's intents and one for its share of the rows (sources, tasks, documents, attempts, the
 intents deleted), up to 128 rows a statement, whose statements run while the renames and their
-``syncfs`` run on a thread, as docwatch runs them; the commit comes after both.  The rows are read before the clock starts.
+``syncfs`` run on a thread, as docwatch runs them; the commit comes after both.  The rows are
+read before the clock starts.
 
 The sources' copies are read from the scan's own docs tree, and each ``metadata.json`` is written
 at its size without a read (docwatch writes it from memory): the same inodes and bytes as the
