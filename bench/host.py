@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ class CommandFailed(Exception):
 @dataclass
 class Run:
     seconds: float
-    maxrss_kib: int
+    maxrss_kib: int  # the command's peak RSS plus its children's (``docwatch scan``'s helper)
     stdout: bytes
 
 
@@ -37,7 +38,9 @@ def run(cmd: list[str], errlog: Path) -> Run:
         err.flush()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=REPO)
+        children = ChildrenPeak(proc.pid)
         out = proc.stdout.read()
+        children.stop()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
         proc.stdout.close()
@@ -45,7 +48,53 @@ def run(cmd: list[str], errlog: Path) -> Run:
     if proc.returncode != 0:
         tail = errlog.read_text(errors="replace")[-2000:]
         raise CommandFailed(f"exit {proc.returncode}: {' '.join(cmd)}\n{tail}")
-    return Run(seconds, usage.ru_maxrss, out)
+    return Run(seconds, usage.ru_maxrss + children.total_kib(), out)
+
+
+class ChildrenPeak:
+    """The peak RSS (VmHWM) of each child a command starts, sampled every 20 ms from /proc
+    while it runs: wait4 gives the largest process's peak, not the sum of two processes that
+    run at once (``docwatch scan`` and its staging helper)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peaks: dict[str, int] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            for child in self._children():
+                hwm = _vm_hwm_kib(child)
+                if hwm > self.peaks.get(child, 0):
+                    self.peaks[child] = hwm
+
+    def _children(self) -> list[str]:
+        found = []
+        for task in Path(f"/proc/{self.pid}/task").glob("*/children"):
+            try:
+                found += task.read_text().split()
+            except OSError:
+                continue
+        return found
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def total_kib(self) -> int:
+        return sum(self.peaks.values())
+
+
+def _vm_hwm_kib(pid: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def timed_sync() -> float:

@@ -25,8 +25,10 @@ without a journal, a file created within minutes of a deletion costs several tim
 The outputs of all rounds need about ``--repeats`` × 3 times the tree's size on disk.
 
 Every command is a child process timed with ``time.perf_counter`` from spawn to reap; its peak
-RSS comes from ``os.wait4``.  ``sync`` runs (timed separately, never inside a measurement)
-before and after every measurement, so no command pays for another's dirty pages; the
+RSS comes from ``os.wait4``, plus the peak of every child a command starts, sampled from
+/proc (``docwatch scan``'s staging helper: the two run at once, so their peaks add).  ``sync``
+runs (timed separately, never inside a measurement) before and after every measurement, so no
+command pays for another's dirty pages; the
 ``+ sync`` figures add the flush that makes ``cp``'s copy durable (docwatch syncs its own
 writes: one ``syncfs`` after staging and one after the renames of each batch).  Caches are not
 dropped (that needs root): every command reads a warm tree.

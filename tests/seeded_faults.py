@@ -733,6 +733,60 @@ FAULTS = (
         ("tests/test_scan.py",),
         ("-k", "problem_goes"),
     ),
+    # -- the staging helper process (issue 10, eighteenth pass) ----------------------------------
+    Fault(
+        "helper_drops_metadata",
+        "the staging helper writes a document's copies but not its metadata.json",
+        (
+            (
+                "store/stager.py",
+                "        for name, data in files:\n",
+                "        for name, data in files[:-1]:\n",
+            ),
+        ),
+        ("tests/test_staging.py",),
+        ("-k", "makes_what_staging_here_makes"),
+    ),
+    Fault(
+        "helper_death_loses_its_documents",
+        "the documents given to a helper that died are taken as staged, not staged again",
+        (
+            (
+                "ingest/staging.py",
+                "        if failed is None:  # the helper died",
+                "        failed = failed or {}\n        if False:  # the helper died",
+            ),
+        ),
+        ("tests/test_staging.py",),
+        ("-k", "killed_mid_scan"),
+    ),
+    Fault(
+        "helper_outlives_its_scan",
+        "the helper does not die with its parent (a stopped helper stays behind)",
+        (("store/stager.py", "    _die_with_parent(int(sys.argv[1]))\n", ""),),
+        ("tests/test_staging.py",),
+        ("-k", "dies_with_its_scan"),
+    ),
+    Fault(
+        "helper_ignores_eof",
+        "the helper does not end when its parent closes its input",
+        (
+            (
+                "store/stager.py",
+                "            return\n        if message[0]",
+                "            __import__('time').sleep(3600)\n        if message[0]",
+            ),
+        ),
+        ("tests/test_staging.py",),
+        ("-k", "cannot_write"),
+    ),
+    Fault(
+        "scan_without_its_helper",
+        "docwatch scan stages everything on its own threads (the helper is never started)",
+        (("ingest/scan.py", "staging_helper=True", "staging_helper=False"),),
+        ("tests/test_staging.py",),
+        ("-k", "killed_mid_scan"),
+    ),
 )
 
 

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from docwatch.core.layout import STAGES
 from docwatch.core.model import Attempt, ParentCandidate, Source, TaskInfo
 from docwatch.core.tasks import TaskTables, effective_info, task_info
-from docwatch.ingest.planner import PlanSettings, TaskChanges, parent_stages, plan_changes
+from docwatch.ingest.planner import (
+    Change,
+    PlanSettings,
+    TaskChanges,
+    parent_stages,
+    plan_changes,
+)
 from docwatch.store.docstore import DocStore
 from docwatch.store.index import Index, TasksData
 
@@ -45,8 +51,15 @@ class BatchPlanner:
         self.prompt_copy = prompt_copy
         self.enrich = enrich
 
-    def plan(self, tasks: set[Task], new: list[Source], force: set[str]) -> BatchPlan:
-        """Re-plan every touched task (parents first) and its children."""
+    def plan(
+        self,
+        tasks: set[Task],
+        new: list[Source],
+        force: set[str],
+        planned: Callable[[list[Change]], None] | None = None,
+    ) -> BatchPlan:
+        """Re-plan every touched task (parents first) and its children; ``planned`` gets each
+        task's changes as soon as they are final (a scan's staging helper starts on them)."""
         tables = self.tables()
         new_by_task: dict[Task, list[Source]] = {}
         for s in new:
@@ -90,6 +103,8 @@ class BatchPlanner:
                     continue
                 ids.update((c.doc_id, task) for c in changes.changes)
                 out.planned[task], out.infos[task] = changes, info
+                if planned is not None:
+                    planned(changes.changes)
                 overlay[task] = changes.ok_candidates
                 if changes.changes:
                     children = {

@@ -24,6 +24,7 @@ from docwatch.errors import IndexCorrupt, PermissionProblem
 from docwatch.ingest.ingestor import BatchReport, Ingestor, IngestSettings, Known
 from docwatch.ingest.pool import give_back_memory
 from docwatch.ingest.sources import Candidate, Outcome
+from docwatch.ingest.staging import StagingHelper, helper_wanted
 from docwatch.ingest.tables import TaskTableReader
 from docwatch.store.backend import open_index
 from docwatch.store.docstore import DocStore
@@ -53,6 +54,7 @@ class Indexer:
         enrich: Callable[[dict, Attempt], dict] | None = None,
         live_since_ns: int | None = None,
         daemon: bool = False,
+        staging_helper: bool = False,
     ) -> None:
         require_data_root(cfg)
         self.cfg = cfg
@@ -98,6 +100,7 @@ class Indexer:
             self.tables,
             writer_id=self.writer_id,
             enrich=enrich,
+            helper=StagingHelper() if staging_helper and helper_wanted(cfg.link) else None,
         )
         self._replan: set[tuple[str, str]] = set()
 
@@ -189,6 +192,8 @@ class Indexer:
 
     def close(self) -> None:
         try:
+            if self.ingestor.helper is not None:
+                self.ingestor.helper.close()
             self.index.close()
         finally:
             self._release_claims()

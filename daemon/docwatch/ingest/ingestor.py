@@ -35,6 +35,7 @@ from docwatch.ingest.sources import (
     classify,
     read,
 )
+from docwatch.ingest.staging import StagingHelper
 from docwatch.ingest.writer import BatchInput, Writer
 from docwatch.store.docstore import DocStore, Op
 from docwatch.store.index import Index
@@ -100,8 +101,11 @@ class Ingestor:
         *,
         writer_id: str,
         enrich: Callable[[dict, Attempt], dict] | None = None,
+        helper: StagingHelper | None = None,
     ) -> None:
         self.index = index
+        #: Stages new documents while their batch is planned (a scan; ``ingest/staging.py``).
+        self.helper = helper
         self.store = store
         self.settings = settings
         self.tables = tables
@@ -220,7 +224,13 @@ class Ingestor:
         if not tasks and not report.problems and not touched:
             return report
         contents = {o.source.key: o.content for o in outcomes if o.content is not None}
-        plan = self.planner.plan(tasks, new, force)
+        staging = self.helper.batch(self.store, contents) if self.helper is not None else None
+        try:
+            plan = self.planner.plan(tasks, new, force, staging.add if staging else None)
+        except BaseException:
+            if staging is not None:
+                staging.abandon()
+            raise
         report.replan_later |= plan.unlocked | plan.deferred
         report.problems += task_problem_rows(plan.problems, new)
         skipped = plan.deferred | set(plan.problems)
@@ -236,6 +246,7 @@ class Ingestor:
                 tables_digest=plan.tables_digest,
             ),
             after_rows=lambda: (release_contents(outcomes, contents), then()),
+            staging=staging,
         )
         retry_tasks = result.retry | plan.deferred
         report.retry += [

@@ -110,7 +110,7 @@ def scan(
     if dry_run:
         _dry_run(cfg, stages, result, update)
     else:
-        indexer = Indexer(cfg, run_id)
+        indexer = Indexer(cfg, run_id, staging_helper=True)
         try:
             indexer.recover()
             records = run_facts(indexer) if run_facts is not None else None

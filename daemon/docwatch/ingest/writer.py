@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docwatch import __version__
 from docwatch.core.clock import now_iso
@@ -26,6 +27,9 @@ from docwatch.store import faults
 from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
 from docwatch.store.index import Index, source_key
 from docwatch.store.sourcefiles import sha256_of
+
+if TYPE_CHECKING:
+    from docwatch.ingest.staging import HelperStaging
 
 log = logging.getLogger("docwatch.ingest")
 
@@ -74,19 +78,25 @@ class Writer:
         self.live_since_ns = live_since_ns
 
     def write(
-        self, batch_in: BatchInput, after_rows: Callable[[], None] = lambda: None
+        self,
+        batch_in: BatchInput,
+        after_rows: Callable[[], None] = lambda: None,
+        staging: HelperStaging | None = None,
     ) -> WriteResult:
         """The batch protocol; ``after_rows`` runs once its rows' statements are done, while
         its renames finish and before the commit (a scan starts reading the next batch there:
-        its reads beside this batch's statements cost both of them the GIL's hand-overs)."""
+        its reads beside this batch's statements cost both of them the GIL's hand-overs).
+        ``staging``: the changes were given to the staging helper as they were planned."""
         result = WriteResult(problems=list(batch_in.problems))
         if not batch_in.changes:  # only the ledger moves: no file to make durable
+            if staging is not None:
+                staging.abandon()
             self._commit(None, batch_in, [], result, after_rows)
             return result
-        batch = self.store.begin()
+        batch = staging.begin() if staging is not None else self.store.begin()
         committed = False
         try:
-            kept = self._stage_all(batch, batch_in, result)
+            kept = self._stage_all(batch, batch_in, result, staging)
             batch.sync_staged()
             task_of = {c.doc_id: c.info.task_id for c in kept}
             with self.index.transaction():
@@ -166,10 +176,20 @@ class Writer:
         self.index.set_state("last_batch", "live" if live else "backfill")
         self.index.set_state("last_lag_seconds", lag)
 
-    def _stage_all(self, batch: Batch, batch_in: BatchInput, result: WriteResult) -> list[Change]:
+    def _stage_all(
+        self,
+        batch: Batch,
+        batch_in: BatchInput,
+        result: WriteResult,
+        staging: HelperStaging | None,
+    ) -> list[Change]:
         staged_by_task: dict[tuple[str, str], list] = {}
         changes = batch_in.changes
-        outcomes = map_io(lambda c: self._stage_one(batch, c, batch_in.contents), changes)
+
+        def stage_here(changes: list[Change]) -> list:
+            return map_io(lambda c: self._stage_one(batch, c, batch_in.contents), changes)
+
+        outcomes = stage_here(changes) if staging is None else staging.outcomes(changes, stage_here)
         for i, (c, staged) in enumerate(zip(changes, outcomes, strict=True)):
             if isinstance(staged, SourceChanged):  # rewritten in place since it was read?
                 staged = outcomes[i] = self._stage_from_copies(batch, c, batch_in.contents)
@@ -246,8 +266,14 @@ class Writer:
             for kind, s in c.files.items()
         }
         staged = batch.stage(c.doc_id, c.info.stage, c.op, files, c.remove)
-        for kind in ("raw", "parsed"):
-            if f"{kind}.txt" in staged.chars:
-                c.row[f"{kind}_chars"] = staged.chars[f"{kind}.txt"]
-        batch.write_metadata(staged, metadata(c, __version__, time.time_ns()))
+        batch.write_metadata(staged, metadata_with_chars(c, staged.chars))
         return staged
+
+
+def metadata_with_chars(c: Change, chars: dict[str, int]) -> dict:
+    """``metadata.json`` of a staged change, once its copies' characters are counted (they
+    go into its row too)."""
+    for kind in ("raw", "parsed"):
+        if f"{kind}.txt" in chars:
+            c.row[f"{kind}_chars"] = chars[f"{kind}.txt"]
+    return metadata(c, __version__, time.time_ns())

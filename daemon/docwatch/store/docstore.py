@@ -33,9 +33,10 @@ from pathlib import Path
 from docwatch.core.jsontext import metadata_bytes
 from docwatch.store import faults
 from docwatch.store.sourcefiles import CHUNK, count_chars, digest_and_chars, open_source
+from docwatch.store.stager import write_new_file
 
 _libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
-_HAS_SYNCFS = _libc is not None and hasattr(_libc, "syncfs")
+HAS_SYNCFS = _libc is not None and hasattr(_libc, "syncfs")
 
 
 class SourceChanged(Exception):
@@ -194,6 +195,11 @@ class Batch:
             staged.add = tuple(n for n in staged.files if n not in present)
             staged.replace = tuple(n for n in staged.files if n in present)
 
+    def add_staged(self, staged: StagedDocument) -> None:
+        """A document staged by another process (``ingest/staging.py``): its files exist."""
+        with self._lock:
+            self.documents.append(staged)
+
     def drop(self, staged: StagedDocument) -> None:
         with self._lock:
             self.documents.remove(staged)
@@ -243,7 +249,7 @@ class Batch:
                     digest.update(chunk)
                     chars += count_chars(chunk)
                     _write_all(dst_fd, chunk)
-                if not _HAS_SYNCFS:
+                if not HAS_SYNCFS:
                     os.fsync(dst_fd)
             finally:
                 os.close(dst_fd)
@@ -254,13 +260,7 @@ class Batch:
         return chars
 
     def _write_bytes(self, target: str, data: bytes) -> None:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, self.store.file_mode)
-        try:
-            _write_all(fd, data)
-            if not _HAS_SYNCFS:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new_file(target, data, self.store.file_mode, fsync=not HAS_SYNCFS)
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -313,7 +313,7 @@ class Batch:
         faults.point("cleaned")
 
     def _sync(self, directories: set[Path]) -> None:
-        if _HAS_SYNCFS:
+        if HAS_SYNCFS:
             sync_filesystem(self.store.docs_root)
         else:
             for directory in directories:
@@ -351,7 +351,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def sync_filesystem(path: Path) -> None:
     """syncfs(2) the filesystem holding ``path`` (whole-filesystem flush, one call)."""
-    if not _HAS_SYNCFS:
+    if not HAS_SYNCFS:
         fsync_dir(path)
         return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
