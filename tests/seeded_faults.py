@@ -441,8 +441,8 @@ FAULTS = (
         (
             (
                 "ingest/writer.py",
-                '            if f"{kind}.txt" in staged.chars:\n',
-                '            if f"{kind}.txt" in staged.chars and c.op.value == "create":\n',
+                '        if f"{kind}.txt" in chars:\n',
+                '        if f"{kind}.txt" in chars and c.op.value == "create":\n',
             ),
         ),
         (

@@ -72,7 +72,7 @@ class StagingHelper:
             self.proc.stdin.flush()
             return True
         except OSError as exc:
-            self._give_up(f"cannot be written to ({exc})")
+            self._give_up(f"failed ({exc})")
             return False
 
     def reply(self) -> dict | None:

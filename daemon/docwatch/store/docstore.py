@@ -33,7 +33,7 @@ from pathlib import Path
 from docwatch.core.jsontext import metadata_bytes
 from docwatch.store import faults
 from docwatch.store.sourcefiles import CHUNK, count_chars, digest_and_chars, open_source
-from docwatch.store.stager import write_new_file
+from docwatch.store.stager import write_all, write_new_file
 
 _libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
 HAS_SYNCFS = _libc is not None and hasattr(_libc, "syncfs")
@@ -248,7 +248,7 @@ class Batch:
                 while chunk := os.read(src_fd, CHUNK):
                     digest.update(chunk)
                     chars += count_chars(chunk)
-                    _write_all(dst_fd, chunk)
+                    write_all(dst_fd, chunk)
                 if not HAS_SYNCFS:
                     os.fsync(dst_fd)
             finally:
@@ -340,13 +340,6 @@ def _unlink(path: Path) -> int:
     except FileNotFoundError:
         return 0
     return 1
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def sync_filesystem(path: Path) -> None:
