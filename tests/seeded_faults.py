@@ -740,8 +740,8 @@ FAULTS = (
         (
             (
                 "store/stager.py",
-                "        for name, data in files:\n",
-                "        for name, data in files[:-1]:\n",
+                "        for name, data in files:\n            write_new_file(",
+                "        for name, data in files[:-1]:\n            write_new_file(",
             ),
         ),
         ("tests/test_staging.py",),
@@ -773,8 +773,8 @@ FAULTS = (
         (
             (
                 "store/stager.py",
-                "            return\n        if message[0]",
-                "            __import__('time').sleep(3600)\n        if message[0]",
+                "died mid-message\n            return\n",
+                "died mid-message\n            __import__('time').sleep(3600)\n",
             ),
         ),
         ("tests/test_staging.py",),

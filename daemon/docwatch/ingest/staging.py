@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -63,12 +63,13 @@ class StagingHelper:
         try:
             if self.proc is None:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-I", stager.__file__, str(os.getpid())],
+                    [sys.executable, "-I", "-S", stager.__file__, str(os.getpid())],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                 )
             assert self.proc.stdin is not None
-            pickle.dump(message, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            for part in stager.encode(message):
+                self.proc.stdin.write(part)
             self.proc.stdin.flush()
             return True
         except OSError as exc:
@@ -81,10 +82,8 @@ class StagingHelper:
         if self.dead or self.proc is None:
             return None
         try:
-            kind, failed = pickle.load(self.proc.stdout)
-            assert kind == "done"
-            return failed
-        except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            return stager.read_reply(self.proc.stdout)
+        except (OSError, EOFError, ValueError, struct.error) as exc:
             self._give_up(f"ended ({exc or 'no reply'})")
             return None
 
