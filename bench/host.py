@@ -64,8 +64,11 @@ class ChildrenPeak:
         self._thread.start()
 
     def _sample(self) -> None:
+        own = _cmdline(str(self.pid))
         while not self._done.wait(0.02):
             for child in self._children():
+                if _cmdline(child) == own:  # forked, not yet exec'd: the command's own pages
+                    continue
                 hwm = _vm_hwm_kib(child)
                 if hwm > self.peaks.get(child, 0):
                     self.peaks[child] = hwm
@@ -85,6 +88,13 @@ class ChildrenPeak:
 
     def total_kib(self) -> int:
         return sum(self.peaks.values())
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _vm_hwm_kib(pid: str) -> int:

@@ -6,7 +6,6 @@ settings of long batch work: freed memory handed back, the cycle collector run l
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 import threading
@@ -119,8 +118,10 @@ TRIM_AFTER = 256
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` from the process's own symbols (``ctypes.util.find_library``
+    would run ``ldconfig`` in a child at every start)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
 
