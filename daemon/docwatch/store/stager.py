@@ -2,8 +2,8 @@
 is still being planned (``docwatch scan``; bench/README.md, "Eighteenth pass").
 
 Its own interpreter does the kernel's file creation, so the planner's Python and the staging
-no longer pass one GIL back and forth.  Stdlib only, and started by path (``python -I
-stager.py``): it costs a bare interpreter.  ``docstore`` uses ``write_new_file`` too.
+no longer pass one GIL back and forth.  Stdlib only, and started by path (``python -I -S
+stager.py <parent pid>``): it costs a bare interpreter.  ``docstore`` uses ``write_new_file`` too.
 
 Its peak RSS is about 11 MiB: a bare interpreter (``-I -S``) is 8.4, ``ctypes`` (for
 ``prctl``) 1.4, a message's payload under 1.  It imports no ``pickle`` (1.4 MiB more) or
@@ -45,7 +45,8 @@ def encode(message: tuple) -> list[bytes]:
     elif message[0] == "docs":
         payload = []
         for doc_id, files in message[1]:
-            payload += [_DOC.pack(len(doc_id), len(files)), doc_id.encode()]
+            id_bytes = doc_id.encode()
+            payload += [_DOC.pack(len(id_bytes), len(files)), id_bytes]
             for name, data in files:
                 name_bytes = name.encode()
                 payload += [_FILE.pack(len(name_bytes), len(data)), name_bytes, data]
