@@ -440,9 +440,9 @@ FAULTS = (
         "updates keep stale raw_chars/parsed_chars",
         (
             (
-                "ingest/writer.py",
+                "ingest/planner.py",
                 '        if f"{kind}.txt" in chars:\n',
-                '        if f"{kind}.txt" in chars and c.op.value == "create":\n',
+                '        if f"{kind}.txt" in chars and change.op.value == "create":\n',
             ),
         ),
         (
@@ -759,6 +759,21 @@ FAULTS = (
         ),
         ("tests/test_staging.py",),
         ("-k", "killed_mid_scan"),
+    ),
+    Fault(
+        "helper_not_awaited",
+        "the writer syncs and renames a batch without waiting for the helper to write it",
+        (
+            (
+                "ingest/staging.py",
+                '        self.helper.send(("end",))\n        return self.helper.reply()\n',
+                "        return {}\n",
+            ),
+        ),
+        (
+            "tests/test_syscalls.py::test_durable_order_of_a_batch_by_syscalls",
+            "tests/test_staging.py::test_a_scan_through_the_helper_makes_what_staging_here_makes",
+        ),
     ),
     Fault(
         "helper_outlives_its_scan",

@@ -46,6 +46,7 @@ LAYERS: dict[str, int] = {
     "docwatch.config": 1,
     "docwatch.configvalues": 1,
     "docwatch.logs": 1,
+    "docwatch.children": 1,
     "docwatch.store": 2,
     "docwatch.ingest": 3,
     "docwatch.reader": 3,

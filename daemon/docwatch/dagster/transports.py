@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from docwatch.children import end_at_eof
 from docwatch.dagster import events as dagster_events
 from docwatch.errors import DocwatchError
 
@@ -216,13 +217,7 @@ class Subprocess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        try:
-            if proc.stdin is not None:
-                proc.stdin.close()  # EOF: the child exits
-            proc.wait(5)
-        except (OSError, subprocess.TimeoutExpired):
-            proc.kill()
-            proc.wait()
+        end_at_eof(proc)
         if self._drain is not None:
             self._drain.join(2)
         for pipe in (proc.stdout, proc.stderr):

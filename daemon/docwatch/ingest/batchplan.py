@@ -56,7 +56,7 @@ class BatchPlanner:
         tasks: set[Task],
         new: list[Source],
         force: set[str],
-        planned: Callable[[list[Change]], None] | None = None,
+        planned: Callable[[list[Change]], None] = lambda changes: None,
     ) -> BatchPlan:
         """Re-plan every touched task (parents first) and its children; ``planned`` gets each
         task's changes as soon as they are final (a scan's staging helper starts on them)."""
@@ -103,8 +103,7 @@ class BatchPlanner:
                     continue
                 ids.update((c.doc_id, task) for c in changes.changes)
                 out.planned[task], out.infos[task] = changes, info
-                if planned is not None:
-                    planned(changes.changes)
+                planned(changes.changes)
                 overlay[task] = changes.ok_candidates
                 if changes.changes:
                     children = {

@@ -35,7 +35,7 @@ from docwatch.ingest.sources import (
     classify,
     read,
 )
-from docwatch.ingest.staging import StagingHelper
+from docwatch.ingest.staging import StagingHelper, StagingHere
 from docwatch.ingest.writer import BatchInput, Writer
 from docwatch.store.docstore import DocStore, Op
 from docwatch.store.index import Index
@@ -224,12 +224,15 @@ class Ingestor:
         if not tasks and not report.problems and not touched:
             return report
         contents = {o.source.key: o.content for o in outcomes if o.content is not None}
-        staging = self.helper.batch(self.store, contents) if self.helper is not None else None
+        staging = (
+            self.helper.batch(self.store, contents)
+            if self.helper is not None
+            else StagingHere(self.store)
+        )
         try:
-            plan = self.planner.plan(tasks, new, force, staging.add if staging else None)
+            plan = self.planner.plan(tasks, new, force, staging.add)
         except BaseException:
-            if staging is not None:
-                staging.abandon()
+            staging.abandon()
             raise
         report.replan_later |= plan.unlocked | plan.deferred
         report.problems += task_problem_rows(plan.problems, new)
@@ -245,8 +248,8 @@ class Ingestor:
                 contents=contents,
                 tables_digest=plan.tables_digest,
             ),
+            staging,
             after_rows=lambda: (release_contents(outcomes, contents), then()),
-            staging=staging,
         )
         retry_tasks = result.retry | plan.deferred
         report.retry += [

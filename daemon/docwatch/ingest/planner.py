@@ -264,6 +264,17 @@ def attempt_facts(attempt: Attempt, info: TaskInfo, parent_stage: str | None) ->
     }
 
 
+def metadata_with_chars(
+    change: Change, chars: dict[str, int], version: str, written_at_ns: int
+) -> dict:
+    """``metadata.json`` of a staged change, once its copies' characters are counted (by
+    file name; they go into its row too)."""
+    for kind in ("raw", "parsed"):
+        if f"{kind}.txt" in chars:
+            change.row[f"{kind}_chars"] = chars[f"{kind}.txt"]
+    return metadata(change, version, written_at_ns)
+
+
 def metadata(change: Change, version: str, written_at_ns: int) -> dict:
     """``metadata.json``: the full row, the attempt and task facts, and provenance."""
     provenance = {

@@ -19,12 +19,14 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterable
 
+from docwatch import __version__
+from docwatch.children import end_at_eof
 from docwatch.core.jsontext import metadata_bytes
 from docwatch.ingest import pool
-from docwatch.ingest.planner import Change
-from docwatch.ingest.writer import metadata_with_chars
+from docwatch.ingest.planner import Change, metadata_with_chars
 from docwatch.store import stager
 from docwatch.store.docstore import HAS_SYNCFS, Batch, DocStore, Op, StagedDocument
 from docwatch.store.sourcefiles import count_chars
@@ -36,6 +38,33 @@ log = logging.getLogger("docwatch.ingest")
 DOCS_A_MESSAGE = 16
 #: What staging here does with changes: their staged documents, or the exceptions raised.
 StageHere = Callable[[list[Change]], list]
+
+
+class StagingHere:
+    """A batch's documents staged in this process once the batch is planned (on the I/O
+    threads): the writer's default, and what a batch without a helper uses."""
+
+    def __init__(self, store: DocStore) -> None:
+        self.store = store
+        self._batch: Batch | None = None
+
+    def begin(self) -> Batch:
+        """The batch's staging directory."""
+        if self._batch is None:
+            self._batch = self.store.begin()
+        return self._batch
+
+    def add(self, changes: Iterable[Change]) -> None:
+        """A task's changes, final: nothing starts before the plan is done."""
+
+    def outcomes(self, changes: list[Change], stage_here: StageHere) -> list:
+        """Each change's staged document, or the exception its staging raised."""
+        return stage_here(changes)
+
+    def abandon(self) -> None:
+        """The batch is not written: remove what was staged."""
+        if self._batch is not None:
+            self._batch.cleanup()
 
 
 def helper_wanted(link: bool) -> bool:
@@ -99,7 +128,7 @@ class StagingHelper:
         )
 
     def close(self) -> None:
-        """End the helper: EOF on its input, then a kill if it does not go within 5 s."""
+        """End the helper: EOF on its input, then a kill if it does not go (``children``)."""
         proc, self.proc = self.proc, None
         _end(proc)
 
@@ -107,37 +136,23 @@ class StagingHelper:
 def _end(proc: subprocess.Popen | None) -> int | None:
     if proc is None:
         return None
-    for stream in (proc.stdin, proc.stdout):
-        try:
-            if stream is not None:
-                stream.close()
-        except OSError:
-            pass
-    try:
-        return proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
+    code = end_at_eof(proc)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return code
 
 
-class HelperStaging:
+class HelperStaging(StagingHere):
     """One batch: ``add`` gives the helper each new document as it is planned; ``outcomes``
     waits for them all and stages the rest here, in the order of the batch's changes."""
 
     def __init__(self, helper: StagingHelper, store: DocStore, contents: dict) -> None:
+        super().__init__(store)
         self.helper = helper
-        self.store = store
         self.contents = contents
-        self._batch: Batch | None = None
-        self.sent: dict[int, StagedDocument] = {}  # id(change) → what the helper writes
+        self.sent: dict[str, StagedDocument] = {}  # doc_id → what the helper writes
         self.waiting: list[tuple[str, list[tuple[str, bytes]]]] = []
         self.began = False  # the helper was told this batch's directory
-
-    def begin(self) -> Batch:
-        """The batch's staging directory (made by the first document planned)."""
-        if self._batch is None:
-            self._batch = self.store.begin()
-        return self._batch
 
     def add(self, changes: Iterable[Change]) -> None:
         """A task's changes, final: its new documents go to the helper."""
@@ -148,10 +163,11 @@ class HelperStaging:
             if files is None:
                 continue
             chars = {name: count_chars(data) for name, data in files}
-            files.append(("metadata.json", metadata_bytes(metadata_with_chars(c, chars))))
+            meta = metadata_with_chars(c, chars, __version__, time.time_ns())
+            files.append(("metadata.json", metadata_bytes(meta)))
             staged_dir = self.begin().root / c.doc_id
             names = [name for name, _ in files]
-            self.sent[id(c)] = StagedDocument(
+            self.sent[c.doc_id] = StagedDocument(
                 c.doc_id, c.info.stage, c.op, staged_dir, files=names, chars=chars
             )
             self.waiting.append((c.doc_id, files))
@@ -202,7 +218,7 @@ class HelperStaging:
         out: list = [None] * len(changes)
         here = []
         for i, c in enumerate(changes):
-            staged = self.sent.get(id(c))
+            staged = self.sent.get(c.doc_id)
             if staged is None:
                 here.append(i)
             elif c.doc_id in failed:
@@ -217,5 +233,4 @@ class HelperStaging:
     def abandon(self) -> None:
         """The batch is not written: wait for the helper, then remove what it staged."""
         self._wait()
-        if self._batch is not None:
-            self._batch.cleanup()
+        super().abandon()

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from docwatch import __version__
 from docwatch.core.clock import now_iso
 from docwatch.core.model import Source, TaskInfo
-from docwatch.ingest.planner import Change, metadata
+from docwatch.ingest.planner import Change, metadata_with_chars
 from docwatch.ingest.pool import map_io, start_io
 from docwatch.store import faults
 from docwatch.store.docstore import Batch, DocStore, FileSource, SourceChanged
@@ -29,7 +29,7 @@ from docwatch.store.index import Index, source_key
 from docwatch.store.sourcefiles import sha256_of
 
 if TYPE_CHECKING:
-    from docwatch.ingest.staging import HelperStaging
+    from docwatch.ingest.staging import StagingHere
 
 log = logging.getLogger("docwatch.ingest")
 
@@ -80,20 +80,20 @@ class Writer:
     def write(
         self,
         batch_in: BatchInput,
+        staging: StagingHere,
         after_rows: Callable[[], None] = lambda: None,
-        staging: HelperStaging | None = None,
     ) -> WriteResult:
-        """The batch protocol; ``after_rows`` runs once its rows' statements are done, while
-        its renames finish and before the commit (a scan starts reading the next batch there:
-        its reads beside this batch's statements cost both of them the GIL's hand-overs).
-        ``staging``: the changes were given to the staging helper as they were planned."""
+        """The batch protocol; ``staging`` holds the batch's documents, begun as they were
+        planned or staged here now (``ingest/staging.py``); ``after_rows`` runs once its rows'
+        statements are done, while its renames finish and before the commit (a scan starts
+        reading the next batch there: its reads beside this batch's statements cost both of
+        them the GIL's hand-overs)."""
         result = WriteResult(problems=list(batch_in.problems))
         if not batch_in.changes:  # only the ledger moves: no file to make durable
-            if staging is not None:
-                staging.abandon()
+            staging.abandon()
             self._commit(None, batch_in, [], result, after_rows)
             return result
-        batch = staging.begin() if staging is not None else self.store.begin()
+        batch = staging.begin()
         committed = False
         try:
             kept = self._stage_all(batch, batch_in, result, staging)
@@ -181,7 +181,7 @@ class Writer:
         batch: Batch,
         batch_in: BatchInput,
         result: WriteResult,
-        staging: HelperStaging | None,
+        staging: StagingHere,
     ) -> list[Change]:
         staged_by_task: dict[tuple[str, str], list] = {}
         changes = batch_in.changes
@@ -189,7 +189,7 @@ class Writer:
         def stage_here(changes: list[Change]) -> list:
             return map_io(lambda c: self._stage_one(batch, c, batch_in.contents), changes)
 
-        outcomes = stage_here(changes) if staging is None else staging.outcomes(changes, stage_here)
+        outcomes = staging.outcomes(changes, stage_here)
         for i, (c, staged) in enumerate(zip(changes, outcomes, strict=True)):
             if isinstance(staged, SourceChanged):  # rewritten in place since it was read?
                 staged = outcomes[i] = self._stage_from_copies(batch, c, batch_in.contents)
@@ -266,14 +266,6 @@ class Writer:
             for kind, s in c.files.items()
         }
         staged = batch.stage(c.doc_id, c.info.stage, c.op, files, c.remove)
-        batch.write_metadata(staged, metadata_with_chars(c, staged.chars))
+        meta = metadata_with_chars(c, staged.chars, __version__, time.time_ns())
+        batch.write_metadata(staged, meta)
         return staged
-
-
-def metadata_with_chars(c: Change, chars: dict[str, int]) -> dict:
-    """``metadata.json`` of a staged change, once its copies' characters are counted (they
-    go into its row too)."""
-    for kind in ("raw", "parsed"):
-        if f"{kind}.txt" in chars:
-            c.row[f"{kind}_chars"] = chars[f"{kind}.txt"]
-    return metadata(c, __version__, time.time_ns())
