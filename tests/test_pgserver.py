@@ -88,14 +88,23 @@ def test_the_server_runs_as_the_postgres_system_user(pg_server):
     assert 0 not in ids["Groups"] or os.geteuid() != 0, ids  # root's groups were dropped
     assert "postgres" in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     # and so do its children (checkpointer, walwriter, backends, …)
+    # A backend of another test may end between the listing and the read: skip what is gone.
     children = [int(p) for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == pid]
-    assert children
-    for child in children:
-        assert status_ids(child)["Uid"] == [pw.pw_uid] * 4
+    seen = [ids for ids in map(_status_ids_if_alive, children) if ids is not None]
+    assert seen  # the checkpointer, walwriter and friends live as long as the server
+    for ids in seen:
+        assert ids["Uid"] == [pw.pw_uid] * 4, ids
     # files: the cluster belongs to that user, the temp dir too (0755 for traversal)
     assert pg_server.datadir.stat().st_uid == pw.pw_uid
     assert stat.S_IMODE(pg_server.dir.stat().st_mode) == 0o755
     assert str(pg_server.dir).startswith("/tmp/docwatch-pg-")
+
+
+def _status_ids_if_alive(pid: int) -> dict[str, list[int]] | None:
+    try:
+        return status_ids(pid)
+    except FileNotFoundError:
+        return None
 
 
 def _ppid(pid: int) -> int | None:
