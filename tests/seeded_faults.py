@@ -798,9 +798,50 @@ FAULTS = (
     Fault(
         "scan_without_its_helper",
         "docwatch scan stages everything on its own threads (the helper is never started)",
-        (("ingest/scan.py", "staging_helper=True", "staging_helper=False"),),
+        (("ingest/scan.py", "with indexer.staging_helper():", "if True:"),),
         ("tests/test_staging.py",),
         ("-k", "killed_mid_scan"),
+    ),
+    Fault(
+        "daemon_catch_up_without_its_helper",
+        "docwatch watch's catch-up stages everything on its own threads (no helper)",
+        (("live/watcher.py", "with self.indexer.staging_helper():", "if True:"),),
+        ("tests/test_staging.py",),
+        ("-k", "daemon_catches_up"),
+    ),
+    Fault(
+        "helper_takes_the_groups_sigterm",
+        "the helper dies of the SIGTERM systemd sends its whole cgroup (the daemon then warns "
+        "and restages its documents)",
+        (("store/stager.py", "        signal.signal(sig, signal.SIG_IGN)\n", "        pass\n"),),
+        ("tests/test_staging.py",),
+        ("-k", "whole_group"),
+    ),
+    Fault(
+        "helper_started_unblocked",
+        "the helper is started with SIGTERM unblocked: one sent before it ignores it kills it",
+        (
+            (
+                "ingest/staging.py",
+                "signal.pthread_sigmask(signal.SIG_BLOCK, stager.LEFT_TO_THE_PARENT)",
+                "signal.pthread_sigmask(signal.SIG_BLOCK, set())",
+            ),
+        ),
+        ("tests/test_staging.py",),
+        ("-k", "whole_group"),
+    ),
+    Fault(
+        "helper_outlives_its_pass",
+        "a catch-up pass leaves its helper running (an idle daemon keeps an 11 MiB child)",
+        (
+            (
+                "ingest/indexer.py",
+                "            helper.close()\n",
+                "            self.ingestor.helper = helper\n",
+            ),
+        ),
+        ("tests/test_staging.py",),
+        ("-k", "daemon_catches_up"),
     ),
 )
 

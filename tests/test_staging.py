@@ -3,9 +3,11 @@ real files, real SQLite, and ``docwatch scan`` as a real process killed with rea
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from docwatch.ingest import pool
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import catch_up, scan
 from docwatch.ingest.staging import StagingHelper
-from support import wait_until
+from support import NotifySocket, wait_until
 
 
 def metadata_files(docs_root: Path) -> dict[str, dict]:
@@ -31,12 +33,19 @@ def metadata_files(docs_root: Path) -> dict[str, dict]:
 
 def scan_in_process(cfg, *, helper: bool) -> bool:
     """A scan as ``docwatch scan`` makes it; returns whether the helper staged its batches."""
-    indexer = Indexer(cfg, "test", staging_helper=helper)
+    indexer = Indexer(cfg, "test")
+    staged = []  # after each batch: whether a live helper process staged it
+
+    def after_batch(report) -> None:
+        h = indexer.ingestor.helper
+        staged.append(h is not None and h.proc is not None and not h.dead)
+
     try:
         indexer.recover()
-        catch_up(indexer, lambda report: None)
-        staged_by = indexer.ingestor.helper
-        return staged_by is not None and staged_by.proc is not None and not staged_by.dead
+        with indexer.staging_helper() if helper else contextlib.nullcontext():
+            catch_up(indexer, after_batch)
+        assert indexer.ingestor.helper is None, "the pass ended with its helper still there"
+        return any(staged)
     finally:
         indexer.close()
 
@@ -58,14 +67,10 @@ def test_io_threads_0_and_link_mode_start_no_helper(tree):
     data_root, _ = tree
     try:
         pool.use_io_threads(0)
-        indexer = Indexer(make_config(data_root), "test", staging_helper=True)
-        indexer.close()
-        assert indexer.ingestor.helper is None
+        assert not scan_in_process(make_config(data_root), helper=True)
     finally:
         pool.use_io_threads(None)
-    indexer = Indexer(make_config(data_root, link=True), "test", staging_helper=True)
-    indexer.close()
-    assert indexer.ingestor.helper is None
+    assert not scan_in_process(make_config(data_root, link=True), helper=True)
 
 
 def test_the_helper_reports_a_document_it_cannot_write_and_writes_the_others(tmp_path):
@@ -146,7 +151,10 @@ def test_a_helper_killed_mid_scan_loses_nothing(tree, copy_tree, tmp_path):
     scan(golden, run_id="test")
     other = copy_tree(data_root, tmp_path / "killed")
     proc = start_scan(other, batch_max=4)
-    helper = wait_until(lambda: helper_of(proc.pid), timeout=60, interval=0.002, what="helper")
+    helper = wait_until(
+        lambda: helper_of(proc.pid) or proc.poll() is not None, 60, 0.002, what="helper"
+    )
+    assert helper is not True, "the scan ended without a staging helper"
     os.kill(helper, signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -170,7 +178,85 @@ def test_the_helper_dies_with_its_scan(tree):
     wait_until(lambda: next(cfg.docs_root.rglob("metadata.json"), None), interval=0.002)
     os.kill(helper, signal.SIGSTOP)
     proc.kill()
-    proc.communicate(timeout=60)
+    proc.wait(timeout=60)  # not its stderr's EOF: a helper that stays behind holds it open
+    proc.stderr.close()
     wait_until(lambda: gone(helper), timeout=10, what="the helper to end with its parent")
     assert scan(cfg, run_id="again").problems == []
     assert not list((cfg.docs_root / ".tmp").rglob("*.txt")), "staging left behind"
+
+
+def test_the_daemon_catches_up_through_a_helper_and_keeps_none(tree, copy_tree, tmp_path):
+    """``docwatch watch`` started on a backlog stages its start-up catch-up through a helper
+    process, which ends with the pass: the daemon is READY with no child, and it indexed
+    what a scan of the same tree indexes."""
+    data_root, _ = tree
+    golden = make_config(copy_tree(data_root, tmp_path / "golden"))
+    scan(golden, run_id="test")
+    notify = NotifySocket()
+    log = tmp_path / "watch.log"
+    proc = start_watch(data_root, log, notify)
+    try:
+        wait_until(lambda: notify.seen("READY=1") or proc.poll() is not None, 60, what="READY")
+        text = log.read_text(errors="replace")
+        assert proc.poll() is None, text
+        started = re.findall(r"staging helper process started \(pid (\d+)\)", text)
+        assert len(started) == 1, "the catch-up did not stage through one helper:\n" + text
+        assert f"staging helper process (pid {started[0]}) ended (exit 0)" in text, text
+        assert helper_of(proc.pid) is None and gone(int(started[0])), "a helper outlived it"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        notify.close()
+    assert proc.returncode == 0, log.read_text(errors="replace")
+    cfg = make_config(data_root)
+    assert snapshot(cfg.db) == snapshot(golden.db)
+    assert docs_tree(cfg.docs_root) == docs_tree(golden.docs_root)
+
+
+def start_watch(data_root: Path, log: Path, notify: NotifySocket) -> subprocess.Popen:
+    """``docwatch watch`` in a process group of its own (as systemd's cgroup), logging DEBUG."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
+    env |= {"NOTIFY_SOCKET": notify.path, "DOCWATCH_SETTLE_SECONDS": "0"}
+    env |= {"DOCWATCH_BATCH_MAX_FILES": "4"}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "docwatch", "watch", "--data-root", data_root]
+            + ["--log-level", "DEBUG"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def test_sigterm_to_the_whole_group_mid_catch_up_stops_the_daemon_cleanly(
+    tree, copy_tree, tmp_path
+):
+    """systemd stops a service by SIGTERM to every process of its cgroup (a Ctrl-C reaches a
+    terminal's whole group): the helper leaves the signal to the daemon, which finishes its
+    batch, ends the helper, exits 0 with no warning, and loses nothing (a scan completes it)."""
+    data_root, _ = tree
+    golden = make_config(copy_tree(data_root, tmp_path / "golden"))
+    scan(golden, run_id="test")
+    notify = NotifySocket()
+    log = tmp_path / "watch.log"
+    proc = start_watch(data_root, log, notify)
+    try:
+        helper = wait_until(
+            lambda: helper_of(proc.pid) or proc.poll() is not None, 60, 0.002, what="helper"
+        )
+        assert helper is not True, log.read_text(errors="replace")
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+    text = log.read_text(errors="replace")
+    assert proc.returncode == 0, text
+    assert f"staging helper process (pid {helper}) ended (exit 0)" in text, text
+    assert "WARNING" not in text, text
+    cfg = make_config(data_root)
+    scan(cfg, run_id="test")
+    assert snapshot(cfg.db) == snapshot(golden.db)
+    assert docs_tree(cfg.docs_root) == docs_tree(golden.docs_root)

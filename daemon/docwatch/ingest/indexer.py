@@ -13,7 +13,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from docwatch.config import Config, require_data_root
@@ -54,7 +55,6 @@ class Indexer:
         enrich: Callable[[dict, Attempt], dict] | None = None,
         live_since_ns: int | None = None,
         daemon: bool = False,
-        staging_helper: bool = False,
     ) -> None:
         require_data_root(cfg)
         self.cfg = cfg
@@ -100,7 +100,6 @@ class Indexer:
             self.tables,
             writer_id=self.writer_id,
             enrich=enrich,
-            helper=StagingHelper() if staging_helper and helper_wanted(cfg.link) else None,
         )
         self._replan: set[tuple[str, str]] = set()
 
@@ -189,6 +188,21 @@ class Indexer:
                     self.index.mark_tasks_checked(agree, tables.digest)
             after = (page[-1][0].stage, page[-1][0].task_id)
         return stale
+
+    @contextmanager
+    def staging_helper(self) -> Iterator[None]:
+        """A staging helper process for one pass over many files (a scan, the daemon's
+        catch-up): started by the pass's first new document, ended with the pass, so an idle
+        daemon keeps none (``ingest/staging.py``)."""
+        if self.ingestor.helper is not None or not helper_wanted(self.cfg.link):
+            yield
+            return
+        self.ingestor.helper = StagingHelper()
+        try:
+            yield
+        finally:
+            helper, self.ingestor.helper = self.ingestor.helper, None
+            helper.close()
 
     def close(self) -> None:
         try:

@@ -110,12 +110,13 @@ def scan(
     if dry_run:
         _dry_run(cfg, stages, result, update)
     else:
-        indexer = Indexer(cfg, run_id, staging_helper=True)
+        indexer = Indexer(cfg, run_id)
         try:
             indexer.recover()
             records = run_facts(indexer) if run_facts is not None else None
             try:
-                catch_up(indexer, result.add, stages=stages, progress=update)
+                with indexer.staging_helper():
+                    catch_up(indexer, result.add, stages=stages, progress=update)
                 if records is not None:  # documents indexed before this scan
                     result.add(records.refresh(indexer))
             finally:

@@ -1,4 +1,5 @@
-"""A scan's new documents staged by a helper process while their batch is still planned.
+"""New documents staged by a helper process while their batch is still planned: in a scan
+and in each catch-up pass of the daemon (``Indexer.staging_helper``: one helper a pass).
 
 The planner hands over each task's changes as soon as they are final (``BatchPlanner.plan``'s
 ``planned``); a new document whose sources' bytes are in memory goes to the helper
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -68,7 +70,7 @@ class StagingHere:
 
 
 def helper_wanted(link: bool) -> bool:
-    """Whether a scan stages through a helper: not with ``io_threads = 0`` (everything on the
+    """Whether a pass stages through a helper: not with ``io_threads = 0`` (everything on the
     caller), not in link mode (no bytes to write), and only where one ``syncfs`` makes a batch
     durable (elsewhere each file is fsynced as it is written, here)."""
     return pool.IO_THREADS > 0 and not link and HAS_SYNCFS and bool(sys.executable)
@@ -91,11 +93,8 @@ class StagingHelper:
             return False
         try:
             if self.proc is None:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", stager.__file__, str(os.getpid())],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                )
+                self.proc = _start_helper()
+                log.debug("staging helper process started (pid %d)", self.proc.pid)
             assert self.proc.stdin is not None
             for part in stager.encode(message):
                 self.proc.stdin.write(part)
@@ -130,7 +129,24 @@ class StagingHelper:
     def close(self) -> None:
         """End the helper: EOF on its input, then a kill if it does not go (``children``)."""
         proc, self.proc = self.proc, None
-        _end(proc)
+        code = _end(proc)
+        if proc is not None:
+            log.debug("staging helper process (pid %d) ended (exit %s)", proc.pid, code)
+
+
+def _start_helper() -> subprocess.Popen:
+    """The helper, started with SIGINT and SIGTERM blocked: one sent to the whole group or
+    cgroup (a Ctrl-C, systemd's stop) before it ignores them waits, and is then dropped; the
+    parent alone decides when it ends."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, stager.LEFT_TO_THE_PARENT)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", stager.__file__, str(os.getpid())],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _end(proc: subprocess.Popen | None) -> int | None:

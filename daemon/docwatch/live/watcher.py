@@ -323,16 +323,17 @@ class Watcher:
                 done[0] += self.cfg.batch_max_files
                 self.notifier.status(f"catching up: {done[0]} files read")
 
-        listed = catch_up(
-            self.indexer,
-            add,
-            between=between,
-            stop=self.stop_requested.is_set,
-            settle_future=False,  # the pending table watches them settle
-            skip=self.pending.closes_awaited(
-                time.monotonic(), self.batches.policy.close_wait_s
-            ).__contains__,
-        )
+        with self.indexer.staging_helper():  # ended with the pass: an idle daemon has none
+            listed = catch_up(
+                self.indexer,
+                add,
+                between=between,
+                stop=self.stop_requested.is_set,
+                settle_future=False,  # the pending table watches them settle
+                skip=self.pending.closes_awaited(
+                    time.monotonic(), self.batches.policy.close_wait_s
+                ).__contains__,
+            )
         changed = self.stats["docs_created"] + self.stats["docs_updated"] - before
         level = logging.INFO if why == "start-up" or changed else logging.DEBUG
         log.log(

@@ -17,7 +17,8 @@ Protocol: messages on stdin, each a kind byte, a 4-byte length and a payload (``
   that failed, ``{doc_id: (errno, strerror, filename)}`` (``read_reply``); a document that
   failed was removed whole.
 
-It ends at EOF, dies with its parent (``PR_SET_PDEATHSIG``) and leaves SIGINT to the parent.
+It ends at EOF, dies with its parent (``PR_SET_PDEATHSIG``) and leaves SIGINT and SIGTERM to the
+parent.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ _MODES = struct.Struct("!II")  # file_mode, dir_mode
 _DOC = struct.Struct("!HH")  # doc_id length, number of files
 _FILE = struct.Struct("!HI")  # name length, data length
 _KINDS = {"begin": b"B", "docs": b"D", "end": b"E"}
+#: Signals the helper ignores: they are its parent's to act on.
+LEFT_TO_THE_PARENT = {signal.SIGINT, signal.SIGTERM}
 
 
 def encode(message: tuple) -> list[bytes]:
@@ -173,7 +176,12 @@ def _die_with_parent(parent: int) -> None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A Ctrl-C in a terminal and systemd's stop reach the whole process group or cgroup: the
+    # parent decides (it finishes its batch, then closes the helper's input).  It started us
+    # with them blocked, so one sent before this line is pending, and dropped here.
+    for sig in LEFT_TO_THE_PARENT:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_THE_PARENT)
     _die_with_parent(int(sys.argv[1]))
     try:
         serve(sys.stdin.buffer, sys.stdout.buffer)
