@@ -15,6 +15,11 @@ hashing, no planning, no JSON, no SQLite.
       append + fsync   the rows (~300 bytes a document)
       rmdir    the batch's staging directory
 
+With ``--stage-ahead`` (and ``--index``) one other process stages each batch, as docwatch's
+staging helper does, and starts on the next batch as soon as this one is staged, while this
+one syncs, commits its intents, renames and commits its rows: the floor of a scan that plans
+its next batch before this one's rows exist (bench/README.md, "Nineteenth pass").
+
 With ``--index DB`` (the scan's own index, read only) the two appends are the real index's
 work instead: the scan's rows, in the order the scan wrote them, go into a new SQLite index of
 the same schema (WAL, ``synchronous = FULL``, as docwatch opens it), one transaction for the
@@ -45,7 +50,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -244,15 +249,20 @@ def publish(base: str, out: Path, group: list) -> None:
     syncfs(out)
 
 
-def replay(
-    src_docs: Path, out: Path, batch_files: int, threads: int, scan_db: Path | None = None
-) -> dict:
+def layout(src_docs: Path, out: Path, batch_files: int) -> tuple[list, list, Path]:
+    """The scan's documents, its batches, and the replay's staging and stage folders made."""
     docs = documents(src_docs)
-    groups = batches(docs, batch_files)
     staging = out / ".tmp" / "floor"
     staging.mkdir(parents=True)
     for stage_name in {d[0] for d in docs}:
         (out / stage_name).mkdir()
+    return docs, batches(docs, batch_files), staging
+
+
+def replay(
+    src_docs: Path, out: Path, batch_files: int, threads: int, scan_db: Path | None = None
+) -> dict:
+    docs, groups, staging = layout(src_docs, out, batch_files)
     index = IndexReplay(scan_db, out / "index.sqlite", len(groups)) if scan_db else None
     wal = os.open(out / "wal", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
@@ -302,6 +312,51 @@ def replay(
     }
 
 
+def stage_batch(src_docs: str, base: str, group: list) -> int:
+    """A batch staged in one call (in the staging process of ``--stage-ahead``)."""
+    os.mkdir(base, 0o755)
+    return sum(stage(src_docs, base, d) for d in group)
+
+
+def replay_staged_ahead(src_docs: Path, out: Path, batch_files: int, scan_db: Path) -> dict:
+    """``replay`` with ``--index``, each batch staged by another process while the batch
+    before it syncs and commits."""
+    docs, groups, staging = layout(src_docs, out, batch_files)
+    index = IndexReplay(scan_db, out / "index.sqlite", len(groups))
+    bases = [os.fspath(staging / uuid.uuid4().hex) for _ in groups]
+    src, phases = os.fspath(src_docs), dict.fromkeys(INDEX_PHASES, 0.0)
+    pool = ThreadPoolExecutor(1)
+    stager = ProcessPoolExecutor(1)
+    stager.submit(int).result()  # started before the clock, as the scan's helper is
+    nbytes, started = 0, time.perf_counter()
+    try:
+        staging_next = stager.submit(stage_batch, src, bases[0], groups[0])
+        for i, group in enumerate(groups):
+            clock = Clock(phases)
+            nbytes += staging_next.result()
+            if i + 1 < len(groups):
+                staging_next = stager.submit(stage_batch, src, bases[i + 1], groups[i + 1])
+            clock.lap("stage")
+            syncfs(out)
+            clock.lap("sync_staged")
+            replay_index(index, i, group, bases[i], out, pool, clock)
+            os.rmdir(bases[i])
+    finally:
+        pool.shutdown()
+        stager.shutdown()
+        index.close()
+    return {
+        "seconds": time.perf_counter() - started,
+        "documents": len(docs),
+        "files": sum(len(d[2]) for d in docs),
+        "bytes": nbytes,
+        "batches": len(groups),
+        "stage_ahead": True,
+        "index_rows": {t: len(r) for t, r in index.rows.items()},
+        "phases_s": {k: round(v, 4) for k, v in phases.items()},
+    }
+
+
 def replay_index(
     index: IndexReplay, i: int, group: list, base: str, out: Path, pool, clock: Clock
 ) -> None:
@@ -337,12 +392,22 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DB",
         help="the scan's index (read only): write its rows as docwatch does, not the appends",
     )
+    ap.add_argument(
+        "--stage-ahead",
+        action="store_true",
+        help="stage each batch in another process while the one before it commits (--index)",
+    )
     a = ap.parse_args(argv)
     if a.out.exists():
         ap.error(f"{a.out} exists: the replay writes into a new directory")
     if a.index is not None and not a.index.is_file():
         ap.error(f"{a.index}: no index file here (give the scan's documents.sqlite)")
-    print(json.dumps(replay(a.docs, a.out, a.batch_files, a.threads, a.index)))
+    if a.stage_ahead and a.index is None:
+        ap.error("--stage-ahead replays the index's work too: give --index")
+    if a.stage_ahead:
+        print(json.dumps(replay_staged_ahead(a.docs, a.out, a.batch_files, a.index)))
+    else:
+        print(json.dumps(replay(a.docs, a.out, a.batch_files, a.threads, a.index)))
     return 0
 
 

@@ -16,7 +16,9 @@ both sides of every comparison:
                           and flushes for the same documents, with no docwatch logic: staged
                           copies, syncfs, renames, syncfs, and the scan's own rows written
                           into a new index with its two commits a batch; the kernel's, the
-                          disk's and SQLite's share of a scan)
+                          disk's and SQLite's share of a scan); and again with each batch
+                          staged by another process while the one before it commits
+                          (``--stage-ahead``: the floor of a pipelined scan)
 
 Each pair runs in turn, the reference first in odd rounds and docwatch first in even ones.
 Every round writes to its own directories, and nothing is removed before the run ends: on ext4
@@ -180,15 +182,15 @@ def one_round(
         record(key, r)
         return r
 
-    def protocol_floor(docs: Path, work: Path) -> dict:
+    def protocol_floor(docs: Path, work: Path, key: str = "protocol", *flags: str) -> dict:
         """The replay's own clock (no interpreter start, no listing of its input): the
         lowest figure, so the floor is never overstated."""
         timed_sync()
-        cmd = [sys.executable, str(PROTOCOL_FLOOR), str(docs), str(work / "protocol")]
+        cmd = [sys.executable, str(PROTOCOL_FLOOR), str(docs), str(work / key), *flags]
         cmd += ["--index", str(docs.parent / "db" / "documents.sqlite")]
-        r = run(cmd, logs / "protocol.log")
+        r = run(cmd, logs / f"{key}.log")
         out = json.loads(r.stdout)
-        record("protocol", Run(out["seconds"], r.maxrss_kib, r.stdout))
+        record(key, Run(out["seconds"], r.maxrss_kib, r.stdout))
         return out
 
     def with_sync(key: str, r: Run) -> None:
@@ -218,6 +220,10 @@ def one_round(
                     docs = [str(work / scan_key / "docs"), str(work / "cp_docs")]
                     with_sync("cp_docs+sync", measure("cp_docs", ["cp", "-a", *docs]))
                     reports["protocol"].append(protocol_floor(work / scan_key / "docs", work))
+                    ahead = protocol_floor(
+                        work / scan_key / "docs", work, "protocol_ahead", "--stage-ahead"
+                    )
+                    reports["protocol_ahead"].append(ahead)
     # Untimed first walk: the docs copies above may have pushed the tree's inodes out of the
     # cache, and the rescan below runs after the walk and find have brought them back.
     run([sys.executable, "-c", WALK, str(src)], logs / "walk-warmup.log")
@@ -272,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         "docwatch_rev": git_rev(),
     }
     samples = {k: {"seconds": [], "maxrss_kib": []} for k, _ in MEASURES}
-    reports: dict = {k: [] for k in (*DOCWATCH, "walk", "rss_floor_kib", "protocol")}
+    reports: dict = {
+        k: [] for k in (*DOCWATCH, "walk", "rss_floor_kib", "protocol", "protocol_ahead")
+    }
     try:
         compile_docwatch()
         res["docwatch_version"] = docwatch_version()

@@ -18,6 +18,7 @@ MEASURES = (
     ("cp_docs", "cp -a of the scan's docs tree"),
     ("cp_docs+sync", "cp -a docs + sync"),
     ("protocol", "protocol floor (replay + index)"),
+    ("protocol_ahead", "protocol floor, staged ahead"),
     ("cp_al", "cp -al SRC DST"),
     ("cp_al+sync", "cp -al + sync"),
     ("scan_link", "docwatch scan --link"),
@@ -33,6 +34,7 @@ RATIOS = (
     ("scan_copy", "cp_docs+sync", "scan / (cp -a docs + sync)"),
     ("protocol", "cp_a", "protocol floor / cp -a"),
     ("scan_copy", "protocol", "scan / protocol floor"),
+    ("protocol_ahead", "cp_a", "floor staged ahead / cp -a"),
     ("scan_link", "cp_al", "scan --link / cp -al"),
     ("scan_link", "cp_al+sync", "scan --link / (cp -al + sync)"),
     ("rescan", "walk", "rescan / walk+stat  (target <= 2)"),
@@ -52,7 +54,8 @@ def checks(reports: dict, tree: dict) -> list[str]:
                     f"{k} round {n}: error={t['error']} deferred={t['deferred']} "
                     f"problems={t['problems']} (see the logs)"
                 )
-    for n, p in enumerate(reports["protocol"]):
+    for n, p in enumerate(reports["protocol"] + reports["protocol_ahead"]):
+        n %= len(reports["protocol"])
         if p["documents"] != reports["scan_copy"][n]["docs_created"]:
             bad.append(
                 f"protocol floor round {n} replayed {p['documents']} documents, the scan "
