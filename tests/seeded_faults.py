@@ -361,10 +361,10 @@ FAULTS = (
         (
             (
                 "live/watcher.py",
-                "            skip=self.pending.closes_awaited(\n"
-                "                time.monotonic(), self.batches.policy.close_wait_s\n"
-                "            ).__contains__,",
-                "            skip=None,",
+                "                skip=self.pending.closes_awaited(\n"
+                "                    time.monotonic(), self.batches.policy.close_wait_s\n"
+                "                ).__contains__,",
+                "                skip=None,",
             ),
         ),
         ("tests/test_watch.py",),
