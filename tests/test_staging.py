@@ -190,11 +190,8 @@ def test_the_daemon_catches_up_through_a_helper_and_keeps_none(tree, copy_tree, 
     process, which ends with the pass: the daemon is READY with no child, and it indexed
     what a scan of the same tree indexes."""
     data_root, _ = tree
-    golden = make_config(copy_tree(data_root, tmp_path / "golden"))
-    scan(golden, run_id="test")
-    notify = NotifySocket()
-    log = tmp_path / "watch.log"
-    proc = start_watch(data_root, log, notify)
+    golden = golden_scan(data_root, copy_tree, tmp_path)
+    proc, notify, log = start_watch(data_root, tmp_path)
     try:
         wait_until(lambda: notify.seen("READY=1") or proc.poll() is not None, 60, what="READY")
         text = log.read_text(errors="replace")
@@ -213,13 +210,22 @@ def test_the_daemon_catches_up_through_a_helper_and_keeps_none(tree, copy_tree, 
     assert docs_tree(cfg.docs_root) == docs_tree(golden.docs_root)
 
 
-def start_watch(data_root: Path, log: Path, notify: NotifySocket) -> subprocess.Popen:
-    """``docwatch watch`` in a process group of its own (as systemd's cgroup), logging DEBUG."""
+def golden_scan(data_root: Path, copy_tree, tmp_path: Path):
+    """The config of a scan of a copy of the tree: what the daemon must index."""
+    golden = make_config(copy_tree(data_root, tmp_path / "golden"))
+    scan(golden, run_id="test")
+    return golden
+
+
+def start_watch(data_root: Path, tmp_path: Path) -> tuple[subprocess.Popen, NotifySocket, Path]:
+    """``docwatch watch`` in a process group of its own (as systemd's cgroup), logging DEBUG
+    to the returned file, with a notify socket standing in for systemd's."""
+    notify, log = NotifySocket(), tmp_path / "watch.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
     env |= {"NOTIFY_SOCKET": notify.path, "DOCWATCH_SETTLE_SECONDS": "0"}
     env |= {"DOCWATCH_BATCH_MAX_FILES": "4"}
     with open(log, "wb") as out:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "docwatch", "watch", "--data-root", data_root]
             + ["--log-level", "DEBUG"],
             env=env,
@@ -227,6 +233,7 @@ def start_watch(data_root: Path, log: Path, notify: NotifySocket) -> subprocess.
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    return proc, notify, log
 
 
 def test_sigterm_to_the_whole_group_mid_catch_up_stops_the_daemon_cleanly(
@@ -236,11 +243,8 @@ def test_sigterm_to_the_whole_group_mid_catch_up_stops_the_daemon_cleanly(
     terminal's whole group): the helper leaves the signal to the daemon, which finishes its
     batch, ends the helper, exits 0 with no warning, and loses nothing (a scan completes it)."""
     data_root, _ = tree
-    golden = make_config(copy_tree(data_root, tmp_path / "golden"))
-    scan(golden, run_id="test")
-    notify = NotifySocket()
-    log = tmp_path / "watch.log"
-    proc = start_watch(data_root, log, notify)
+    golden = golden_scan(data_root, copy_tree, tmp_path)
+    proc, notify, log = start_watch(data_root, tmp_path)
     try:
         helper = wait_until(
             lambda: helper_of(proc.pid) or proc.poll() is not None, 60, 0.002, what="helper"
