@@ -259,6 +259,22 @@ def layout(src_docs: Path, out: Path, batch_files: int) -> tuple[list, list, Pat
     return docs, batches(docs, batch_files), staging
 
 
+def result(
+    started: float, docs: list, nbytes: int, groups: list, phases: dict, index, **how
+) -> dict:
+    """A replay's JSON line: its own clock, what it wrote, and its steps' seconds."""
+    return {
+        "seconds": time.perf_counter() - started,
+        "documents": len(docs),
+        "files": sum(len(d[2]) for d in docs),
+        "bytes": nbytes,
+        "batches": len(groups),
+        **how,
+        "index_rows": {t: len(r) for t, r in index.rows.items()} if index else None,
+        "phases_s": {k: round(v, 4) for k, v in phases.items()},
+    }
+
+
 def replay(
     src_docs: Path, out: Path, batch_files: int, threads: int, scan_db: Path | None = None
 ) -> dict:
@@ -300,16 +316,7 @@ def replay(
             pool.shutdown()
         if index is not None:
             index.close()
-    return {
-        "seconds": time.perf_counter() - started,
-        "documents": len(docs),
-        "files": sum(len(d[2]) for d in docs),
-        "bytes": nbytes,
-        "batches": len(groups),
-        "threads": threads,
-        "index_rows": {t: len(r) for t, r in index.rows.items()} if index else None,
-        "phases_s": {k: round(v, 4) for k, v in phases.items()},
-    }
+    return result(started, docs, nbytes, groups, phases, index, threads=threads)
 
 
 def stage_batch(src_docs: str, base: str, group: list) -> int:
@@ -345,16 +352,7 @@ def replay_staged_ahead(src_docs: Path, out: Path, batch_files: int, scan_db: Pa
         pool.shutdown()
         stager.shutdown()
         index.close()
-    return {
-        "seconds": time.perf_counter() - started,
-        "documents": len(docs),
-        "files": sum(len(d[2]) for d in docs),
-        "bytes": nbytes,
-        "batches": len(groups),
-        "stage_ahead": True,
-        "index_rows": {t: len(r) for t, r in index.rows.items()},
-        "phases_s": {k: round(v, 4) for k, v in phases.items()},
-    }
+    return result(started, docs, nbytes, groups, phases, index, stage_ahead=True)
 
 
 def replay_index(
