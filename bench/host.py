@@ -99,12 +99,21 @@ def _cmdline(pid: str) -> bytes:
 
 def _vm_hwm_kib(pid: str) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
+        return proc_status(int(pid)).get("VmHWM", 0)
+    except OSError:  # it ended
+        return 0
+
+
+def proc_status(pid: int) -> dict:
+    """VmRSS and VmHWM (KiB) and Threads from /proc/PID/status."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])  # KiB
+        elif key == "Threads":
+            out[key] = int(value)
+    return out
 
 
 def timed_sync() -> float:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from host import log  # noqa: E402, F401  (re-exported for the live benches)
+from host import log, proc_status  # noqa: E402, F401  (re-exported for the live benches)
 from support import NotifySocket  # noqa: E402  (the same stand-in for systemd the tests use)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -132,17 +132,6 @@ def proc_user_sys_s(pid: int) -> tuple[float, float]:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
-
-
-def proc_status(pid: int) -> dict:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])  # KiB
-        elif key == "Threads":
-            out[key] = int(value)
-    return out
 
 
 def machine_cpu_s() -> tuple[float, float]:

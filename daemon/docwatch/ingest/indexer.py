@@ -206,8 +206,6 @@ class Indexer:
 
     def close(self) -> None:
         try:
-            if self.ingestor.helper is not None:
-                self.ingestor.helper.close()
             self.index.close()
         finally:
             self._release_claims()

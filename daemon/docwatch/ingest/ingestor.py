@@ -35,7 +35,7 @@ from docwatch.ingest.sources import (
     classify,
     read,
 )
-from docwatch.ingest.staging import StagingHelper, StagingHere
+from docwatch.ingest.staging import HelperStaging, StagingHelper, StagingHere
 from docwatch.ingest.writer import BatchInput, Writer
 from docwatch.store.docstore import DocStore, Op
 from docwatch.store.index import Index
@@ -101,11 +101,11 @@ class Ingestor:
         *,
         writer_id: str,
         enrich: Callable[[dict, Attempt], dict] | None = None,
-        helper: StagingHelper | None = None,
     ) -> None:
         self.index = index
-        #: Stages new documents while their batch is planned (a scan; ``ingest/staging.py``).
-        self.helper = helper
+        #: Stages new documents while their batch is planned, during a pass that set one
+        #: (``Indexer.staging_helper``; ``ingest/staging.py``).
+        self.helper: StagingHelper | None = None
         self.store = store
         self.settings = settings
         self.tables = tables
@@ -225,7 +225,7 @@ class Ingestor:
             return report
         contents = {o.source.key: o.content for o in outcomes if o.content is not None}
         staging = (
-            self.helper.batch(self.store, contents)
+            HelperStaging(self.helper, self.store, contents)
             if self.helper is not None
             else StagingHere(self.store)
         )

@@ -83,10 +83,6 @@ class StagingHelper:
         self.proc: subprocess.Popen | None = None
         self.dead = False
 
-    def batch(self, store: DocStore, contents: dict) -> HelperStaging:
-        """A batch whose planned documents go to the helper (or, once it died, stay here)."""
-        return HelperStaging(self, store, contents)
-
     def send(self, message: tuple) -> bool:
         """Pass one message; False when the helper is gone (it is then given up)."""
         if self.dead:
