@@ -783,6 +783,13 @@ FAULTS = (
         ("-k", "dies_with_its_scan"),
     ),
     Fault(
+        "helper_outlives_its_daemon",
+        "the helper does not die with the daemon killed mid-catch-up (a stopped helper stays)",
+        (("store/stager.py", "    _die_with_parent(int(sys.argv[1]))\n", ""),),
+        ("tests/test_staging.py",),
+        ("-k", "killed_mid_catch_up"),
+    ),
+    Fault(
         "helper_ignores_eof",
         "the helper does not end when its parent closes its input",
         (

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from conftest import docs_tree, make_config, snapshot
+from crashcheck import check_crash_state
 from docwatch.ingest import pool
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import catch_up, scan
@@ -264,3 +265,45 @@ def test_sigterm_to_the_whole_group_mid_catch_up_stops_the_daemon_cleanly(
     scan(cfg, run_id="test")
     assert snapshot(cfg.db) == snapshot(golden.db)
     assert docs_tree(cfg.docs_root) == docs_tree(golden.docs_root)
+
+
+def test_the_daemon_killed_mid_catch_up_leaves_no_helper_and_a_restart_converges(
+    tree, copy_tree, tmp_path
+):
+    """SIGKILL to ``docwatch watch`` while its helper stages the catch-up (the helper stopped,
+    so no EOF ends it): the helper dies with it, what the kill left is durable before visible
+    (every row a complete document, no orphan directory), and a restart indexes each source
+    exactly once, as a scan does."""
+    data_root, _ = tree
+    golden = golden_scan(data_root, copy_tree, tmp_path)
+    cfg = make_config(data_root)
+    proc, notify, log = start_watch(data_root, tmp_path)
+    try:
+        helper = wait_until(
+            lambda: helper_of(proc.pid) or proc.poll() is not None, 60, 0.002, what="helper"
+        )
+        assert helper is not True, log.read_text(errors="replace")
+        # Past its start (where it asks to die with its parent) once it wrote a document.
+        wait_until(lambda: next(cfg.docs_root.rglob("metadata.json"), None), interval=0.002)
+        os.kill(helper, signal.SIGSTOP)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        notify.close()
+    wait_until(lambda: gone(helper), timeout=10, what="the helper to end with the daemon")
+    check_crash_state(cfg)
+    (tmp_path / "again").mkdir()
+    again, notify, _ = start_watch(data_root, tmp_path / "again")
+    try:
+        wait_until(lambda: notify.seen("READY=1") or again.poll() is not None, 60, what="READY")
+        assert again.poll() is None
+    finally:
+        again.send_signal(signal.SIGTERM)
+        again.wait(timeout=30)
+        notify.close()
+    assert again.returncode == 0
+    assert snapshot(cfg.db) == snapshot(golden.db)
+    assert docs_tree(cfg.docs_root) == docs_tree(golden.docs_root)
+    assert not list((cfg.docs_root / ".tmp").rglob("*.txt")), "staging left behind"
