@@ -19,6 +19,7 @@ from docwatch.ingest import pool
 from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import catch_up, scan
 from docwatch.ingest.staging import StagingHelper
+from pgserver import is_running
 from support import NotifySocket, wait_until
 
 
@@ -136,14 +137,6 @@ def helper_of(pid: int) -> int | None:
     return None
 
 
-def gone(pid: int) -> bool:
-    """The process ended (a zombie left to a parent that does not reap counts as ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_a_helper_killed_mid_scan_loses_nothing(tree, copy_tree, tmp_path):
     """SIGKILL to the helper while a scan runs: the scan stages its documents itself from
     then on, says so once, exits 0, and indexes what a scan without the kill indexes."""
@@ -181,7 +174,7 @@ def test_the_helper_dies_with_its_scan(tree):
     proc.kill()
     proc.wait(timeout=60)  # not its stderr's EOF: a helper that stays behind holds it open
     proc.stderr.close()
-    wait_until(lambda: gone(helper), timeout=10, what="the helper to end with its parent")
+    wait_until(lambda: not is_running(helper), timeout=10, what="the helper to end with its parent")
     assert scan(cfg, run_id="again").problems == []
     assert not list((cfg.docs_root / ".tmp").rglob("*.txt")), "staging left behind"
 
@@ -200,7 +193,9 @@ def test_the_daemon_catches_up_through_a_helper_and_keeps_none(tree, copy_tree, 
         started = re.findall(r"staging helper process started \(pid (\d+)\)", text)
         assert len(started) == 1, "the catch-up did not stage through one helper:\n" + text
         assert f"staging helper process (pid {started[0]}) ended (exit 0)" in text, text
-        assert helper_of(proc.pid) is None and gone(int(started[0])), "a helper outlived it"
+        assert helper_of(proc.pid) is None and not is_running(int(started[0])), (
+            "a helper outlived it"
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -292,7 +287,7 @@ def test_the_daemon_killed_mid_catch_up_leaves_no_helper_and_a_restart_converges
         if proc.poll() is None:
             proc.kill()
         notify.close()
-    wait_until(lambda: gone(helper), timeout=10, what="the helper to end with the daemon")
+    wait_until(lambda: not is_running(helper), timeout=10, what="the helper to end with the daemon")
     check_crash_state(cfg)
     (tmp_path / "again").mkdir()
     again, notify, _ = start_watch(data_root, tmp_path / "again")
