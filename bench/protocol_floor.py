@@ -20,13 +20,13 @@ staging helper does, and starts on the next batch as soon as this one is staged,
 one syncs, commits its intents, renames and commits its rows: the floor of a scan that plans
 its next batch before this one's rows exist (bench/README.md, "Nineteenth pass").
 
-With ``--index DB`` (the scan's own index, read only) the two appends are the real index's
-work instead: the scan's rows, in the order the scan wrote them, go into a new SQLite index of
-the same schema (WAL, ``synchronous = FULL``, as docwatch opens it), one transaction for the
-batch's intents and one for its share of the rows (sources, tasks, documents, attempts, the
-intents deleted), up to 128 rows a statement, whose statements run while the renames and their
-``syncfs`` run on a thread, as docwatch runs them; the commit comes after both.  The rows are
-read before the clock starts.
+With ``--index DB`` (the scan's own index, read only) the two appends are the real index's work
+instead (``bench/index_replay.py``): the scan's rows, in the order the scan wrote them, go into
+a new SQLite index of the same schema (WAL, ``synchronous = FULL``, as docwatch opens it), one
+transaction for the batch's intents and one for its share of the rows (sources, tasks,
+documents, attempts, the intents deleted), up to 128 rows a statement, whose statements run
+while the renames and their ``syncfs`` run on a thread, as docwatch runs them; the commit comes
+after both. The rows are read before the clock starts.
 
 The sources' copies are read from the scan's own docs tree, and each ``metadata.json`` is written
 at its size without a read (docwatch writes it from memory): the same inodes and bytes as the
@@ -46,12 +46,13 @@ import ctypes.util
 import functools
 import json
 import os
-import sqlite3
 import sys
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+
+from index_replay import IndexReplay
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 O_NOATIME = getattr(os, "O_NOATIME", 0)
@@ -61,8 +62,6 @@ METADATA = "metadata.json"
 
 PHASES = ("stage", "sync_staged", "intents_fsync", "rename", "sync_renames", "rows_fsync")
 INDEX_PHASES = ("stage", "sync_staged", "intents_commit", "rows_beside_publish", "rows_commit")
-#: The tables a scan fills, in the order docwatch writes them in a batch's rows transaction.
-INDEX_TABLES = ("sources", "tasks", "documents", "attempts")
 
 
 class Clock:
@@ -146,95 +145,6 @@ def stage(src_docs: str, root: str, doc: tuple[str, str, list[str], int]) -> int
 def append_and_fsync(fd: int, size: int) -> None:
     os.write(fd, b"x" * size)
     os.fsync(fd)
-
-
-class IndexReplay:
-    """A scan's rows written again into a new index of the same schema: the real index's
-    statements and commits, with none of docwatch's planning around them."""
-
-    def __init__(self, scan_db: Path, path: Path, batches: int) -> None:
-        src = sqlite3.connect(f"file:{scan_db}?mode=ro", uri=True)
-        try:
-            self.schema = [
-                sql
-                for (sql,) in src.execute(
-                    "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"
-                    " AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
-                )
-            ]
-            self.rows = {
-                t: src.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in INDEX_TABLES
-            }
-            self.inserts = {t: _insert_sql(src, t) for t in INDEX_TABLES}
-        finally:
-            src.close()
-        self.batches = batches
-        self.con = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.con.execute("PRAGMA journal_mode = WAL")
-        self.con.execute("PRAGMA synchronous = FULL")
-        for sql in self.schema:
-            self.con.execute(sql)
-
-    def put_intents(self, group: list) -> None:
-        """The intents transaction: a row a document, committed (the WAL's fsync)."""
-        self.con.execute("BEGIN IMMEDIATE")
-        insert_many(
-            self.con,
-            "INSERT INTO intents (doc_id, stage, task_id, op, phase, writer, detail)"
-            " VALUES (?, ?, ?, ?, 'staged', 'floor', ?)",
-            [(d[1], d[0], d[1], "create", INTENT_DETAIL) for d in group],
-        )
-        self.con.execute("COMMIT")
-
-    def put_rows(self, i: int, group: list) -> None:
-        """Batch ``i``'s share of every table's rows, and its intents deleted (not committed)."""
-        self.con.execute("BEGIN IMMEDIATE")
-        for table, rows in self.rows.items():
-            n = len(rows)
-            insert_many(
-                self.con,
-                self.inserts[table],
-                rows[i * n // self.batches : (i + 1) * n // self.batches],
-            )
-        doc_ids = [d[1] for d in group]
-        for start in range(0, len(doc_ids), ROWS_AT_ONCE):
-            chunk = doc_ids[start : start + ROWS_AT_ONCE]
-            self.con.execute(
-                f"DELETE FROM intents WHERE doc_id IN ({', '.join('?' * len(chunk))})", chunk
-            )
-
-    def commit(self) -> None:
-        self.con.execute("COMMIT")
-
-    def close(self) -> None:
-        self.con.close()
-
-
-#: What docwatch stores with a new document's intent (its staged directory, nothing to replace).
-INTENT_DETAIL = json.dumps(
-    {"add": [], "dir": ".tmp/floor/" + "0" * 48, "remove": [], "replace": []}
-)
-
-
-#: Rows a statement, as docwatch's SQLite index inserts them (``store/sqlite.py``).
-ROWS_AT_ONCE = 128
-
-
-def insert_many(con: sqlite3.Connection, insert: str, rows: list) -> None:
-    """``rows`` through ``insert`` (one row's ``VALUES (…)``), up to ROWS_AT_ONCE rows a
-    statement: the GIL let go once a chunk, not once a row."""
-    head, _, one_row = insert.rpartition(" VALUES ")
-    limit = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    step = max(1, min(ROWS_AT_ONCE, limit // max(1, one_row.count("?"))))
-    for start in range(0, len(rows), step):
-        chunk = rows[start : start + step]
-        values = ", ".join([one_row] * len(chunk))
-        con.execute(f"{head} VALUES {values}", [v for row in chunk for v in row])
-
-
-def _insert_sql(con: sqlite3.Connection, table: str) -> str:
-    columns = [d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 def rename_into_place(base: str, out: Path, group: list) -> None:
