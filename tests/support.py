@@ -8,6 +8,20 @@ import socket
 import tempfile
 import threading
 import time
+from pathlib import Path
+
+
+def child_of(pid: int, marker: bytes) -> int | None:
+    """The child of ``pid`` (started by any of its threads) whose command line holds
+    ``marker`` (None: none now)."""
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in map(int, (task / "children").read_text().split()):
+                if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return child
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
 
 
 def wait_until(cond, timeout: float = 60.0, interval: float = 0.1, what: str = ""):

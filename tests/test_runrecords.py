@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +40,7 @@ from docwatch.dagster.runfacts import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline_side import PipelineDriver, require_pipeline_python
+from support import NotifySocket, child_of, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -834,3 +837,72 @@ def test_dagster_metadata_never_carries_nan_or_infinity(bad):
     nested = _small({"scores": [1.5, bad], "inner": {"v": bad}})
     assert nested == {"scores": [1.5, None], "inner": {"v": None}}
     assert _small(2.5) == 2.5 and _small("NaN") == "NaN"
+
+
+def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
+    """systemd stops a service by SIGTERM to every process of its cgroup, the events reader
+    too, even while it starts: the reader leaves it to the daemon, which stops polling and
+    ends it at EOF (exit 0), and exits 0 with no warning."""
+    python = require_pipeline_python()
+    _setup(driver, OK1)
+    assert _run(driver, OK1)["success"]
+    config = tmp_path / "docwatch.toml"
+    config.write_text(
+        f'data_root = "{tmp_path / "data"}"\nsettle_seconds = 0\nlog_level = "DEBUG"\n'
+        f'dagster_home = "{tmp_path / "home"}"\ndagster_python = "{python}"\n'
+    )
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY", "DAGSTER_"))
+    }
+    notify = NotifySocket()
+    env["NOTIFY_SOCKET"] = notify.path
+    log = tmp_path / "watch.log"
+    with open(log, "wb") as out:
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "docwatch", "watch", "--config", str(config)],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        reader = wait_until(
+            lambda: child_of(watch.pid, b"events.py") or watch.poll() is not None,
+            60,
+            0.002,
+            what="the events reader",
+        )
+        assert reader is not True, log.read_text()
+        os.kill(reader, signal.SIGTERM)  # while it starts: before it can ignore the signal
+        wait_until(
+            lambda: (
+                any(s in log.read_text() for s in ("Dagster events read from", "WARNING"))
+                or watch.poll() is not None
+            ),
+            60,
+            what="the first read of the run records",
+        )
+        assert "WARNING" not in log.read_text(), log.read_text()
+        assert child_of(watch.pid, b"events.py") == reader, log.read_text()
+        for pid in (reader, watch.pid):  # the reader first: it must outlive the signal
+            os.kill(pid, signal.SIGTERM)
+        assert watch.wait(30) == 0, log.read_text()
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
+        notify.close()
+    text = log.read_text()
+    assert f"dagster events reader (pid {reader}) ended (exit 0)" in text, text
+    assert "WARNING" not in text, text
+    assert notify.seen("STOPPING=1"), notify.messages
+
+
+def test_the_children_leave_the_same_signals_to_the_daemon():
+    """The staging helper and the events reader run by path (no ``docwatch`` import): each
+    keeps its own copy of the signals the daemon starts them with blocked."""
+    from docwatch import children
+    from docwatch.store import stager
+
+    assert stager.LEFT_TO_THE_PARENT == dagster_events.LEFT_TO_THE_PARENT
+    assert dagster_events.LEFT_TO_THE_PARENT == children.LEFT_TO_THE_PARENT

@@ -20,7 +20,7 @@ from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import catch_up, scan
 from docwatch.ingest.staging import StagingHelper
 from pgserver import is_running
-from support import NotifySocket, wait_until
+from support import NotifySocket, child_of, wait_until
 
 
 def metadata_files(docs_root: Path) -> dict[str, dict]:
@@ -127,14 +127,7 @@ def start_scan(data_root: Path, batch_max: int) -> subprocess.Popen:
 
 def helper_of(pid: int) -> int | None:
     """The staging helper among ``pid``'s children."""
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        for child in map(int, children):
-            if b"stager.py" in Path(f"/proc/{child}/cmdline").read_bytes():
-                return child
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
+    return child_of(pid, b"stager.py")
 
 
 def test_a_helper_killed_mid_scan_loses_nothing(tree, copy_tree, tmp_path):

@@ -46,6 +46,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
 
@@ -68,6 +69,8 @@ PARTITION_TAG = "dagster/partition"
 SKEW_SECONDS = 5.0
 PAGE = 1000
 CURSOR_VERSION = 1
+#: Ignored with ``--serve``: the daemon that started this reader decides when it ends (at EOF).
+LEFT_TO_THE_PARENT = frozenset({signal.SIGINT, signal.SIGTERM})
 _MAX_TEXT = 500  # longer metadata strings are cut
 _UTC = timezone.utc  # noqa: UP017 - this file also runs under a pipeline's older Python
 
@@ -352,6 +355,15 @@ def _serve(home: str, assets, out) -> int:
     return 0
 
 
+def _leave_signals_to_the_parent() -> None:
+    """systemd's stop sends SIGTERM to every process of the service, this reader too: the
+    daemon ends it at EOF once it stops polling.  It started us with them blocked
+    (``docwatch.children.start_child``), so one sent before this call is dropped here."""
+    for sig in LEFT_TO_THE_PARENT:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_THE_PARENT)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Print the run records of a Dagster instance as JSON (docwatch)."
@@ -365,9 +377,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"an asset to read (repeatable; default: {', '.join(ASSETS)})",
     )
     parser.add_argument(
-        "--serve", action="store_true", help="answer one cursor per stdin line with one JSON line"
+        "--serve",
+        action="store_true",
+        help="answer one cursor per stdin line with one JSON line, until EOF (SIGINT and "
+        "SIGTERM are ignored: the process that started it ends it by closing its input)",
     )
     args = parser.parse_args(argv)
+    if args.serve:
+        _leave_signals_to_the_parent()
     assets = tuple(args.assets or ASSETS)
     out = sys.stdout
     try:

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from docwatch.children import end_at_eof
+from docwatch.children import end_at_eof, start_child
 from docwatch.dagster import events as dagster_events
 from docwatch.errors import DocwatchError
 
@@ -85,6 +85,8 @@ class Subprocess:
     not every ``POLL_EVERY`` seconds.  Any failure (cannot start, exit, timeout, an answer
     that is not the expected JSON) ends the child and raises ``RunRecordsError`` with the
     command, its exit status and the tail of its stderr; the next read starts a new child.
+    The child leaves SIGINT and SIGTERM to the daemon (``children.start_child``): systemd's
+    stop reaches every process of the service, and ``close`` ends the reader at EOF.
     """
 
     def __init__(
@@ -146,13 +148,13 @@ class Subprocess:
         self._stderr.clear()
         self._buffer = b""
         try:
-            proc = subprocess.Popen(
+            proc = start_child(
                 self.command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 bufsize=0,
-                start_new_session=True,  # not our ^C
+                start_new_session=True,  # a terminal's other signals (SIGHUP) are ours too
             )
         except OSError as exc:
             raise RunRecordsError(
@@ -160,6 +162,7 @@ class Subprocess:
                 "(dagster_python must be the Python of the pipeline's venv)"
             ) from None
         self._proc = proc
+        log.debug("dagster events reader started (pid %d)", proc.pid)
         self._drain = threading.Thread(
             target=self._drain_stderr, args=(proc,), name="dagster-events-stderr", daemon=True
         )
@@ -217,7 +220,8 @@ class Subprocess:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        end_at_eof(proc)
+        code = end_at_eof(proc)
+        log.debug("dagster events reader (pid %d) ended (exit %s)", proc.pid, code)
         if self._drain is not None:
             self._drain.join(2)
         for pipe in (proc.stdout, proc.stderr):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from docwatch import __version__
-from docwatch.children import end_at_eof
+from docwatch.children import end_at_eof, start_child
 from docwatch.core.jsontext import metadata_bytes
 from docwatch.ingest import pool
 from docwatch.ingest.planner import Change, metadata_with_chars
@@ -131,18 +130,13 @@ class StagingHelper:
 
 
 def _start_helper() -> subprocess.Popen:
-    """The helper, started with SIGINT and SIGTERM blocked: one sent to the whole group or
-    cgroup (a Ctrl-C, systemd's stop) before it ignores them waits, and is then dropped; the
+    """The helper, started with SIGINT and SIGTERM blocked (``children.start_child``); the
     parent alone decides when it ends."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, stager.LEFT_TO_THE_PARENT)
-    try:
-        return subprocess.Popen(
-            [sys.executable, "-I", "-S", stager.__file__, str(os.getpid())],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return start_child(
+        [sys.executable, "-I", "-S", stager.__file__, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
 
 
 def _end(proc: subprocess.Popen | None) -> int | None:
