@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -22,6 +24,26 @@ def child_of(pid: int, marker: bytes) -> int | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
+
+
+def watch_process(
+    args: list, log: Path, notify: NotifySocket, *, env: dict | None = None, **popen
+) -> subprocess.Popen:
+    """``docwatch watch ARGS`` (this interpreter's) with its output in ``log`` and ``notify``
+    standing in for systemd's socket; none of the caller's ``DOCWATCH_``, ``NOTIFY`` and
+    ``DAGSTER_`` variables, ``env`` added."""
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY", "DAGSTER_"))
+    }
+    clean |= (env or {}) | {"NOTIFY_SOCKET": notify.path}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "docwatch", "watch", *map(str, args)],
+            env=clean,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            **popen,
+        )
 
 
 def wait_until(cond, timeout: float = 60.0, interval: float = 0.1, what: str = ""):

@@ -13,7 +13,6 @@ Skipped only when the pipeline venv is missing (fails instead when ``REQUIRE_DAG
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -28,7 +27,7 @@ from pipeline_side import PipelineDriver, require_pipeline_python
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 from dagster_pipeline.tables import Draft, Essay, Evaluation, to_plain  # noqa: E402
-from support import NotifySocket, wait_until  # noqa: E402
+from support import NotifySocket, wait_until, watch_process  # noqa: E402
 
 
 def rows(db: Path) -> dict[tuple[str, str, int], dict]:
@@ -147,19 +146,8 @@ def test_pipeline_with_docwatch_watch(tmp_path, monkeypatch, notify):
     except BaseException:
         driver.close()
         raise
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY", "DAGSTER_"))
-    }
-    env["NOTIFY_SOCKET"] = notify.path
     log = tmp_path / "watch.log"
-    with open(log, "wb") as out:
-        watch = subprocess.Popen(
-            [sys.executable, "-m", "docwatch", "watch", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    watch = watch_process(["--config", config], log, notify, cwd=REPO)
     try:
         wait_until(lambda: notify.seen("READY=1") or watch.poll() is not None, 60, what="READY=1")
         assert watch.poll() is None, log.read_text()

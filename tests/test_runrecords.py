@@ -40,7 +40,7 @@ from docwatch.dagster.runfacts import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline_side import PipelineDriver, require_pipeline_python
-from support import NotifySocket, child_of, wait_until
+from support import NotifySocket, child_of, wait_until, watch_process
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -851,20 +851,8 @@ def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
         f'data_root = "{tmp_path / "data"}"\nsettle_seconds = 0\nlog_level = "DEBUG"\n'
         f'dagster_home = "{tmp_path / "home"}"\ndagster_python = "{python}"\n'
     )
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY", "DAGSTER_"))
-    }
-    notify = NotifySocket()
-    env["NOTIFY_SOCKET"] = notify.path
-    log = tmp_path / "watch.log"
-    with open(log, "wb") as out:
-        watch = subprocess.Popen(
-            [sys.executable, "-m", "docwatch", "watch", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    notify, log = NotifySocket(), tmp_path / "watch.log"
+    watch = watch_process(["--config", config], log, notify)
     try:
         reader = wait_until(
             lambda: child_of(watch.pid, b"events.py") or watch.poll() is not None,

@@ -20,7 +20,7 @@ from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import catch_up, scan
 from docwatch.ingest.staging import StagingHelper
 from pgserver import is_running
-from support import NotifySocket, child_of, wait_until
+from support import NotifySocket, child_of, wait_until, watch_process
 
 
 def metadata_files(docs_root: Path) -> dict[str, dict]:
@@ -210,18 +210,9 @@ def start_watch(data_root: Path, tmp_path: Path) -> tuple[subprocess.Popen, Noti
     """``docwatch watch`` in a process group of its own (as systemd's cgroup), logging DEBUG
     to the returned file, with a notify socket standing in for systemd's."""
     notify, log = NotifySocket(), tmp_path / "watch.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOCWATCH_", "NOTIFY"))}
-    env |= {"NOTIFY_SOCKET": notify.path, "DOCWATCH_SETTLE_SECONDS": "0"}
-    env |= {"DOCWATCH_BATCH_MAX_FILES": "4"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "docwatch", "watch", "--data-root", data_root]
-            + ["--log-level", "DEBUG"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    env = {"DOCWATCH_SETTLE_SECONDS": "0", "DOCWATCH_BATCH_MAX_FILES": "4"}
+    args = ["--data-root", data_root, "--log-level", "DEBUG"]
+    proc = watch_process(args, log, notify, env=env, start_new_session=True)
     return proc, notify, log
 
 
