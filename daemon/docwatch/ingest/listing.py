@@ -100,23 +100,29 @@ def _merge_with_ledger(
     rows = iter(ledger_rows)
     row = next(rows, None)
     indexed = 0
+    lstat, is_file = os.lstat, stat.S_ISREG
     for name in names:
         while row is not None and row[0] < name:
             row = next(rows, None)
         if row is None or row[0] != name:
             yield name
             continue
-        seen = [(row[1], row[2])]
+        size, mtime_ns = row[1], row[2]
+        more: list | None = None  # the name's other versions (rare: most names have one)
         row = next(rows, None)
         while row is not None and row[0] == name:
-            seen.append((row[1], row[2]))
+            more = more or []
+            more.append((row[1], row[2]))
             row = next(rows, None)
         try:
-            st = os.lstat(name, dir_fd=fd)
+            st = lstat(name, dir_fd=fd)
         except OSError:
             yield name  # vanished or unreadable: the probe says which
             continue
-        if stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) in seen:
+        if is_file(st.st_mode) and (
+            (st.st_size == size and st.st_mtime_ns == mtime_ns)
+            or (more is not None and (st.st_size, st.st_mtime_ns) in more)
+        ):
             indexed += 1
         else:
             yield name
