@@ -46,6 +46,13 @@ def watch_process(
         )
 
 
+def kill_if_running(proc: subprocess.Popen) -> None:
+    """A test's last word on a process it started: killed and reaped if still running."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
 def wait_until(cond, timeout: float = 60.0, interval: float = 0.1, what: str = ""):
     """Poll ``cond`` until it returns something truthy (returned), or fail after ``timeout``."""
     deadline = time.monotonic() + timeout

@@ -27,7 +27,7 @@ from pipeline_side import PipelineDriver, require_pipeline_python
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 from dagster_pipeline.tables import Draft, Essay, Evaluation, to_plain  # noqa: E402
-from support import NotifySocket, wait_until, watch_process  # noqa: E402
+from support import NotifySocket, kill_if_running, wait_until, watch_process  # noqa: E402
 
 
 def rows(db: Path) -> dict[tuple[str, str, int], dict]:
@@ -156,9 +156,7 @@ def test_pipeline_with_docwatch_watch(tmp_path, monkeypatch, notify):
         assert watch.wait(15) == 0, log.read_text()
     finally:
         driver.close()
-        if watch.poll() is None:
-            watch.kill()
-            watch.wait(10)
+        kill_if_running(watch)
     text = log.read_text()
     assert f"via {python} (Dagster {info['dagster_version']})" in text, text  # the pipeline's
 

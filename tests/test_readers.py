@@ -39,7 +39,7 @@ import docwatch.store.sqlite
 import pytest
 from conftest import snapshot
 from docwatch.errors import IndexCorrupt, IndexUnreadable
-from support import NotifySocket, wait_until
+from support import NotifySocket, kill_if_running, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -540,9 +540,7 @@ def test_rebuild_index_refused_while_watch_runs(indexed, base):
         watch.send_signal(signal.SIGTERM)
         assert watch.wait(30) == 0, log.read_text()
     finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.wait(10)
+        kill_if_running(watch)
         notify.close()
     rebuilt = docwatch_proc("rebuild-index", *indexed.args(), "--json")
     assert rebuilt.code == 0, rebuilt

@@ -40,7 +40,7 @@ from docwatch.dagster.runfacts import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline_side import PipelineDriver, require_pipeline_python
-from support import NotifySocket, child_of, wait_until, watch_process
+from support import NotifySocket, child_of, kill_if_running, wait_until, watch_process
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -876,9 +876,7 @@ def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
             os.kill(pid, signal.SIGTERM)
         assert watch.wait(30) == 0, log.read_text()
     finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.wait(10)
+        kill_if_running(watch)
         notify.close()
     text = log.read_text()
     assert f"dagster events reader (pid {reader}) ended (exit 0)" in text, text

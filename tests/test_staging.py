@@ -20,7 +20,7 @@ from docwatch.ingest.indexer import Indexer
 from docwatch.ingest.scan import catch_up, scan
 from docwatch.ingest.staging import StagingHelper
 from pgserver import is_running
-from support import NotifySocket, child_of, wait_until, watch_process
+from support import NotifySocket, child_of, kill_if_running, wait_until, watch_process
 
 
 def metadata_files(docs_root: Path) -> dict[str, dict]:
@@ -233,8 +233,7 @@ def test_sigterm_to_the_whole_group_mid_catch_up_stops_the_daemon_cleanly(
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_if_running(proc)
         notify.close()
     text = log.read_text(errors="replace")
     assert proc.returncode == 0, text
@@ -268,8 +267,7 @@ def test_the_daemon_killed_mid_catch_up_leaves_no_helper_and_a_restart_converges
         proc.kill()
         proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_if_running(proc)
         notify.close()
     wait_until(lambda: not is_running(helper), timeout=10, what="the helper to end with the daemon")
     check_crash_state(cfg)

@@ -28,7 +28,7 @@ from conftest import assert_tombstones, docs_tree, query, staged_batches
 from docwatch.config import load_config
 from docwatch.ingest.scan import scan
 from docwatch.store.locks import writer_lock
-from support import NotifySocket, wait_until
+from support import NotifySocket, kill_if_running, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -130,9 +130,7 @@ class Env:
 
     def cleanup(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+            kill_if_running(p)
 
     def cfg(self):
         flags = {"data_root": self.data, "db": self.db, "docs_root": self.docs}
