@@ -839,6 +839,20 @@ FAULTS = (
         ("-k", "whole_group or systemds_stop"),
     ),
     Fault(
+        "rescan_skips_same_size_rewrite",
+        "a rescan takes a file whose size matches the ledger's as known, whatever its mtime "
+        "(new bytes of the same length are never read)",
+        (
+            (
+                "ingest/listing.py",
+                "(st.st_size == size and st.st_mtime_ns == mtime_ns)",
+                "(st.st_size == size)",
+            ),
+        ),
+        ("tests/test_identity.py",),
+        ("-k", "same_size"),
+    ),
+    Fault(
         "events_reader_takes_the_groups_sigterm",
         "the Dagster events reader dies of the SIGTERM systemd sends its whole cgroup (a stop "
         "during a read warns; the reader is killed, not ended at EOF)",

@@ -32,7 +32,7 @@ from docwatch import DocumentsIndex
 from docwatch.cli import main as cli_main
 from docwatch.config import load_config
 from docwatch.ingest.scan import scan as scan_in_process
-from support import NotifySocket, wait_until
+from support import NotifySocket, kill_if_running, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_FOLDERS = {
@@ -144,9 +144,7 @@ class Root:
 
     def cleanup(self) -> None:
         for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
+            kill_if_running(p)
 
     def caught_up(self) -> bool:
         """A dry-run scan finds nothing new or deferred: every settled file is in the ledger."""
@@ -846,6 +844,25 @@ def test_an_ingested_file_rewritten_in_place_is_a_new_attempt_the_old_stays(root
     shown = root.show(old["doc_id"])
     assert (Path(shown["path"]) / "parsed.txt").read_bytes() == b"first bytes\n"
     root.verify()
+
+
+@pytest.mark.parametrize("moved", [1, -86400], ids=["mtime-later", "mtime-earlier"])
+def test_a_rewrite_of_the_same_size_is_read_again_by_a_rescan(roots, moved):
+    """A rescan skips a known file only when both its size and its mtime are the ledger's: new
+    bytes of the same length, with an mtime a second later or a day earlier (a backup's older
+    copy restored), are a new attempt, not a known file."""
+    root = roots(config=SCAN_CONFIG)
+    task = "combo_008__creative-synthesis-v2__sonnet-4__novelty__sonnet-4"
+    path = root.data / "4_evaluation/evaluation_responses" / f"{task}_v1.txt"
+    write_old(path, b"first bytes\n", OLD)
+    root.scan()
+    (old,) = task_docs(root.db, task)
+    write_old(path, b"other bytes\n", OLD + moved)  # the same length
+    root.scan()
+    docs = {r["doc_id"] for r in task_docs(root.db, task)}
+    assert len(docs) == 2 and old["doc_id"] in docs
+    (new_id,) = docs - {old["doc_id"]}  # which one is latest follows the mtimes (section 1)
+    assert (Path(root.show(new_id)["path"]) / "parsed.txt").read_bytes() == b"other bytes\n"
 
 
 def test_a_prompt_rewritten_before_its_attempt_arrives_is_recorded_unavailable(roots):
