@@ -853,6 +853,28 @@ FAULTS = (
         ("-k", "same_size"),
     ),
     Fault(
+        "rescan_reads_only_the_first_ledger_version",
+        "a rescan compares a known name's stat with its first ledger row only (a name whose "
+        "bytes changed and changed back, with several versions in the ledger, is read again)",
+        (
+            (
+                "ingest/listing.py",
+                "or (more is not None and (st.st_size, st.st_mtime_ns) in more)",
+                "or False",
+            ),
+        ),
+        ("tests/test_listing.py",),
+        ("-k", "ledger_versions"),
+    ),
+    Fault(
+        "rescan_unpacks_three_ledger_columns",
+        "a rescan unpacks a ledger row as (name, size, mtime): PostgreSQL's rows have more "
+        "columns, so its rescans fail",
+        (("ingest/listing.py", "size, mtime_ns = row[1], row[2]", "_, size, mtime_ns = row"),),
+        ("tests/test_listing.py",),
+        ("-k", "ledger_versions"),
+    ),
+    Fault(
         "events_reader_takes_the_groups_sigterm",
         "the Dagster events reader dies of the SIGTERM systemd sends its whole cgroup (a stop "
         "during a read warns; the reader is killed, not ended at EOF)",

@@ -3,10 +3,11 @@ and the bounded sort behind them (``ingest/sortedruns.py``)."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import pytest
-from docwatch.core.layout import parse_name
+from docwatch.core.layout import FolderRole, parse_name
 from docwatch.ingest import listing, sortedruns
 from docwatch.ingest.listing import not_listed
 from hypothesis import example, given, settings
@@ -96,3 +97,55 @@ def test_a_folder_bigger_than_a_run_lists_each_task_together(tmp_path, monkeypat
     assert "d/a_b_v1.txt" not in whole and len(whole) == 3 * len(tasks) * 2 - 1
     order = [parse_name(r.split("/")[1]).task_id for r in whole]
     assert order == sorted(order)  # each task once, together, in task order
+
+
+# Each file's ledger versions: its own (size, mtime), a neighbour's, or none; the rows carry
+# as many extra columns as a backend returns (PostgreSQL's have more than SQLite's).
+FILES = {"a_v1.txt": b"x", "b_v1.txt": b"yy", "c_v1.txt": b"zzz", "d_v1.txt": b"ww"}
+VERSION = st.sampled_from(["own", "other size", "other mtime"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    versions=st.fixed_dictionaries(
+        {name: st.lists(VERSION, max_size=3) for name in [*FILES, "link_v1.txt", "gone_v1.txt"]}
+    ),
+    extra_columns=st.integers(min_value=0, max_value=4),
+)
+def test_the_merge_skips_a_name_whose_stat_is_one_of_its_ledger_versions(
+    versions, extra_columns, tmp_path_factory
+):
+    """A known name is skipped (counted as indexed) when its regular file's size and mtime
+    are those of any of its ledger rows, whichever version and however many columns a row
+    has; anything else, a symlink with its own stat in the ledger and a name that vanished
+    included, is yielded for the probe, in name order."""
+    folder = tmp_path_factory.mktemp("merge")
+    for name, data in FILES.items():
+        (folder / name).write_bytes(data)
+        os.utime(folder / name, ns=(0, 1_600_000_000_000_000_000 + len(data)))  # in the past
+    (folder / "link_v1.txt").symlink_to("a_v1.txt")
+    stats = {name: os.lstat(folder / name) for name in [*FILES, "link_v1.txt"]}
+    rows, expected = [], []
+    for name in sorted(versions):
+        st_ = stats.get(name)
+        own = (st_.st_size, st_.st_mtime_ns) if st_ else (7, 7)
+        for v in versions[name]:
+            size, mtime = {
+                "own": own,
+                "other size": (own[0] + 1, own[1]),
+                "other mtime": (own[0], own[1] - 1),
+            }[v]
+            rows.append((name, size, mtime, *range(extra_columns)))
+        if name in FILES and "own" in versions[name]:
+            continue
+        if st_ is not None or name == "gone_v1.txt":
+            expected.append(name)
+    counts: Counter = Counter()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        role = FolderRole("s", "raw", "s/raw")
+        got = list(listing._merge_with_ledger(sorted(versions), role, rows, fd, counts))
+    finally:
+        os.close(fd)
+    assert got == expected
+    assert counts[("s", "indexed")] == sum("own" in versions[n] for n in FILES)
