@@ -174,6 +174,8 @@ class Daemon:
         env |= {"NOTIFY_SOCKET": self.notify.path, "WATCHDOG_USEC": "60000000"} | extra
         profile = os.environ.get("BENCH_PROFILE_DIR")  # the daemon under cProfile, for a profile
         wrap = ["-m", "cProfile", "-o", f"{profile}/watch-{time.time_ns()}.prof"] if profile else []
+        if profile:
+            Path(profile).mkdir(parents=True, exist_ok=True)
         # BENCH_STEPS=1: the daemon times its durable steps (bench/steps.py; table in its log)
         entry = [str(REPO / "bench" / "steps.py")] if os.environ.get("BENCH_STEPS") else []
         cmd = [
