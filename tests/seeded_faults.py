@@ -883,6 +883,20 @@ FAULTS = (
         ("-k", "systemds_stop"),
     ),
     Fault(
+        "events_pipe_closed_under_the_poller",
+        "the daemon's stop closes the events reader's output before the reader ended, while the "
+        "poller thread still waits for the first answer (the reader dies of a broken pipe)",
+        (
+            (
+                "dagster/transports.py",
+                "        code = end_at_eof(proc)\n",
+                "        proc.stdout.close()\n        code = end_at_eof(proc)\n",
+            ),
+        ),
+        ("tests/test_runrecords.py",),
+        ("-k", "stop_while_the_events_reader_starts"),
+    ),
+    Fault(
         "helper_outlives_its_pass",
         "a catch-up pass leaves its helper running (an idle daemon keeps an 11 MiB child)",
         (

@@ -884,6 +884,43 @@ def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
     assert notify.seen("STOPPING=1"), notify.messages
 
 
+def test_a_stop_while_the_events_reader_starts_waits_for_it(driver, tmp_path):
+    """systemd's stop right after start: the first read of the run records (Dagster's
+    import) takes longer than the poller's join, so the daemon must not close the reader's
+    pipes under the thread still reading them; it exits 0 with no warning, and its reader
+    ends at EOF (exit 0), not by a kill and not as an orphan."""
+    python = require_pipeline_python()
+    _setup(driver, OK1)
+    assert _run(driver, OK1)["success"]
+    config = tmp_path / "docwatch.toml"
+    config.write_text(
+        f'data_root = "{tmp_path / "data"}"\nsettle_seconds = 0\nlog_level = "DEBUG"\n'
+        f'dagster_home = "{tmp_path / "home"}"\ndagster_python = "{python}"\n'
+    )
+    notify, log = NotifySocket(), tmp_path / "watch.log"
+    watch = watch_process(["--config", config], log, notify)
+    try:
+        reader = wait_until(
+            lambda: child_of(watch.pid, b"events.py") or watch.poll() is not None,
+            60,
+            0.002,
+            what="the events reader",
+        )
+        assert reader is not True, log.read_text()
+        wait_until(lambda: notify.seen("READY=1") or watch.poll() is not None, 60, what="READY")
+        assert "Dagster events read from" not in log.read_text(), "the read was too quick"
+        for pid in (reader, watch.pid):  # as systemd does: the whole cgroup
+            os.kill(pid, signal.SIGTERM)
+        assert watch.wait(30) == 0, log.read_text()
+    finally:
+        kill_if_running(watch)
+        notify.close()
+    text = log.read_text()
+    assert f"dagster events reader (pid {reader}) ended (exit 0)" in text, text
+    assert "WARNING" not in text and "Traceback" not in text, text
+    assert not os.path.exists(f"/proc/{reader}"), "the events reader outlived the daemon"
+
+
 def test_the_children_leave_the_same_signals_to_the_daemon():
     """The staging helper and the events reader run by path (no ``docwatch`` import): each
     keeps its own copy of the signals the daemon starts them with blocked."""
