@@ -21,6 +21,7 @@ from pathlib import Path
 
 import live
 from livekit import Daemon, Poller
+from livephases import make_files, run_phase
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,9 +38,9 @@ def one_run(work: Path, env: dict[str, str], files: int) -> dict:
     try:
         daemon.wait_ready()
         poller = Poller(daemon.db, work / "seen.tsv", 0.005)
-        live.run_phase("warm-up", live.make_files(data, 1, 1, 40), 100, poller, daemon)
+        run_phase("warm-up", make_files(data, 1, 1, 40), 100, poller, daemon)
         time.sleep(0.5)
-        return live.run_phase("sustained", live.make_files(data, 1, 2, files), None, poller, daemon)
+        return run_phase("sustained", make_files(data, 1, 2, files), None, poller, daemon)
     finally:
         if poller is not None:
             poller.stop()

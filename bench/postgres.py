@@ -44,6 +44,7 @@ from pathlib import Path
 
 import live
 import livekit
+import livephases
 from host import (
     CommandFailed,
     docwatch_version,
@@ -239,10 +240,10 @@ def live_case(
             if time.time() > deadline or counter.proc.poll() is not None:
                 raise BenchFailed(f"{case}: the ledger counter did not start")
             time.sleep(0.02)
-        files = live.make_files(data, r, 1, n_files)
+        files = livephases.make_files(data, r, 1, n_files)
         cpu0 = [livekit.proc_cpu_s(d.pid) for d in daemons]
         busy0, t0 = livekit.machine_cpu_s()[0], time.perf_counter()
-        start, closed = live.run_writers(files, None)
+        start, closed = livephases.run_writers(files, None)
         seen = counter.wait_for(n_files, 60 + n_files / 100, daemons)
         t1 = time.perf_counter()
         res["machine_busy_cores"] = (livekit.machine_cpu_s()[0] - busy0) / (t1 - t0)
