@@ -122,16 +122,41 @@ def median_range(d: dict, f: str = "{:.0f}") -> str:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """utime + stime of the whole process (all its threads, live or ended), in seconds."""
+    """utime + stime of the whole process (all its threads, live or ended, and its children),
+    in seconds."""
     return sum(proc_user_sys_s(pid))
 
 
 def proc_user_sys_s(pid: int) -> tuple[float, float]:
-    """(utime, stime) of the whole process in seconds: the interpreter's share (user) apart
-    from the kernel's (system: file creation, syncs, inotify)."""
+    """(utime, stime) of the whole process in seconds, its children included (the staging
+    helper of a catch-up pass, live or ended): the interpreter's share (user) apart from the
+    kernel's (system: file creation, syncs, inotify)."""
+    user, system = _user_sys_with_ended_children(pid)
+    for child in _live_children(pid):
+        try:
+            u, s = _user_sys_with_ended_children(child)
+        except (FileNotFoundError, ProcessLookupError):  # ended meanwhile: counted once reaped
+            continue
+        user, system = user + u, system + s
+    return user, system
+
+
+def _user_sys_with_ended_children(pid: int) -> tuple[float, float]:
     text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    fields = text[text.rindex(")") + 2 :].split()  # fields[0] is the state, field 3 of proc(5)
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return (utime + cutime) / CLK_TCK, (stime + cstime) / CLK_TCK
+
+
+def _live_children(pid: int) -> list[int]:
+    """Children started by any thread of ``pid`` (each thread lists its own)."""
+    pids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            pids += [int(x) for x in (task / "children").read_text().split()]
+        except FileNotFoundError:
+            continue
+    return pids
 
 
 def machine_cpu_s() -> tuple[float, float]:
