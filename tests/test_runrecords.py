@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -839,10 +840,11 @@ def test_dagster_metadata_never_carries_nan_or_infinity(bad):
     assert _small(2.5) == 2.5 and _small("NaN") == "NaN"
 
 
-def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
-    """systemd stops a service by SIGTERM to every process of its cgroup, the events reader
-    too, even while it starts: the reader leaves it to the daemon, which stops polling and
-    ends it at EOF (exit 0), and exits 0 with no warning."""
+@contextmanager
+def _daemon_with_its_events_reader(driver, tmp_path):
+    """``docwatch watch`` on a real Dagster instance's run records, read through the pipeline
+    venv's Python, once its events reader has started: (watch, reader's pid, notify, log);
+    the daemon is killed on the way out if it is still running."""
     python = require_pipeline_python()
     _setup(driver, OK1)
     assert _run(driver, OK1)["success"]
@@ -861,6 +863,17 @@ def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
             what="the events reader",
         )
         assert reader is not True, log.read_text()
+        yield watch, reader, notify, log
+    finally:
+        kill_if_running(watch)
+        notify.close()
+
+
+def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
+    """systemd stops a service by SIGTERM to every process of its cgroup, the events reader
+    too, even while it starts: the reader leaves it to the daemon, which stops polling and
+    ends it at EOF (exit 0), and exits 0 with no warning."""
+    with _daemon_with_its_events_reader(driver, tmp_path) as (watch, reader, notify, log):
         os.kill(reader, signal.SIGTERM)  # while it starts: before it can ignore the signal
         wait_until(
             lambda: (
@@ -875,9 +888,6 @@ def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
         for pid in (reader, watch.pid):  # the reader first: it must outlive the signal
             os.kill(pid, signal.SIGTERM)
         assert watch.wait(30) == 0, log.read_text()
-    finally:
-        kill_if_running(watch)
-        notify.close()
     text = log.read_text()
     assert f"dagster events reader (pid {reader}) ended (exit 0)" in text, text
     assert "WARNING" not in text, text
@@ -889,32 +899,12 @@ def test_a_stop_while_the_events_reader_starts_waits_for_it(driver, tmp_path):
     import) takes longer than the poller's join, so the daemon must not close the reader's
     pipes under the thread still reading them; it exits 0 with no warning, and its reader
     ends at EOF (exit 0), not by a kill and not as an orphan."""
-    python = require_pipeline_python()
-    _setup(driver, OK1)
-    assert _run(driver, OK1)["success"]
-    config = tmp_path / "docwatch.toml"
-    config.write_text(
-        f'data_root = "{tmp_path / "data"}"\nsettle_seconds = 0\nlog_level = "DEBUG"\n'
-        f'dagster_home = "{tmp_path / "home"}"\ndagster_python = "{python}"\n'
-    )
-    notify, log = NotifySocket(), tmp_path / "watch.log"
-    watch = watch_process(["--config", config], log, notify)
-    try:
-        reader = wait_until(
-            lambda: child_of(watch.pid, b"events.py") or watch.poll() is not None,
-            60,
-            0.002,
-            what="the events reader",
-        )
-        assert reader is not True, log.read_text()
+    with _daemon_with_its_events_reader(driver, tmp_path) as (watch, reader, notify, log):
         wait_until(lambda: notify.seen("READY=1") or watch.poll() is not None, 60, what="READY")
         assert "Dagster events read from" not in log.read_text(), "the read was too quick"
         for pid in (reader, watch.pid):  # as systemd does: the whole cgroup
             os.kill(pid, signal.SIGTERM)
         assert watch.wait(30) == 0, log.read_text()
-    finally:
-        kill_if_running(watch)
-        notify.close()
     text = log.read_text()
     assert f"dagster events reader (pid {reader}) ended (exit 0)" in text, text
     assert "WARNING" not in text and "Traceback" not in text, text
