@@ -841,11 +841,18 @@ def test_dagster_metadata_never_carries_nan_or_infinity(bad):
 
 
 @contextmanager
-def _daemon_with_its_events_reader(driver, tmp_path):
+def _daemon_with_its_events_reader(driver, tmp_path, slow_start: float = 0.0):
     """``docwatch watch`` on a real Dagster instance's run records, read through the pipeline
     venv's Python, once its events reader has started: (watch, reader's pid, notify, log);
-    the daemon is killed on the way out if it is still running."""
+    the daemon is killed on the way out if it is still running.  ``slow_start``: the
+    pipeline's Python starts that many seconds late (a cold venv), through a shell script
+    that then execs it."""
     python = require_pipeline_python()
+    if slow_start:
+        script = tmp_path / "slow-python"
+        script.write_text(f'#!/bin/sh\nsleep {slow_start}\nexec "{python}" "$@"\n')
+        script.chmod(0o755)
+        python = str(script)
     _setup(driver, OK1)
     assert _run(driver, OK1)["success"]
     config = tmp_path / "docwatch.toml"
@@ -895,15 +902,16 @@ def test_systemds_stop_leaves_the_events_reader_to_the_daemon(driver, tmp_path):
 
 
 def test_a_stop_while_the_events_reader_starts_waits_for_it(driver, tmp_path):
-    """systemd's stop right after start: the first read of the run records (Dagster's
-    import) takes longer than the poller's join, so the daemon must not close the reader's
-    pipes under the thread still reading them; it exits 0 with no warning, and its reader
-    ends at EOF (exit 0), not by a kill and not as an orphan."""
-    with _daemon_with_its_events_reader(driver, tmp_path) as (watch, reader, notify, log):
+    """systemd's stop right after start, as the units send it (``KillMode=mixed``: SIGTERM to
+    the daemon alone): the first read of the run records outlasts the poller's join, so the
+    daemon must not close the reader's pipes under the thread still reading them; it exits 0
+    with no warning, and its reader ends at EOF (exit 0), not by a kill and not as an orphan.
+    The reader starts 0.5 s late through a wrapper script, so its first answer comes after
+    READY=1 on any machine."""
+    with _daemon_with_its_events_reader(driver, tmp_path, 0.5) as (watch, reader, notify, log):
         wait_until(lambda: notify.seen("READY=1") or watch.poll() is not None, 60, what="READY")
         assert "Dagster events read from" not in log.read_text(), "the read was too quick"
-        for pid in (reader, watch.pid):  # as systemd does: the whole cgroup
-            os.kill(pid, signal.SIGTERM)
+        watch.send_signal(signal.SIGTERM)
         assert watch.wait(30) == 0, log.read_text()
     text = log.read_text()
     assert f"dagster events reader (pid {reader}) ended (exit 0)" in text, text

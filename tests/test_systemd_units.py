@@ -100,6 +100,7 @@ def test_required_settings(unit):
         "Restart": "on-failure",
         "TimeoutStopSec": "30",
         "KillSignal": "SIGTERM",
+        "KillMode": "mixed",  # SIGTERM to the daemon alone; it ends its children
         "User": "docwatch",
         "Group": "docwatch",
         "UMask": "0022",
