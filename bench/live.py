@@ -89,9 +89,6 @@ from livephases import (
 from livereport import summarise, table
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-sys.path.insert(0, str(REPO / "examples"))
 
 
 CONFIG = """\
@@ -291,7 +288,9 @@ def rss_floor() -> int:
 # ---------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The bench's options; their defaults are the daemon settings of every phase (also
+    ``bench/live_ab.py``'s)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one small round (< 1 min)")
     ap.add_argument("--rounds", type=int, help="rounds (default 3; --quick 1)")
@@ -325,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         help='a daemon setting for the burst, as a TOML line (e.g. batch_max_delay = "0ms"); '
         "repeatable; default: none (docwatch's defaults)",
     )
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     a = ap.parse_args(argv)
     if a.no_burst and a.burst_only:
         ap.error("--no-burst and --burst-only exclude each other")

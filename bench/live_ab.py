@@ -30,9 +30,7 @@ def one_run(work: Path, env: dict[str, str], files: int) -> dict:
     """A fresh daemon with ``env``: warm-up, then the sustained phase; its result."""
     data = live.fresh_root(work / "data")
     config = work / "live.toml"
-    live.write_config(
-        config, argparse.Namespace(settle_seconds=1, batch_max_delay="50ms", link=False)
-    )
+    live.write_config(config, live.parser().parse_args([]))  # live.py's phase settings
     daemon = Daemon(data, config, work / "watch.log", env=env)
     poller = None
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 from host import log, proc_status  # noqa: E402, F401  (re-exported for the live benches)
-from support import NotifySocket  # noqa: E402  (the same stand-in for systemd the tests use)
+from support import NotifySocket, children_of  # noqa: E402  (as the tests: systemd's socket, /proc)
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WRITERS = 10  # writer threads of every phase and of the burst
@@ -132,7 +132,7 @@ def proc_user_sys_s(pid: int) -> tuple[float, float]:
     helper of a catch-up pass, live or ended): the interpreter's share (user) apart from the
     kernel's (system: file creation, syncs, inotify)."""
     user, system = _user_sys_with_ended_children(pid)
-    for child in _live_children(pid):
+    for child in children_of(pid):
         try:
             u, s = _user_sys_with_ended_children(child)
         except (FileNotFoundError, ProcessLookupError):  # ended meanwhile: counted once reaped
@@ -146,17 +146,6 @@ def _user_sys_with_ended_children(pid: int) -> tuple[float, float]:
     fields = text[text.rindex(")") + 2 :].split()  # fields[0] is the state, field 3 of proc(5)
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return (utime + cutime) / CLK_TCK, (stime + cstime) / CLK_TCK
-
-
-def _live_children(pid: int) -> list[int]:
-    """Children started by any thread of ``pid`` (each thread lists its own)."""
-    pids: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            pids += [int(x) for x in (task / "children").read_text().split()]
-        except FileNotFoundError:
-            continue
-    return pids
 
 
 def machine_cpu_s() -> tuple[float, float]:

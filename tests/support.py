@@ -13,16 +13,29 @@ import time
 from pathlib import Path
 
 
-def child_of(pid: int, marker: bytes) -> int | None:
-    """The child of ``pid`` (started by any of its threads) whose command line holds
-    ``marker`` (None: none now)."""
+def children_of(pid: int) -> list[int]:
+    """The live children of ``pid``, started by any of its threads (each thread lists its own
+    in /proc); [] when ``pid`` is gone."""
+    pids: list[int] = []
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
-            for child in map(int, (task / "children").read_text().split()):
-                if marker in Path(f"/proc/{child}/cmdline").read_bytes():
-                    return child
+            try:
+                pids += map(int, (task / "children").read_text().split())
+            except (FileNotFoundError, ProcessLookupError):  # that thread ended meanwhile
+                continue
     except (FileNotFoundError, ProcessLookupError):
-        return None
+        return []
+    return pids
+
+
+def child_of(pid: int, marker: bytes) -> int | None:
+    """The child of ``pid`` whose command line holds ``marker`` (None: none now)."""
+    for child in children_of(pid):
+        try:
+            if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                return child
+        except (FileNotFoundError, ProcessLookupError):
+            continue
     return None
 
 
