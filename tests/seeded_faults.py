@@ -436,6 +436,20 @@ FAULTS = (
         ("-k", "made_early"),
     ),
     Fault(
+        "observer_queue_is_watchdogs",
+        "the observer's queue is watchdog's EventQueue again: repeats dropped, two Python "
+        "locks an event (half the event path's CPU)",
+        (
+            (
+                "live/inotify.py",
+                "        self._event_queue = EventFifo()  # before any watch",
+                "        pass  # before any watch",
+            ),
+        ),
+        ("tests/test_watch.py",),
+        ("-k", "queues_every_event"),
+    ),
+    Fault(
         "stale_chars_on_update",
         "updates keep stale raw_chars/parsed_chars",
         (

@@ -31,7 +31,7 @@ from docwatch.live.events import (
     OverflowDetector,
     WatchSet,
 )
-from docwatch.live.inotify import FifoInotifyObserver, UnpairedMoves
+from docwatch.live.inotify import EventFifo, FifoInotifyObserver, UnpairedMoves
 from docwatch.live.pending import PendingTable
 from docwatch.live.readiness import FileState, Policy, Verdict, decide
 from docwatch.live.sdnotify import Notifier
@@ -218,6 +218,52 @@ def test_the_daemon_s_observer_gives_every_rename_s_destination_once_and_stops(t
         obs.join(5)
     assert not stopper.is_alive(), "stopping hung: an emitter stayed blocked in its queue"
     assert not obs.is_alive() and emitters and not [e for e in emitters if e.is_alive()]
+
+
+class _HeldRecorder(_Recorder):
+    """Holds watchdog's dispatcher thread in its first event until ``release`` is set, so the
+    events after it wait in the observer's queue."""
+
+    def __init__(self):
+        super().__init__()
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def on_any_event(self, event):
+        if not self.holding.is_set():
+            self.holding.set()
+            self.release.wait(10)
+        super().on_any_event(event)
+
+
+def test_the_daemon_s_observer_queues_every_event_even_a_repeat(tmp_path):
+    """The observer's own queue is ``EventFifo`` for every emitter: watchdog's ``EventQueue``
+    drops an event equal to the one queued before it (and takes two Python locks an event).
+    A raw rewritten in place while its first close still waits gives both closes."""
+    watched = tmp_path / "w"
+    watched.mkdir()
+    rec = _HeldRecorder()
+    obs = FifoInotifyObserver()
+    obs.start()
+    try:
+        obs.schedule(rec, str(watched), recursive=False, event_filter=EVENT_FILTER)
+        raw = watched / "t_v1.txt"
+        raw.write_bytes(b"first")  # created, closed: the dispatcher holds the create
+        wait_until(rec.holding.is_set, 10, what="the dispatcher holds the first event")
+        time.sleep(0.2)  # the first close is queued behind it
+        raw.write_bytes(b"second")  # the same path closed again: an equal event
+        time.sleep(0.2)
+        rec.release.set()
+        closes = lambda: [e for e in rec.events if isinstance(e, FileClosedEvent)]  # noqa: E731
+        wait_until(lambda: len(closes()) >= 2, 5, what="both closes of the raw")
+        assert [e.src_path for e in closes()] == [str(raw), str(raw)]
+        assert isinstance(obs.event_queue, EventFifo)
+        assert [e._event_queue for e in obs.emitters] == [obs.event_queue]
+    finally:
+        rec.release.set()
+        obs.stop()
+        obs.join(5)
+    assert not obs.is_alive()
 
 
 def test_unpaired_moves_discards_on_overflow_but_keeps_a_close():

@@ -1,4 +1,5 @@
-"""watchdog's inotify observer, with each watch's events in a plain FIFO: renames left unpaired.
+"""watchdog's inotify observer, with each watch's events in a plain FIFO: renames left unpaired;
+and the observer's own queue a plain FIFO too.
 
 watchdog 7.1 pairs a rename's ``IN_MOVED_FROM`` with its ``IN_MOVED_TO`` in a queue per watch,
 by scanning that queue for the rename's cookie (twice per ``IN_MOVED_TO``, under its lock). In
@@ -12,6 +13,14 @@ was already gone: ``bench/README.md``, the live figures.)
 So each watch's events go through a ``SimpleQueue`` in the order inotify gave them; a file's
 ``IN_MOVED_FROM`` is dropped there (it names a path that no longer exists, which the handler
 ignores anyway); a directory's is kept (a folder moved away: the watches are re-armed).
+
+The observer's queue, from the emitter threads to its dispatcher thread, is watchdog's
+``EventQueue``: a ``queue.Queue`` that drops an event equal to the one put before it, taking
+two locks and a condition in Python for each event.  The emitter and the dispatcher contend for
+them under the GIL on every event: in ``bench/floor.py``'s event path they cost more than half
+of its CPU (bench/README.md, "Twenty-second pass").  Here it is a ``SimpleQueue`` (``EventFifo``,
+one C-level lock).  Nothing is dropped: a repeated event is delivered again, which the
+handler's queue and the pending table take as they take any repeat.
 """
 
 from __future__ import annotations
@@ -85,10 +94,20 @@ class _FifoEmitter(InotifyFullEmitter):
         )
 
 
+class EventFifo(queue.SimpleQueue):
+    """The observer's event queue: what watchdog calls on it (``put``, ``put_nowait``,
+    ``get``, ``task_done``), with no skipping of repeats and no per-event Python locks."""
+
+    def task_done(self) -> None:
+        """Nothing joins this queue: no count of unfinished events is kept."""
+
+
 class FifoInotifyObserver(InotifyObserver):
     """watchdog's ``InotifyObserver(generate_full_events=True)`` whose watches keep their
-    events in a FIFO (``UnpairedMoves``); everything else is watchdog's."""
+    events in a FIFO (``UnpairedMoves``), and whose own queue is a FIFO (``EventFifo``);
+    everything else is watchdog's."""
 
     def __init__(self) -> None:
         super().__init__(generate_full_events=True)
+        self._event_queue = EventFifo()  # before any watch: each emitter is given this queue
         self._emitter_class = _FifoEmitter  # BaseObserver.schedule makes each watch's emitter
