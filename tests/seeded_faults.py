@@ -882,11 +882,19 @@ FAULTS = (
     ),
     Fault(
         "rescan_unpacks_three_ledger_columns",
-        "a rescan unpacks a ledger row as (name, size, mtime): PostgreSQL's rows have more "
+        "a rescan unpacks a ledger row as (relpath, size, mtime): PostgreSQL's rows have more "
         "columns, so its rescans fail",
         (("ingest/listing.py", "size, mtime_ns = row[1], row[2]", "_, size, mtime_ns = row"),),
         ("tests/test_listing.py",),
         ("-k", "ledger_versions"),
+    ),
+    Fault(
+        "rescan_ledger_keyed_by_name",
+        "a rescan matches the ledger's rows (keyed by relpath) against bare names: no file is "
+        "ever known, and every rescan reads and hashes the whole tree again",
+        (("ingest/listing.py", "        relpath = prefix + name\n", "        relpath = name\n"),),
+        ("tests/test_listing.py",),
+        ("-k", "ledger_versions or bigger_than_a_run"),
     ),
     Fault(
         "events_reader_takes_the_groups_sigterm",

@@ -220,11 +220,11 @@ def test_sqlite_streams_the_ledger_and_doc_ids_as_the_paged_reads_do(tmp_path):
     streamed = [tuple(r) for r in index.ledger_in_folder(folder, page=2)]
     paged = [tuple(r[:3]) for r in SweepQueries.ledger_in_folder(index, folder, page=2)]
     assert streamed == paged
-    assert [(name, size) for name, size, _ in streamed] == [
-        ("a_v1.txt", 10),
-        ("b_v1.txt", 11),
-        ("b_v1.txt", 10),
-        ("c_v2.txt", 10),
+    assert [(relpath, size) for relpath, size, _ in streamed] == [
+        (f"{folder}/a_v1.txt", 10),
+        (f"{folder}/b_v1.txt", 11),
+        (f"{folder}/b_v1.txt", 10),
+        (f"{folder}/c_v2.txt", 10),
     ]
     ids = [f"{i:016d}" for i in range(7)]
     index.executemany(

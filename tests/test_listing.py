@@ -83,7 +83,7 @@ def test_a_folder_bigger_than_a_run_lists_each_task_together(tmp_path, monkeypat
     st_known = known.stat()
 
     def ledger(folder):
-        return [("a_b_v1.txt", st_known.st_size, st_known.st_mtime_ns)] if folder == "d" else []
+        return [("d/a_b_v1.txt", st_known.st_size, st_known.st_mtime_ns)] if folder == "d" else []
 
     def listed():
         counts = Counter()
@@ -117,8 +117,8 @@ def test_the_merge_skips_a_name_whose_stat_is_one_of_its_ledger_versions(
     versions, extra_columns, tmp_path_factory
 ):
     """A known name is skipped (counted as indexed) when its regular file's size and mtime
-    are those of any of its ledger rows, whichever version and however many columns a row
-    has; anything else, a symlink with its own stat in the ledger and a name that vanished
+    are those of any of its ledger rows (keyed by relpath: the folder, then the name),
+    whichever version and however many columns a row has; anything else, a symlink with its own stat in the ledger and a name that vanished
     included, is yielded for the probe, in name order."""
     folder = tmp_path_factory.mktemp("merge")
     for name, data in FILES.items():
@@ -136,7 +136,7 @@ def test_the_merge_skips_a_name_whose_stat_is_one_of_its_ledger_versions(
                 "other size": (own[0] + 1, own[1]),
                 "other mtime": (own[0], own[1] - 1),
             }[v]
-            rows.append((name, size, mtime, *range(extra_columns)))
+            rows.append((f"s/raw/{name}", size, mtime, *range(extra_columns)))
         if not (name in FILES and "own" in versions[name]):
             expected.append(name)  # unknown, changed, not a regular file, or vanished
     counts: Counter = Counter()

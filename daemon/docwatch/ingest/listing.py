@@ -25,7 +25,9 @@ from docwatch.ingest.sources import Candidate
 
 log = logging.getLogger("docwatch.sources")
 
-#: Ledger rows of one folder: (name, seen_size, seen_mtime_ns, …), ordered by name.
+#: Ledger rows of one folder: (relpath, seen_size, seen_mtime_ns, …), ordered by relpath.
+#: The whole relpath, not the name: SQLite's ``substr`` cost more per row (0.37 µs) than the
+#: merge's own ``prefix + name`` (bench/README.md, "Twenty-second pass").
 LedgerRows = Callable[[str], Iterable[Sequence]]
 _KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 
@@ -95,22 +97,25 @@ def _merge_with_ledger(
     fd: int,
     counts: Counter,
 ) -> Iterator[str]:
-    """The names the ledger does not know with their current stat (both sides sorted by
-    name; a name has one ledger row per version of its bytes)."""
+    """The names the ledger does not know with their current stat (both sides sorted: the
+    names, and the rows by relpath, the folder's ``role.folder/`` before each name; a name has
+    one ledger row per version of its bytes)."""
     rows = iter(ledger_rows)
     row = next(rows, None)
     indexed = 0
     lstat, is_file = os.lstat, stat.S_ISREG
+    prefix = f"{role.folder}/"
     for name in names:
-        while row is not None and row[0] < name:
+        relpath = prefix + name
+        while row is not None and row[0] < relpath:
             row = next(rows, None)
-        if row is None or row[0] != name:
+        if row is None or row[0] != relpath:
             yield name
             continue
         size, mtime_ns = row[1], row[2]
         more: list | None = None  # the name's other versions (rare: most names have one)
         row = next(rows, None)
-        while row is not None and row[0] == name:
+        while row is not None and row[0] == relpath:
             more = more or []
             more.append((row[1], row[2]))
             row = next(rows, None)

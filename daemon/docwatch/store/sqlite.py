@@ -73,9 +73,9 @@ class SqliteIndex(Index):
         covering index as rows are fetched, so nothing is held and no page re-seeks."""
         low, high = folder_range(folder)
         yield from self._stream(
-            "SELECT substr(relpath, ?), seen_size, seen_mtime_ns FROM sources"
+            "SELECT relpath, seen_size, seen_mtime_ns FROM sources"
             " WHERE relpath >= ? AND relpath < ? ORDER BY relpath, sha256",
-            (len(low) + 1, low, high),
+            (low, high),
             page,
         )
 

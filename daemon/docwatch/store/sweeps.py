@@ -21,25 +21,22 @@ class SweepQueries:
     byte_order = ""
 
     def ledger_in_folder(self, folder: str, page: int = 5000) -> Iterator[Sequence]:
-        """Rows (name, seen_size, seen_mtime_ns, …) of the sources in ``folder``, the name
-        relative to it, ordered by name, read a page at a time (memory stays flat in the
-        ledger's size)."""
+        """Rows (relpath, seen_size, seen_mtime_ns, …) of the sources in ``folder``, ordered by
+        relpath, read a page at a time (memory stays flat in the ledger's size)."""
         rel = f"relpath{self.byte_order}"
         sql = (
-            "SELECT substr(relpath, ?), seen_size, seen_mtime_ns, sha256 FROM sources"
+            "SELECT relpath, seen_size, seen_mtime_ns, sha256 FROM sources"
             f" WHERE {rel} >= ? AND {rel} < ? AND ({rel} > ? OR ({rel} = ? AND sha256 > ?))"
             f" ORDER BY {rel}, sha256 LIMIT ?"
         )
         low, high = folder_range(folder)
         last = (low, "")
         while True:
-            rows = self.execute(
-                sql, (len(low) + 1, low, high, last[0], last[0], last[1], page)
-            ).fetchall()
+            rows = self.execute(sql, (low, high, last[0], last[0], last[1], page)).fetchall()
             yield from rows
             if len(rows) < page:
                 return
-            last = (low + rows[-1][0], rows[-1][3])
+            last = (rows[-1][0], rows[-1][3])
 
     def doc_ids(self, page: int = 10000) -> Iterator[str]:
         """Every doc_id, in order, a page at a time (read from the primary key alone: no
