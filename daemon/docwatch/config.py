@@ -9,11 +9,8 @@ to ``data_root``.  An empty ``DOCWATCH_*`` variable counts as not given.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
-import socket
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +120,8 @@ def _show(value: object) -> str:
 
 def _unknown(name: str, known: list[str], origin: str) -> str:
     """The message for an unknown key, with a suggestion when one is close."""
+    import difflib  # here, not at the top: every command's start would pay for it
+
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     return f"{name} (from {origin}): unknown key{hint}"
@@ -221,6 +220,8 @@ class _Layers:
 
 def _read_toml(path: Path, problems: list[str]) -> dict[str, object]:
     """The parsed file, or {} after recording why it cannot be read."""
+    import tomllib  # here: a command given no config file does not pay for it
+
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -253,6 +254,16 @@ def load_config(
     return _build(layers)
 
 
+def _host_name() -> str:
+    """The host's name: uname's nodename, which is what gethostname(2) returns, without
+    importing ``socket`` (4 ms of every command's start) where there is a uname."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 def _build(layers: _Layers) -> Config:
     """The Config from validated layers, defaults filled in."""
     values = {key: layers.values.get(key, default) for key, (_, default) in _FIELDS.items()}
@@ -260,7 +271,7 @@ def _build(layers: _Layers) -> Config:
     assert isinstance(data_root, Path)
     values["db"] = values["db"] or data_root / "db" / "documents.sqlite"
     values["docs_root"] = values["docs_root"] or data_root / "docs"
-    values["instance_name"] = values["instance_name"] or socket.gethostname() or "local"
+    values["instance_name"] = values["instance_name"] or _host_name() or "local"
     keys = [*_FIELDS, *(f"folders.{stage}.{kind}" for stage in STAGES for kind in KINDS)]
     sources = {key: layers.sources.get(key, "default") for key in keys}
     return Config(**values, folders=layers.folders, sources=sources)  # type: ignore[arg-type]

@@ -25,17 +25,18 @@ SortKey = Callable[[str], Any] | None
 _ENCODING, _ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
-def sorted_names(names: Iterable[str], key: SortKey = None) -> Iterator[str]:
-    """``names`` in ``sorted(names, key=key)`` order, holding about ``RUN_NAMES`` at a time
-    (a name is a file name: any characters but NUL and ``/``)."""
+def sorted_names(names: Iterable[str], key: SortKey = None, runs_of: int = 1) -> Iterator[str]:
+    """``names`` in ``sorted(names, key=key)`` order, holding about ``runs_of × RUN_NAMES``
+    at a time (a name is a file name: any characters but NUL and ``/``)."""
     source = iter(names)
     spilled: list[IO[bytes]] = []
+    size = runs_of * RUN_NAMES
     try:
-        run = list(itertools.islice(source, RUN_NAMES))
+        run = list(itertools.islice(source, size))
         while (after := next(source, None)) is not None:  # more to come: spill this run
             run.sort(key=key)
             spilled.append(_spill(run))
-            run = [after, *itertools.islice(source, RUN_NAMES - 1)]
+            run = [after, *itertools.islice(source, size - 1)]
         run.sort(key=key)
         if not spilled:
             yield from run
