@@ -450,6 +450,19 @@ FAULTS = (
         ("-k", "queues_every_event"),
     ),
     Fault(
+        "writer_lock_rewritten_every_batch",
+        "the writer lock's file is truncated and written at every batch (137 µs a take on "
+        "ext4, and a dirty file for every batch's syncfs)",
+        (
+            (
+                "store/locks.py",
+                "        if os.pread(fd, len(pid) + 1, 0) != pid:\n",
+                "        if True:\n",
+            ),
+        ),
+        ("tests/test_locks.py",),
+    ),
+    Fault(
         "stale_chars_on_update",
         "updates keep stale raw_chars/parsed_chars",
         (

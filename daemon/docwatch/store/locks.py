@@ -30,8 +30,7 @@ class FileLock:
 
         ``sleep`` lets a daemon keep its watchdog fed (and honour a stop) while it waits.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         mode = fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
@@ -50,10 +49,27 @@ class FileLock:
                     raise
                 delay = min(delay * 2, 0.1)
         if not self.shared:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            self._say_holder(fd)
         self._fd = fd
         return True
+
+    def _open(self) -> int:
+        """The lock file, made with its folder the first time (a writer takes its lock every
+        batch: trying the open first spares each one a ``mkdir`` that fails)."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    @staticmethod
+    def _say_holder(fd: int) -> None:
+        """Our pid in the file, for ``holder``; not written again when the file already says
+        so (the writer's next batch): a write would dirty the file for every batch's sync."""
+        pid = f"{os.getpid()}\n".encode()
+        if os.pread(fd, len(pid) + 1, 0) != pid:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pid, 0)
 
     def release(self) -> None:
         if self._fd is not None:
