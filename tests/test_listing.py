@@ -118,8 +118,9 @@ def test_the_merge_skips_a_name_whose_stat_is_one_of_its_ledger_versions(
 ):
     """A known name is skipped (counted as indexed) when its regular file's size and mtime
     are those of any of its ledger rows (keyed by relpath: the folder, then the name),
-    whichever version and however many columns a row has; anything else, a symlink with its own stat in the ledger and a name that vanished
-    included, is yielded for the probe, in name order."""
+    whichever version and however many columns a row has; anything else, a symlink with its
+    own stat in the ledger and a name that vanished included, is yielded for the probe, in
+    name order."""
     folder = tmp_path_factory.mktemp("merge")
     for name, data in FILES.items():
         (folder / name).write_bytes(data)
