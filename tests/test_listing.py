@@ -49,17 +49,20 @@ NAME = st.one_of(TEXT, TEXT.map(lambda task: f"{task}_v1.txt"))  # a task's file
 @given(
     names=st.lists(NAME, max_size=40),
     run=st.integers(min_value=1, max_value=7),
+    runs_of=st.integers(min_value=1, max_value=3),
     block=st.integers(min_value=1, max_value=9),
     by_task=st.booleans(),
 )
-def test_sorted_names_in_runs_is_sorted(names, run, block, by_task, monkeypatch_module):
-    """Whatever the run size (spilled to temporary files or not) and wherever a read of a
-    spilled run cuts a name or a character, the order is ``sorted``'s, for any file name
-    (undecodable bytes, newlines, two-byte characters) and for the task order."""
+def test_sorted_names_in_runs_is_sorted(names, run, runs_of, block, by_task, monkeypatch_module):
+    """Whatever the run size (spilled to temporary files or not; a multiple of ``RUN_NAMES``
+    as the doc ids' check asks) and wherever a read of a spilled run cuts a name or a
+    character, the order is ``sorted``'s, for any file name (undecodable bytes, newlines,
+    two-byte characters) and for the task order."""
     monkeypatch_module.setattr(sortedruns, "RUN_NAMES", run)
     monkeypatch_module.setattr(sortedruns, "READ_BYTES", block)
     key = listing._by_task if by_task else None
-    assert list(sortedruns.sorted_names(iter(names), key=key)) == sorted(names, key=key)
+    got = list(sortedruns.sorted_names(iter(names), key=key, runs_of=runs_of))
+    assert got == sorted(names, key=key)
 
 
 @given(ids=NAMES, names=NAMES, page=st.integers(min_value=1, max_value=6))
