@@ -11,14 +11,22 @@ from docwatch.store.locks import FileLock, writer_lock
 PAST_NS = 1_600_000_000 * 10**9  # an mtime well in the past: a write would move it
 
 
+#: A child that tries the lock once: exit 0 when it got it (then released), 3 when refused.
+TRY_LOCK = (
+    "import sys; from pathlib import Path; from docwatch.store.locks import FileLock\n"
+    "lock = FileLock(Path(sys.argv[1]))\n"
+    "sys.exit(0 if lock.acquire(timeout=0) else 3)\n"
+)
+
+
+def _try_in_another_process(path) -> int:
+    """The exit status of a child process that tries the lock at ``path`` once."""
+    return subprocess.run([sys.executable, "-c", TRY_LOCK, str(path)], timeout=60).returncode
+
+
 def _take_in_another_process(path) -> int:
-    """Take and release the lock in a child; its pid."""
-    code = (
-        "import sys; from pathlib import Path; from docwatch.store.locks import FileLock\n"
-        "lock = FileLock(Path(sys.argv[1])); assert lock.acquire(timeout=5); lock.release()\n"
-    )
-    child = subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
-    assert child.returncode == 0
+    """Take the lock in a child (released as it exits); its pid, as the file says."""
+    assert _try_in_another_process(path) == 0
     return int(path.read_text())
 
 
@@ -51,14 +59,9 @@ def test_a_held_lock_is_refused_to_another_process_and_shared_locks_share(tmp_pa
     path = tmp_path / "x.lock"
     held = FileLock(path)
     assert held.acquire(timeout=0)
-    code = (
-        "import sys; from pathlib import Path; from docwatch.store.locks import FileLock\n"
-        "sys.exit(0 if FileLock(Path(sys.argv[1])).acquire(timeout=0) else 3)\n"
-    )
-    refused = subprocess.run([sys.executable, "-c", code, str(path)], timeout=60)
-    assert refused.returncode == 3
+    assert _try_in_another_process(path) == 3
     held.release()
-    assert subprocess.run([sys.executable, "-c", code, str(path)], timeout=60).returncode == 0
+    assert _try_in_another_process(path) == 0
     a, b = FileLock(tmp_path / "s.lock", shared=True), FileLock(tmp_path / "s.lock", shared=True)
     assert a.acquire(timeout=0) and b.acquire(timeout=0)
     a.release()

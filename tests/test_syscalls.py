@@ -10,7 +10,7 @@
   data/".
   The task tables and templates (``2_tasks``, ``1_raw``) are checked apart from the pipeline's
   output folders, so that one finding does not hide the other.  A scan and a rescan run again
-  with runs of 3 names, so that every folder is sorted the way a folder of more than 32,768
+  with runs of 3 names, so that every folder is sorted the way a folder of more than 8,192
   files is: in runs spilled to temporary files (which must be anonymous and outside the data
   root).
 * atime: on a ``relatime`` mount a plain read of a file whose atime is older than its mtime
@@ -328,7 +328,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 #: ``docwatch`` with sorted runs of 3 names, so that a small tree's folders are sorted by
 #: spilling runs to temporary files and merging them (``ingest/sortedruns.py``): the path a
-#: tree of more than 32,768 files a folder takes.
+#: tree of more than ``RUN_NAMES`` (8,192) files a folder takes.
 SPILLING_DOCWATCH = (
     PYTHON,
     "-c",
