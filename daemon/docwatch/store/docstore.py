@@ -113,7 +113,7 @@ class DocStore:
         return folder / doc_id
 
     def begin(self) -> Batch:
-        self.staging_root.mkdir(parents=True, exist_ok=True, mode=self.dir_mode)
+        """A new batch in its own staging directory (the staging root is made when missing)."""
         return Batch(self, self.staging_root / uuid.uuid4().hex)
 
     def recover(self, intents: list[dict]) -> int:
@@ -157,7 +157,11 @@ class Batch:
         self.root = root
         self.documents: list[StagedDocument] = []
         self._lock = threading.Lock()  # documents are staged on several I/O threads
-        root.mkdir(mode=store.dir_mode)
+        try:
+            root.mkdir(mode=store.dir_mode)
+        except FileNotFoundError:  # the first batch, or the staging root was removed
+            store.staging_root.mkdir(parents=True, exist_ok=True, mode=store.dir_mode)
+            root.mkdir(mode=store.dir_mode)
 
     def stage(
         self,
@@ -309,7 +313,12 @@ class Batch:
             faults.point("replaced_synced")
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Remove the batch's staging directory: one ``rmdir`` when every document left it
+        (renamed into place), else the whole tree."""
+        try:
+            os.rmdir(self.root)
+        except OSError:
+            shutil.rmtree(self.root, ignore_errors=True)
         faults.point("cleaned")
 
     def _sync(self, directories: set[Path]) -> None:
