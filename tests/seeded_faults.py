@@ -82,12 +82,45 @@ FAULTS = (
             ),
             (
                 "ingest/writer.py",
-                "            task_of = {c.doc_id: c.info.task_id for c in kept}\n",
-                "            task_of = {c.doc_id: c.info.task_id for c in kept}\n"
-                "            batch.publish()\n",
+                "        task_of = {c.doc_id: c.info.task_id for c in kept}\n",
+                "        task_of = {c.doc_id: c.info.task_id for c in kept}\n"
+                "        batch.publish()\n",
             ),
         ),
         ("tests/test_crash.py::test_durable_steps_in_order",),
+    ),
+    Fault(
+        "intents_flush_left_to_another_filesystem",
+        "the intents' commit is left unflushed for the documents' syncfs even when the index is "
+        "on another filesystem (that syncfs never flushes it: intents not durable before the "
+        "renames)",
+        (
+            (
+                "store/sqlite.py",
+                "            return os.stat(path).st_dev == os.stat(self.path.parent).st_dev\n",
+                "            return True\n",
+            ),
+        ),
+        ("tests/test_syscalls.py",),
+        ("-k", "durable_order or another_filesystem"),
+    ),
+    Fault(
+        "intents_written_after_the_syncfs",
+        "the unflushed intents' commit comes after the batch's syncfs instead of before it (so "
+        "nothing flushes the intents before the renames)",
+        (
+            (
+                "ingest/writer.py",
+                "            with self.index.transaction(flush=False):\n"
+                "                self.index.put_intents(self.writer_id, rows)\n"
+                "            batch.sync_staged()\n",
+                "            batch.sync_staged()\n"
+                "            with self.index.transaction(flush=False):\n"
+                "                self.index.put_intents(self.writer_id, rows)\n",
+            ),
+        ),
+        ("tests/test_syscalls.py",),
+        ("-k", "durable_order or another_filesystem"),
     ),
     Fault(
         "sync_noop",

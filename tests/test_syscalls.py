@@ -17,7 +17,9 @@
   updates the atime; a scan must not (O_NOATIME honoured).
 * Durable before visible, by syscalls (``strace`` plus ``DOCWATCH_TRACE`` markers, which show
   up in the syscall stream as writes to the trace file): staged files synced before the intents
-  commit; documents renamed into place only after it and synced before the rows commit;
+  commit, or, for an index on the documents' filesystem, the intents written to the ``-wal``
+  unflushed just before the batch's syncfs (never for an index on another filesystem: tmpfs
+  here); documents renamed into place only after it and synced before the rows commit;
   replacements of visible files only after the rows commit, and synced before the intents
   are cleared.
 * The suite's configuration turns an exception in a test's thread into a failure.
@@ -37,6 +39,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,10 +317,11 @@ class Traced:
     calls: list[Call]
     strace_file: Path
     log: str = ""
+    index: Path | None = None  # ``--db``, when not the default
 
     @property
     def db(self) -> Path:
-        return self.data_root / "db" / "documents.sqlite"
+        return self.index or self.data_root / "db" / "documents.sqlite"
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -346,15 +350,17 @@ def traced_scan(
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     docwatch: tuple[str, ...] = (PYTHON, "-m", "docwatch"),
+    db: Path | None = None,
 ) -> Traced:
     out = tmp / f"strace-{label}.txt"
     argv = strace_argv(out, syscalls) + [*docwatch, "scan", "--json"]
-    argv += ["--data-root", str(data_root), *extra]
+    argv += ["--data-root", str(data_root), *extra, *(["--db", str(db)] if db else [])]
     proc = subprocess.run(
         argv, cwd=tmp, env=env or clean_env(), capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == 0, f"traced scan failed (rc {proc.returncode}):\n{proc.stderr}"
-    return Traced(label, data_root, tmp, parse_strace(out), out, proc.stdout + proc.stderr)
+    log = proc.stdout + proc.stderr
+    return Traced(label, data_root, tmp, parse_strace(out), out, log, db)
 
 
 def children_of(pid: int) -> list[int]:
@@ -676,7 +682,7 @@ def second_state(data: Path) -> None:
 class Event:
     """A step of the write path, as syscalls show it."""
 
-    kind: str  # staged | sync | fsync | commit | rename | unlink | marker
+    kind: str  # staged | sync | fsync | wal | commit | rename | unlink | marker
     start: int
     end: int
     paths: tuple[str, ...] = ()
@@ -686,7 +692,7 @@ class Event:
 
 def durable_events(run: Traced, trace_file: Path) -> list[Event]:
     """The syscalls that matter for durability, in order; consecutive syncs of the SQLite
-    files form one ``commit``."""
+    files form one ``commit``; a write to the ``-wal`` file is a ``wal`` event."""
     docs, db = run.data_root / "docs", run.db
     staging = str(docs / ".tmp") + os.sep
     db_files = {str(db), f"{db}-wal", f"{db}-journal", str(db.parent)}
@@ -701,6 +707,8 @@ def durable_events(run: Traced, trace_file: Path) -> list[Event]:
                 events.append(Event("marker", c.start, c.end, marker=marker))
             elif target and target.startswith(staging):
                 events.append(Event("staged", c.start, c.end, (target,)))
+            elif target == f"{db}-wal":
+                events.append(Event("wal", c.start, c.end, (target,)))
         elif c.name == "openat" and "O_CREAT" in open_flags(c):
             path = c.ret_path()
             if path and path.startswith(staging):
@@ -742,12 +750,18 @@ def _synced(events: list[Event], after: int, before: int, files: set[str]) -> bo
 
 def check_batches(run: Traced, trace_file: Path, existing: set[str]) -> dict[str, int]:
     """Check each batch (``staged`` … ``cleaned`` markers); ``existing``: the document files
-    there were before the run (a rename onto one of them is a replacement)."""
+    there were before the run (a rename onto one of them is a replacement).
+
+    The intents are durable either by their own commit (a ``-wal`` fsync after a syncfs of
+    the staged files), or, where the index is on the staging's filesystem, by the batch's
+    syncfs after their ``-wal`` write (one flush for both; ``intents_by_syncfs`` counts
+    those batches)."""
     events = durable_events(run, trace_file)
     markers = [e for e in events if e.kind == "marker"]
     cleaned = [e.end for e in markers if e.marker == "cleaned"]
     assert sum(e.marker == "staged" for e in markers) == len(cleaned) > 0, markers
-    totals = {"batches": 0, "created": 0, "added": 0, "replaced": 0}
+    same_fs = os.stat(run.db.parent).st_dev == os.stat(run.data_root / "docs").st_dev
+    totals = {"batches": 0, "created": 0, "added": 0, "replaced": 0, "intents_by_syncfs": 0}
     lower = -1
     for upper in cleaned:
         window = [e for e in events if lower < e.start and e.end <= upper]
@@ -759,25 +773,39 @@ def check_batches(run: Traced, trace_file: Path, existing: set[str]) -> dict[str
         staged = [e for e in window if e.kind == "staged"]
         assert staged, f"{where}: no staged file written"
         last_staged = staged[-1].end
-        commits = [e for e in window if e.kind == "commit" and e.start > last_staged]
-        assert commits, f"{where}: no SQLite commit (-wal fsync) after the files were staged"
-        intents = commits[0]
+        marked = [e for e in window if e.kind == "marker" and e.marker == "intents_committed"]
+        assert marked, f"{where}: no intents_committed marker"
+        intents_at = marked[0]
+        wal = [e for e in window if e.kind == "wal" and last_staged < e.start < intents_at.start]
+        assert wal, f"{where}: no intents written to the -wal file after the files were staged"
         files = {p for e in staged for p in e.paths}
-        synced = _synced(window, last_staged, intents.start, files)
+        synced = _synced(window, last_staged, intents_at.start, files)
         assert synced, (
             f"{where}: no syncfs (nor an fsync of each staged file) between the last staged "
             "write and the intents commit"
         )
+        flushes = [e for e in window if wal[-1].end < e.start and e.end < intents_at.start]
+        if not any(e.kind == "commit" for e in flushes):  # no -wal fsync: left to the syncfs
+            assert any(e.kind == "sync" for e in flushes), (
+                f"{where}: the intents written to the -wal file were never flushed before the "
+                "renames (no fsync, no syncfs)"
+            )
+            assert same_fs, (
+                f"{where}: the intents' commit was left to a syncfs of the documents' "
+                f"filesystem, but the index {run.db} is on another one: not durable"
+            )
+            totals["intents_by_syncfs"] += 1
         renames = [e for e in window if e.kind == "rename"]
-        early = [e.paths[1] for e in renames if e.start < intents.end]
+        early = [e.paths[1] for e in renames if e.start < intents_at.end]
         assert not early, f"{where}: renamed into docs/ before the intents commit: {early[:3]}"
+        commits = [e for e in window if e.kind == "commit" and e.start > intents_at.end]
+        assert commits, f"{where}: no rows commit after the intents commit"
+        rows = commits[0]
         publish = [e for e in renames if e.paths[1] not in existing]
         replace = [e for e in renames if e.paths[1] in existing]
-        assert len(commits) >= 2, f"{where}: no rows commit after the intents commit"
-        rows = commits[1]
         late = [e.paths[1] for e in publish if e.end > rows.start]
         assert not late, f"{where}: new directories/files renamed after the rows commit: {late}"
-        last_publish = max([e.end for e in publish], default=intents.end)
+        last_publish = max([e.end for e in publish], default=intents_at.end)
         dirs = {os.path.dirname(e.paths[1]) for e in publish}
         synced = _synced(window, last_publish, rows.start, dirs)
         assert synced, (
@@ -789,10 +817,10 @@ def check_batches(run: Traced, trace_file: Path, existing: set[str]) -> dict[str
         early = [e.paths[-1] for e in visible_changes if e.start < rows.end]
         assert not early, f"{where}: visible files replaced/removed before the rows commit: {early}"
         if visible_changes:
-            assert len(commits) >= 3, f"{where}: replacements done, intents never cleared"
+            assert len(commits) >= 2, f"{where}: replacements done, intents never cleared"
             last = max(e.end for e in visible_changes)
             dirs = {os.path.dirname(e.paths[-1]) for e in visible_changes}
-            synced = _synced(window, last, commits[2].start, dirs)
+            synced = _synced(window, last, commits[1].start, dirs)
             assert synced, (
                 f"{where}: no syncfs between the last replacement and the intents clearing"
             )
@@ -824,6 +852,8 @@ def test_durable_order_of_a_batch_by_syscalls(tmp_path):
     first = traced_scan(tmp_path, data, ORDER_TRACE, label="first", env=env)
     one = check_batches(first, trace, set())
     assert one["created"] == len(TASKS) and one["replaced"] == 0, one
+    # The index beside the documents: each batch's syncfs also makes its intents durable.
+    assert one["intents_by_syncfs"] == one["batches"], one
 
     second_state(data)
     existing = doc_files(data / "docs")
@@ -845,6 +875,31 @@ def test_durable_order_of_a_batch_by_syscalls(tmp_path):
             second.db, f"SELECT doc_dir FROM documents WHERE task_id = '{task}' AND status='ok'"
         )[0]
         assert (data / doc_dir / "prompt.txt").read_text().startswith("prompt two")
+
+
+def test_an_index_on_another_filesystem_flushes_its_own_intents(tmp_path):
+    """The documents' syncfs does not flush an index on another filesystem (here tmpfs): each
+    batch's intents are committed with their own -wal fsync, after the staged files' syncfs
+    and before any rename (``Index.flushed_by_syncfs``)."""
+    require_strace()
+    shm = Path("/dev/shm")
+    assert shm.is_dir() and os.stat(shm).st_dev != os.stat(tmp_path).st_dev, (
+        "/dev/shm must be a filesystem of its own (tmpfs) for this test"
+    )
+    data = tmp_path / "data"
+    first_state(data)
+    trace = tmp_path / "points.trace"
+    env = clean_env(DOCWATCH_TRACE=str(trace))
+    index_dir = Path(tempfile.mkdtemp(prefix="docwatch-index-", dir=shm))
+    try:
+        run = traced_scan(
+            tmp_path, data, ORDER_TRACE, label="tmpfs-index", env=env, db=index_dir / "i.sqlite"
+        )
+        totals = check_batches(run, trace, set())
+    finally:
+        shutil.rmtree(index_dir, ignore_errors=True)
+    assert totals["created"] == len(TASKS), totals
+    assert totals["intents_by_syncfs"] == 0, totals
 
 
 # --- 4. a failure in a test's thread fails the test -------------------------------------------

@@ -4,7 +4,8 @@ A batch is durable before it is visible.  Its protocol, each step a fault-seam p
 
 1. ``stage`` every new file under the writer's staging directory, then ``sync_staged``
    (one ``syncfs`` for the batch);
-2. the caller commits *intents* (what the batch will touch, and how to finish or undo it);
+2. the caller commits *intents* (what the batch will touch, and how to finish or undo it;
+   an index the batch's ``syncfs`` also flushes writes them just before step 1's sync);
 3. ``publish``: new document directories, and files new to an existing directory, are renamed
    into place, then the renames are synced.  Nothing a visible row references has changed;
 4. the caller commits the rows (and marks the intents committed in the same transaction);
@@ -280,9 +281,11 @@ class Batch:
         for staged in self.documents:
             target = self.store.doc_path(staged.stage, staged.doc_id)
             if staged.op is Op.CREATE:
-                if target.parent not in touched:
+                try:
+                    _rename_over_dir(staged.staged_dir, target)
+                except FileNotFoundError:  # the stage's folder is not there yet: make it
                     target.parent.mkdir(parents=True, exist_ok=True, mode=self.store.dir_mode)
-                _rename_over_dir(staged.staged_dir, target)
+                    _rename_over_dir(staged.staged_dir, target)
                 touched.add(target.parent)
             else:
                 for name in staged.add:

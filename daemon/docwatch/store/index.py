@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from docwatch.core.clock import now_iso
@@ -137,18 +138,34 @@ class Index(SweepQueries, WriterRecords):
         return None if row is None else next(iter(dict(row).values()))
 
     @contextmanager
-    def transaction(self) -> Iterator[Index]:
-        """One write transaction, rolled back on any error."""
-        self.con.execute(self.begin_sql)
-        self._in_transaction = True
+    def transaction(self, *, flush: bool = True) -> Iterator[Index]:
+        """One write transaction, rolled back on any error.  ``flush=False``: the commit is
+        written but not flushed to the disk; only for a caller whose next step is a ``syncfs``
+        that ``flushed_by_syncfs`` says covers this index."""
+        if not flush:
+            self._flush_commits(False)
         try:
-            yield self
-        except BaseException:
+            self.con.execute(self.begin_sql)
+            self._in_transaction = True
+            try:
+                yield self
+            except BaseException:
+                self._in_transaction = False
+                self.con.execute("ROLLBACK")
+                raise
             self._in_transaction = False
-            self.con.execute("ROLLBACK")
-            raise
-        self._in_transaction = False
-        self.con.execute("COMMIT")
+            self.con.execute("COMMIT")
+        finally:
+            if not flush:
+                self._flush_commits(True)
+
+    def flushed_by_syncfs(self, path: str | Path) -> bool:
+        """Whether a ``syncfs`` of the filesystem holding ``path`` also makes this index's
+        commits durable (an index file on that filesystem: yes; a server: never)."""
+        return False
+
+    def _flush_commits(self, on: bool) -> None:
+        """Whether each commit flushes itself (on, the default); a server always does."""
 
     def close(self) -> None:
         self.con.close()

@@ -55,6 +55,17 @@ class SqliteIndex(Index):
         for size, chunk in row_chunks(rows, values_at_once(self.con) // len(rows[0])):
             self.con.execute(values_rows_sql(text, size), [v for row in chunk for v in row])
 
+    def flushed_by_syncfs(self, path: str | Path) -> bool:
+        """The index file (and its ``-wal``) on the filesystem of ``path``: the same device."""
+        try:
+            return os.stat(path).st_dev == os.stat(self.path.parent).st_dev
+        except OSError:
+            return False
+
+    def _flush_commits(self, on: bool) -> None:
+        # NORMAL in WAL mode: a commit is written to the -wal file, not fsynced.
+        self.con.execute(f"PRAGMA synchronous = {'FULL' if on else 'NORMAL'}")
+
     def close(self) -> None:
         super().close()
         if not self.readonly:
