@@ -33,6 +33,7 @@ from pathlib import Path
 
 from docwatch.core.jsontext import metadata_bytes
 from docwatch.store import faults
+from docwatch.store.folders import made_if_missing
 from docwatch.store.sourcefiles import CHUNK, count_chars, digest_and_chars, open_source
 from docwatch.store.stager import write_all, write_new_file
 
@@ -158,11 +159,8 @@ class Batch:
         self.root = root
         self.documents: list[StagedDocument] = []
         self._lock = threading.Lock()  # documents are staged on several I/O threads
-        try:
-            root.mkdir(mode=store.dir_mode)
-        except FileNotFoundError:  # the first batch, or the staging root was removed
-            store.staging_root.mkdir(parents=True, exist_ok=True, mode=store.dir_mode)
-            root.mkdir(mode=store.dir_mode)
+        # The staging root is made by the first batch (or again, should it have been removed).
+        made_if_missing(store.staging_root, store.dir_mode, root.mkdir, store.dir_mode)
 
     def stage(
         self,
@@ -281,11 +279,9 @@ class Batch:
         for staged in self.documents:
             target = self.store.doc_path(staged.stage, staged.doc_id)
             if staged.op is Op.CREATE:
-                try:
-                    _rename_over_dir(staged.staged_dir, target)
-                except FileNotFoundError:  # the stage's folder is not there yet: make it
-                    target.parent.mkdir(parents=True, exist_ok=True, mode=self.store.dir_mode)
-                    _rename_over_dir(staged.staged_dir, target)
+                made_if_missing(  # the stage's folder, made by its first document
+                    target.parent, self.store.dir_mode, _rename_over_dir, staged.staged_dir, target
+                )
                 touched.add(target.parent)
             else:
                 for name in staged.add:

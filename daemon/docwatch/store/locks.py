@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from docwatch.errors import IndexBusy
+from docwatch.store.folders import made_if_missing
 
 
 class FileLock:
@@ -56,11 +57,9 @@ class FileLock:
     def _open(self) -> int:
         """The lock file, made with its folder the first time (a writer takes its lock every
         batch: trying the open first spares each one a ``mkdir`` that fails)."""
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        return made_if_missing(
+            self.path.parent, 0o777, os.open, self.path, os.O_RDWR | os.O_CREAT, 0o644
+        )
 
     @staticmethod
     def _say_holder(fd: int) -> None:
