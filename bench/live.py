@@ -33,18 +33,20 @@ exist) with ``NOTIFY_SOCKET`` bound here and waits for ``READY=1``, then:
     stop        SIGTERM: exit code and time to exit
 
 and references: the writers alone (no daemon) writing 5,000 files like the sustained set, then a
-one-shot ``docwatch scan`` of them (the batch path on the same kind of files), and the RSS of a
-bare interpreter that imports the daemon.  The poller is a separate process (a read-only SQLite
-connection, ``SELECT rowid, relpath FROM sources WHERE rowid > ?`` every 5 ms; the ledger row is
-committed in the same transaction as the document row), so the writers' GIL never delays its
-clock.
+one-shot ``docwatch scan`` of them (the batch path on the same kind of files), the durable
+protocol's floor on that scan's documents (``bench/protocol_floor.py``: the kernel's and the
+disk's share, no docwatch logic), and the RSS of a bare interpreter that imports the daemon.
+The poller is a separate process (a read-only SQLite connection, ``SELECT rowid, relpath FROM
+sources WHERE rowid > ?`` every 5 ms; the ledger row is committed in the same transaction as
+the document row), so the writers' GIL never delays its clock.
 
 Prints medians over the rounds (min, max) and latency percentiles pooled over all rounds;
 writes ``<out>/live.json``.  Exits 1 when the daemon fails (not ready, crashed, a writer
 failed), 3 when a check fails (a file lost, a wrong document count or status, exit code not 0),
 never because of a target.  Stdlib only; run it with the venv's python.  Its parts:
 ``livekit.py`` (the daemon under test, the poller, CPU from /proc, percentiles), ``burst.py``
-(the burst), ``livereport.py`` (the summary and the tables); this file runs the phases.
+(the burst), ``livereference.py`` (the references), ``livereport.py`` (the summary and the
+tables); this file runs the phases.
 
     .venv/bin/python bench/live.py                # 3 rounds (~5 min on 2 cores)
     .venv/bin/python bench/live.py --quick        # 1 small round (~1 min)
@@ -84,8 +86,8 @@ from livephases import (
     check_index,
     make_files,
     run_phase,
-    run_writers,
 )
+from livereference import reference_round
 from livereport import summarise, table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -236,45 +238,6 @@ def one_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) ->
     return res
 
 
-def reference_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) -> dict:
-    """The writers alone (no daemon) on the sustained set, then a one-shot scan of it."""
-    data = fresh_root(work / f"ref{r}" / "data")
-    config = work / "live.toml"
-    files = make_files(data, r, 15, p["ref_files"])
-    start, closed = run_writers(files, None)
-    writers_rate = len(files) / (max(closed) - start)
-    time.sleep(a.settle_seconds + 0.2)  # the scan reads settled files only
-    os.sync()  # the scan should not pay for the writers' dirty pages
-    cmd = [
-        sys.executable,
-        "-m",
-        "docwatch",
-        "scan",
-        "--data-root",
-        str(data),
-        "--config",
-        str(config),
-        "--run-id",
-        "bench",
-        "--json",
-    ]
-    with open(logs / f"scan-ref{r}.log", "ab") as err:
-        t0 = time.perf_counter()
-        out = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err)
-        secs = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise BenchFailed(f"reference scan exited {out.returncode}; see {logs}")
-    report = json.loads(out.stdout)
-    created = sum(s.get("docs_created", 0) for s in report["stages"].values())
-    return {
-        "writers_alone_rate": writers_rate,
-        "scan_s": secs,
-        "scan_rate": len(files) / secs,
-        "scan_docs_created": created,
-        "files": len(files),
-    }
-
-
 def rss_floor() -> int:
     proc = subprocess.Popen([sys.executable, "-c", FLOOR], cwd=REPO, stdout=subprocess.PIPE)
     try:
@@ -384,11 +347,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"round {r}/{params['rounds']}: daemon")
             rounds.append(one_round(r, a, params, work, logs))
             if not a.no_reference:
-                log(f"round {r}/{params['rounds']}: references (writers alone, one-shot scan)")
+                log(f"round {r}/{params['rounds']}: references (writers alone, scan, floor)")
                 refs.append(reference_round(r, a, params, work, logs))
                 log(
                     f"    writers alone {refs[-1]['writers_alone_rate']:.0f} files/s, scan "
-                    f"{refs[-1]['scan_rate']:.0f} files/s"
+                    f"{refs[-1]['scan_rate']:.0f} files/s, protocol floor "
+                    f"{refs[-1]['floor_rate']:.0f} (staged ahead "
+                    f"{refs[-1]['floor_ahead_rate']:.0f})"
                 )
     except BenchFailed as exc:
         log(f"FAILED: {exc}")
