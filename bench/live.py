@@ -80,10 +80,9 @@ from livekit import (
     self_cpu_s,
 )
 from livephases import (
-    PARSED_DIR,
-    RAW_DIR,
     File,
     check_index,
+    fresh_root,
     make_files,
     run_phase,
 )
@@ -146,13 +145,6 @@ time.sleep(60)
 def write_config(path: Path, a: argparse.Namespace) -> None:
     link = "true" if a.link else "false"
     path.write_text(CONFIG.format(settle=a.settle_seconds, delay=a.batch_max_delay, link=link))
-
-
-def fresh_root(path: Path) -> Path:
-    rmtree(path)
-    for d in (RAW_DIR, PARSED_DIR):
-        (path / d).mkdir(parents=True)
-    return path
 
 
 def one_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) -> dict:

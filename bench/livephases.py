@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from host import rmtree
 from livekit import (
     WRITERS,
     BenchFailed,
@@ -244,3 +245,11 @@ def check_index(db: Path, phases: dict[str, tuple[list[File], bool]]) -> tuple[d
                 f"{status[t]!r} (expected {tasks[t]!r})"
             )
     return counts, bad
+
+
+def fresh_root(path: Path) -> Path:
+    """An empty data root with the two draft folders the writers write into."""
+    rmtree(path)
+    for d in (RAW_DIR, PARSED_DIR):
+        (path / d).mkdir(parents=True)
+    return path

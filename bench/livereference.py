@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from livekit import BenchFailed
-from livephases import PARSED_DIR, RAW_DIR, make_files, run_writers
+from livephases import fresh_root, make_files, run_writers
 
 REPO = Path(__file__).resolve().parent.parent
 #: The live bench's daemons use docwatch's default batch_max_files; the floor replays batches
@@ -28,9 +28,7 @@ BATCH_FILES = 2000
 def reference_round(r: int, a: argparse.Namespace, p: dict, work: Path, logs: Path) -> dict:
     """The writers alone on the sustained set, a one-shot scan of it, then the protocol's
     floor on the scan's documents."""
-    data = work / f"ref{r}" / "data"
-    for d in (RAW_DIR, PARSED_DIR):
-        (data / d).mkdir(parents=True)
+    data = fresh_root(work / f"ref{r}" / "data")
     config = work / "live.toml"
     files = make_files(data, r, 15, p["ref_files"])
     start, closed = run_writers(files, None)

@@ -105,6 +105,20 @@ FAULTS = (
         ("-k", "durable_order or another_filesystem"),
     ),
     Fault(
+        "commits_left_unflushed_after_the_intents",
+        "after the intents' unflushed commit the index never flushes its commits again (the "
+        "rows commit unflushed: a visible row not durable)",
+        (
+            (
+                "store/sqlite.py",
+                "{SYNCHRONOUS if on else 'NORMAL'}",
+                "{'NORMAL'}",
+            ),
+        ),
+        ("tests/test_syscalls.py",),
+        ("-k", "durable_order"),
+    ),
+    Fault(
         "intents_written_after_the_syncfs",
         "the unflushed intents' commit comes after the batch's syncfs instead of before it (so "
         "nothing flushes the intents before the renames)",

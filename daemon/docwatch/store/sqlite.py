@@ -33,6 +33,9 @@ from docwatch.store.sweeps import folder_range
 _CORRUPT = ("file is not a database", "malformed", "not a database", "file is encrypted")
 _BUSY = ("locked", "busy")
 READER_FILES = ("-wal", "-shm")
+#: A writer's commits flush the -wal (durable once committed); one the batch's syncfs flushes
+#: is made with NORMAL instead (``SqliteIndex._flush_commits``).
+SYNCHRONOUS = "FULL"
 
 
 class SqliteIndex(Index):
@@ -64,7 +67,7 @@ class SqliteIndex(Index):
 
     def _flush_commits(self, on: bool) -> None:
         # NORMAL in WAL mode: a commit is written to the -wal file, not fsynced.
-        self.con.execute(f"PRAGMA synchronous = {'FULL' if on else 'NORMAL'}")
+        self.con.execute(f"PRAGMA synchronous = {SYNCHRONOUS if on else 'NORMAL'}")
 
     def close(self) -> None:
         super().close()
@@ -163,7 +166,7 @@ def open_sqlite(
             version = check_version(con, path)
         else:
             _wal(con, busy_timeout_ms / 1000)
-            con.execute("PRAGMA synchronous = FULL")
+            con.execute(f"PRAGMA synchronous = {SYNCHRONOUS}")
             migrate(con, path)
             version = SCHEMA_VERSION
     except sqlite3.Error as exc:
